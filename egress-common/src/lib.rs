@@ -1,0 +1,108 @@
+//! Types shared by the kernel programs and the gateway: map keys and values, counter
+//! indices and the names of load-time globals. Everything is `#[repr(C)]` and plain.
+#![no_std]
+
+/// Address family values as the kernel spells them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// The destination a bottle's socket asked for, before the redirect.
+///
+/// `addr` holds the IPv4 address in `addr[0]` (network byte order) for `AF_INET`, or the
+/// 16 IPv6 bytes as four network-order words for `AF_INET6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u16,
+    /// The bottle whose program recorded this entry.
+    pub bottle_id: u32,
+}
+
+/// Key of the original-destination map: the client end of a redirected TCP connection as
+/// the gateway sees it in `peer_addr()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    /// IPv4 address, network byte order.
+    pub ip4: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of the DNS-client map: the UDP source port (host byte order) of a query that a
+/// bottle sent to the gateway's DNS listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DnsClientKey {
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Per-bottle counters (a per-CPU hash map keyed by bottle id); the gateway sums CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// TCP connects rewritten to the gateway's listener.
+    pub tcp_redirected: u64,
+    /// UDP port 53 traffic rewritten to the DNS listener.
+    pub dns_redirected: u64,
+    /// Socket calls refused (UDP to other ports, native IPv6 DNS, map failures).
+    pub refused: u64,
+    /// Packets dropped by the egress backstop.
+    pub dropped: u64,
+}
+
+/// Names of the globals set at load time with `EbpfLoader::override_global`.
+pub mod globals {
+    /// `u32`, network byte order: the IPv4 address of the gateway's TCP listener.
+    pub const PROXY_IP4: &str = "PROXY_IP4";
+    /// `u16`, host byte order.
+    pub const PROXY_PORT: &str = "PROXY_PORT";
+    /// `u32`, network byte order: the IPv4 address of the gateway's DNS listener.
+    pub const DNS_IP4: &str = "DNS_IP4";
+    /// `u16`, host byte order.
+    pub const DNS_PORT: &str = "DNS_PORT";
+    /// `u32`: the bottle this program instance belongs to.
+    pub const BOTTLE_ID: &str = "BOTTLE_ID";
+}
+
+/// Names of the maps, shared by all bottles and pinned by name.
+pub mod maps {
+    pub const ORIG_DST: &str = "EGRESS_ORIG_DST";
+    pub const DNS_CLIENTS: &str = "EGRESS_DNS_CLIENTS";
+    pub const COUNTERS: &str = "EGRESS_COUNTERS";
+}
+
+/// Capacity of the original-destination and DNS-client LRU maps.
+pub const LRU_ENTRIES: u32 = 65_536;
+
+/// Bottles one gateway can serve; bounds the counters map.
+pub const MAX_BOTTLES: u32 = 1024;
+
+/// A bottle's id: FNV-1a of its name. Stable across restarts and config edits, so an
+/// entry written by a pinned program of a bottle that is no longer configured never
+/// matches another bottle's policy.
+pub const fn bottle_id(name: &[u8]) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < name.len() {
+        hash ^= name[i] as u32;
+        hash = hash.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    hash
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all three are repr(C), Copy, and have no padding the kernel could leave
+    // uninitialised (explicit `_pad` fields fill the gaps).
+    unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::ClientKey {}
+    unsafe impl aya::Pod for super::DnsClientKey {}
+    unsafe impl aya::Pod for super::Counters {}
+}

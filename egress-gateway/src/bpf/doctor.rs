@@ -1,0 +1,90 @@
+//! `egress-gateway doctor`: what this machine gives the gateway, and what to do about
+//! what is missing.
+use std::process::ExitCode;
+
+use crate::{bpf, cgroup, config};
+
+/// The oldest kernel with cgroup bpf_link (5.7) and getpeername hooks (5.8).
+const MIN_KERNEL: (u32, u32) = (5, 8);
+
+pub fn run(config: &config::Config) -> ExitCode {
+    let mut failed = false;
+    let mut report = |ok: bool, what: &str, detail: String| {
+        println!("[{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
+        failed |= !ok;
+    };
+
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let version = parse_kernel(&release);
+    report(
+        version.is_some_and(|v| v >= MIN_KERNEL),
+        "kernel",
+        format!(
+            "{release} (need >= {}.{} for cgroup bpf links and getpeername hooks)",
+            MIN_KERNEL.0, MIN_KERNEL.1
+        ),
+    );
+    report(
+        std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "BTF",
+        "/sys/kernel/btf/vmlinux (needed for socket storage maps)".into(),
+    );
+    report(
+        nix::unistd::geteuid().is_root(),
+        "privileges",
+        "root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)".into(),
+    );
+    match cgroup::find_cgroup2_mount() {
+        Some(p) => report(true, "cgroup v2", format!("mounted at {}", p.display())),
+        None => report(
+            config.cgroup_root.is_some(),
+            "cgroup v2",
+            "not mounted; `run` mounts a private hierarchy at /run/egress-gateway/cgroup2".into(),
+        ),
+    }
+    let bpffs = bpf::is_bpffs(std::path::Path::new("/sys/fs/bpf"));
+    report(
+        true,
+        "bpffs",
+        if bpffs {
+            "mounted at /sys/fs/bpf".into()
+        } else {
+            "not mounted at /sys/fs/bpf; `run` mounts it (mount -t bpf bpf /sys/fs/bpf)".into()
+        },
+    );
+    let layout = bpf::PinLayout::new(config);
+    for b in &config.bottles {
+        let attached = layout.bottle_dir(&b.name).join("egress_connect4").exists();
+        println!(
+            "[info] bottle {}: {}",
+            b.name,
+            if attached {
+                "attached (pinned)"
+            } else {
+                "not attached"
+            }
+        );
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn parse_kernel(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_kernel_release() {
+        assert_eq!(super::parse_kernel("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(super::parse_kernel("5.4.0"), Some((5, 4)));
+        assert_eq!(super::parse_kernel("x"), None);
+    }
+}

@@ -1,0 +1,261 @@
+//! The kernel programs from userspace: load them with a bottle's settings, attach them to
+//! its cgroup, pin links and maps so they outlive the gateway (fail closed), and read the
+//! maps the programs fill (original destinations, DNS clients, counters).
+pub mod doctor;
+mod maps;
+
+use std::{
+    fs,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail};
+use aya::{
+    Btf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, SockOps,
+        links::{FdLink, PinnedLink},
+    },
+};
+use egress_common::globals;
+
+pub use maps::{KernelMaps, OrigDstError};
+
+use crate::{cgroup, config};
+
+/// The compiled eBPF object, built from `egress-ebpf` by build.rs.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-ebpf"));
+
+/// Socket-address hooks, by program name (their attach type is in the ELF section).
+const SOCK_ADDR_PROGRAMS: [&str; 8] = [
+    "egress_connect4",
+    "egress_connect6",
+    "egress_sendmsg4",
+    "egress_sendmsg6",
+    "egress_recvmsg4",
+    "egress_recvmsg6",
+    "egress_getpeername4",
+    "egress_getpeername6",
+];
+const SOCK_OPS_PROGRAM: &str = "egress_sockops";
+const BACKSTOP_PROGRAM: &str = "egress_backstop";
+
+/// Where one gateway instance keeps its pins.
+#[derive(Debug, Clone)]
+pub struct PinLayout {
+    root: PathBuf,
+}
+
+impl PinLayout {
+    pub fn new(config: &config::Config) -> Self {
+        PinLayout {
+            root: config.bpffs_dir.clone(),
+        }
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn bottle_dir(&self, bottle: &str) -> PathBuf {
+        self.root.join("bottles").join(bottle)
+    }
+
+    /// Names of bottles that have pinned links (attached now, or left by a previous run).
+    pub fn pinned_bottles(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.root.join("bottles")) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// Makes sure bpffs is mounted at the parent of the pin directory's mount point
+/// (`/sys/fs/bpf`), mounting it when absent.
+pub fn ensure_bpffs(config: &config::Config) -> anyhow::Result<()> {
+    let mount_point = bpffs_mount_point(&config.bpffs_dir);
+    if is_bpffs(&mount_point) {
+        return Ok(());
+    }
+    fs::create_dir_all(&mount_point)
+        .with_context(|| format!("creating {}", mount_point.display()))?;
+    nix::mount::mount(
+        Some("bpf"),
+        &mount_point,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!(
+            "mounting bpffs at {} (are you root?)",
+            mount_point.display()
+        )
+    })?;
+    tracing::info!(path = %mount_point.display(), "mounted bpffs");
+    Ok(())
+}
+
+/// The bpffs mount that holds `dir`: the nearest ancestor that is one, else `/sys/fs/bpf`.
+fn bpffs_mount_point(dir: &Path) -> PathBuf {
+    dir.ancestors()
+        .find(|p| is_bpffs(p))
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf"))
+}
+
+pub fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Loads the programs for `bottle`, attaches them to its cgroup (created if missing) and
+/// pins the links, replacing any links a previous run pinned. The new links are attached
+/// before the old ones are released, so the cgroup is never without a redirect.
+pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow::Result<()> {
+    let layout = PinLayout::new(config);
+    let cgroup_dir = cgroup::bottle_path(config, bottle)?;
+    fs::create_dir_all(&cgroup_dir)
+        .with_context(|| format!("creating cgroup {}", cgroup_dir.display()))?;
+    let cgroup_file = fs::File::open(&cgroup_dir)
+        .with_context(|| format!("opening cgroup {}", cgroup_dir.display()))?;
+    let maps_dir = layout.maps_dir();
+    fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
+    let bottle_dir = layout.bottle_dir(&bottle.name);
+    fs::create_dir_all(&bottle_dir)
+        .with_context(|| format!("creating {}", bottle_dir.display()))?;
+
+    let proxy_ip4 = u32::from_ne_bytes(config.listen.ip().octets());
+    let proxy_port = config.listen.port();
+    let dns_ip4 = u32::from_ne_bytes(config.dns_listen.ip().octets());
+    let dns_port = config.dns_listen.port();
+    let btf = Btf::from_sys_fs().ok();
+    let mut ebpf = EbpfLoader::new()
+        .btf(btf.as_ref())
+        .default_map_pin_directory(&maps_dir)
+        .override_global(globals::PROXY_IP4, &proxy_ip4, true)
+        .override_global(globals::PROXY_PORT, &proxy_port, true)
+        .override_global(globals::DNS_IP4, &dns_ip4, true)
+        .override_global(globals::DNS_PORT, &dns_port, true)
+        .override_global(globals::BOTTLE_ID, &bottle.id, true)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object (is this kernel >= 5.8 with BTF and cgroup BPF?)")?;
+
+    let mut links: Vec<(&str, FdLink)> = Vec::new();
+    for name in SOCK_ADDR_PROGRAMS {
+        let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
+        prog.load().with_context(|| format!("verifying {name}"))?;
+        let id = prog
+            .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to {}", cgroup_dir.display()))?;
+        links.push((name, prog.take_link(id)?.try_into()?));
+    }
+    {
+        let prog: &mut SockOps = program(&mut ebpf, SOCK_OPS_PROGRAM)?.try_into()?;
+        prog.load()
+            .with_context(|| format!("verifying {SOCK_OPS_PROGRAM}"))?;
+        let id = prog
+            .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {SOCK_OPS_PROGRAM}"))?;
+        links.push((SOCK_OPS_PROGRAM, prog.take_link(id)?.try_into()?));
+    }
+    {
+        let prog: &mut CgroupSkb = program(&mut ebpf, BACKSTOP_PROGRAM)?.try_into()?;
+        prog.load()
+            .with_context(|| format!("verifying {BACKSTOP_PROGRAM}"))?;
+        let id = prog
+            .attach(
+                cgroup_file.as_fd(),
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            )
+            .with_context(|| format!("attaching {BACKSTOP_PROGRAM}"))?;
+        links.push((BACKSTOP_PROGRAM, prog.take_link(id)?.try_into()?));
+    }
+
+    // Every new link is attached: now swap the pins. Releasing an old pin detaches the
+    // old program; the new one is already in place.
+    for (name, link) in links {
+        let pin = bottle_dir.join(name);
+        if pin.exists() {
+            let old = PinnedLink::from_pin(&pin)
+                .with_context(|| format!("opening pinned link {}", pin.display()))?;
+            old.unpin()
+                .with_context(|| format!("unpinning {}", pin.display()))?;
+        }
+        link.pin(&pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+    }
+    tracing::info!(
+        bottle = %bottle.name,
+        cgroup = %cgroup_dir.display(),
+        pins = %bottle_dir.display(),
+        "bottle attached"
+    );
+    Ok(())
+}
+
+fn program<'a>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &str,
+) -> anyhow::Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the embedded object"))
+}
+
+/// Removes a bottle's pinned links, which detaches its programs. Refuses while processes
+/// still run in the bottle unless `force`: they would get direct egress.
+pub fn detach(config: &config::Config, bottle: &config::Bottle, force: bool) -> anyhow::Result<()> {
+    let layout = PinLayout::new(config);
+    let bottle_dir = layout.bottle_dir(&bottle.name);
+    if !bottle_dir.exists() {
+        bail!(
+            "bottle {} has no pinned programs under {}",
+            bottle.name,
+            bottle_dir.display()
+        );
+    }
+    if let Ok(cgroup_dir) = cgroup::bottle_path(config, bottle) {
+        let live = cgroup::processes(&cgroup_dir);
+        if !live.is_empty() && !force {
+            bail!(
+                "bottle {} still has {} process(es) in {} ({:?}...): detaching would give them \
+                 direct egress; stop them first or pass --force",
+                bottle.name,
+                live.len(),
+                cgroup_dir.display(),
+                &live[..live.len().min(5)]
+            );
+        }
+    }
+    remove_pins(&bottle_dir)
+}
+
+/// Unpins every link in a bottle's pin directory and removes the directory.
+pub fn remove_pins(bottle_dir: &Path) -> anyhow::Result<()> {
+    for entry in
+        fs::read_dir(bottle_dir).with_context(|| format!("reading {}", bottle_dir.display()))?
+    {
+        let path = entry?.path();
+        match PinnedLink::from_pin(&path) {
+            Ok(link) => drop(
+                link.unpin()
+                    .with_context(|| format!("unpinning {}", path.display()))?,
+            ),
+            Err(_) => {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?
+            }
+        }
+    }
+    fs::remove_dir(bottle_dir).with_context(|| format!("removing {}", bottle_dir.display()))?;
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! The command line: one subcommand per operator task. Each module that owns a command
+//! family (`ca`, `dlp`, `supervise`) exposes its own clap arguments and `run`.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::{app, bpf, ca, config, dlp, supervise};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "egress-gateway",
+    version,
+    about = "Transparent egress gateway for agent sandboxes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the eBPF programs, attach every bottle and serve the listeners.
+    Run(ConfigArg),
+    /// Run a command inside a bottle's cgroup and return its exit status.
+    Exec(ExecArgs),
+    /// Remove a bottle's eBPF programs and pins (the bottle then has no egress control).
+    Detach(DetachArgs),
+    /// Validate the configuration and every routes file, and explain them.
+    Check(ConfigArg),
+    /// Check the kernel, cgroup v2, bpffs and permissions this machine gives the gateway.
+    Doctor(ConfigArg),
+    /// Manage the interception CA.
+    Ca(ca::CaArgs),
+    /// Run the DLP detectors over a file.
+    Dlp(dlp::cli::DlpArgs),
+    /// The operator console for held requests, and its scriptable forms.
+    Supervise(supervise::cli::SuperviseArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// The gateway configuration (YAML). Without it, the embedded default is used.
+    #[arg(long, short = 'c', env = "EGRESS_GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The bottle to run the command in.
+    #[arg(long, short = 'b')]
+    pub bottle: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DetachArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[arg(long, short = 'b')]
+    pub bottle: String,
+    /// Detach even if processes still run in the bottle (they get direct egress).
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl ConfigArg {
+    pub fn load(&self) -> anyhow::Result<config::Config> {
+        match &self.config {
+            Some(path) => config::Config::load(path).map_err(anyhow::Error::from),
+            None => config::Config::embedded_default().map_err(anyhow::Error::from),
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => {
+            let config = args.load()?;
+            app::run(config, args.config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec(args) => {
+            let config = args.config.load()?;
+            let status = crate::cgroup::exec_in_bottle(&config, &args.bottle, &args.command)?;
+            Ok(ExitCode::from(status))
+        }
+        Command::Detach(args) => {
+            let config = args.config.load()?;
+            let bottle = config.bottle(&args.bottle).with_context(|| {
+                format!("no bottle named {:?} in the configuration", args.bottle)
+            })?;
+            bpf::detach(&config, bottle, args.force)?;
+            println!("detached bottle {}", bottle.name);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(args) => {
+            let config = args.load()?;
+            print!("{}", config.explain());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor(args) => {
+            let config = args.load()?;
+            Ok(crate::bpf::doctor::run(&config))
+        }
+        Command::Ca(args) => ca::run(args),
+        Command::Dlp(args) => dlp::cli::run(args),
+        Command::Supervise(args) => supervise::cli::run(args),
+    }
+}

@@ -1,0 +1,339 @@
+//! The gateway-wide configuration (`gateway.yaml`): listeners, state, resolver overrides,
+//! upstream trust and the bottles. Pure: `Config::parse` turns text into a validated
+//! `Config`; only `Config::load` touches the file system.
+mod error;
+pub mod yaml;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{IpAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+pub use error::{ConfigError, Problem, Problems};
+
+use crate::supervise::SuperviseConfig;
+
+/// Default transparent TCP listener.
+pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 15001);
+/// Default DNS listener.
+pub const DEFAULT_DNS_LISTEN: SocketAddrV4 =
+    SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 15053);
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/egress-gateway";
+/// Where links and maps are pinned; one directory per gateway instance.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/egress-gateway";
+
+/// The configuration used when `--config` is not given: one bottle, `default`, whose
+/// routes allow nothing.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<SocketAddrV4>,
+    dns_listen: Option<SocketAddrV4>,
+    state_dir: Option<PathBuf>,
+    bpffs_dir: Option<PathBuf>,
+    /// Mount point of the cgroup v2 hierarchy; found in /proc/self/mountinfo when absent.
+    cgroup_root: Option<PathBuf>,
+    #[serde(default)]
+    hosts: BTreeMap<String, OneOrMany<IpAddr>>,
+    #[serde(default)]
+    upstream_ca_files: Vec<PathBuf>,
+    #[serde(default)]
+    bottles: Vec<RawBottle>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBottle {
+    name: String,
+    cgroup: PathBuf,
+    routes: Option<PathBuf>,
+    supervise: Option<SuperviseConfig>,
+}
+
+/// A validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from; `None` for the embedded default.
+    pub source: Option<PathBuf>,
+    pub listen: SocketAddrV4,
+    pub dns_listen: SocketAddrV4,
+    pub state_dir: PathBuf,
+    pub bpffs_dir: PathBuf,
+    pub cgroup_root: Option<PathBuf>,
+    /// Resolver overrides, lower-case names.
+    pub hosts: BTreeMap<String, Vec<IpAddr>>,
+    /// Extra roots for upstream TLS, resolved against the config file's directory.
+    pub upstream_ca_files: Vec<PathBuf>,
+    pub bottles: Vec<Bottle>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bottle {
+    pub name: String,
+    /// The id the kernel programs tag entries with (`egress_common::bottle_id`).
+    pub id: u32,
+    /// As written: relative to the cgroup v2 mount, or absolute.
+    pub cgroup: PathBuf,
+    /// Resolved against the config file's directory; `None` allows nothing.
+    pub routes: Option<PathBuf>,
+    pub supervise: Option<SuperviseConfig>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::single(path, "", format!("cannot read: {e}")))?;
+        Self::parse(path, &text)
+    }
+
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        let mut config = Self::parse(Path::new("<embedded default>"), EMBEDDED_DEFAULT)?;
+        config.source = None;
+        Ok(config)
+    }
+
+    /// Parses and validates `text`; relative paths are taken from `path`'s directory.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = yaml::parse(path, text)?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let mut problems = Problems::new(path);
+
+        let listen = raw.listen.unwrap_or(DEFAULT_LISTEN);
+        let dns_listen = raw.dns_listen.unwrap_or(DEFAULT_DNS_LISTEN);
+        if listen == dns_listen {
+            problems.push("dns_listen", "must differ from listen");
+        }
+        for (field, addr) in [("listen", listen), ("dns_listen", dns_listen)] {
+            if addr.port() == 0 {
+                problems.push(
+                    field,
+                    "port 0 is not allowed: the kernel programs need a fixed port",
+                );
+            }
+        }
+
+        let mut hosts = BTreeMap::new();
+        for (name, addrs) in raw.hosts {
+            let addrs = match addrs {
+                OneOrMany::One(a) => vec![a],
+                OneOrMany::Many(v) => v,
+            };
+            if addrs.is_empty() {
+                problems.push(format!("hosts.{name}"), "needs at least one address");
+            }
+            if !is_host_name(&name) {
+                problems.push(format!("hosts.{name}"), "is not a valid host name");
+            }
+            hosts.insert(name.to_ascii_lowercase(), addrs);
+        }
+
+        let mut bottles: Vec<Bottle> = Vec::new();
+        for (i, b) in raw.bottles.into_iter().enumerate() {
+            let field = format!("bottles[{i}]");
+            if !is_bottle_name(&b.name) {
+                problems.push(
+                    format!("{field}.name"),
+                    format!("{:?} must be 1-64 characters of a-z, 0-9, '-', '_'", b.name),
+                );
+            }
+            if bottles.iter().any(|o| o.name == b.name) {
+                problems.push(
+                    format!("{field}.name"),
+                    format!("duplicate bottle name {:?}", b.name),
+                );
+            }
+            if b.cgroup.as_os_str().is_empty()
+                || b.cgroup
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                problems.push(
+                    format!("{field}.cgroup"),
+                    "must be a non-empty path without '..'",
+                );
+            }
+            if let Some(s) = &b.supervise {
+                for msg in s.validate() {
+                    problems.push(format!("{field}.supervise"), msg);
+                }
+            }
+            let id = egress_common::bottle_id(b.name.as_bytes());
+            if bottles.iter().any(|o| o.id == id && o.name != b.name) {
+                problems.push(
+                    format!("{field}.name"),
+                    "its id collides with another bottle's: rename it",
+                );
+            }
+            bottles.push(Bottle {
+                id,
+                name: b.name,
+                cgroup: b.cgroup,
+                routes: b.routes.map(|r| base.join(r)),
+                supervise: b.supervise,
+            });
+        }
+        if bottles.len() as u32 > egress_common::MAX_BOTTLES {
+            problems.push(
+                "bottles",
+                format!("at most {} bottles", egress_common::MAX_BOTTLES),
+            );
+        }
+
+        problems.finish(Config {
+            source: Some(path.to_path_buf()),
+            listen,
+            dns_listen,
+            state_dir: raw
+                .state_dir
+                .map(|p| base.join(p))
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            bpffs_dir: raw.bpffs_dir.unwrap_or_else(|| DEFAULT_BPFFS_DIR.into()),
+            cgroup_root: raw.cgroup_root,
+            hosts,
+            upstream_ca_files: raw
+                .upstream_ca_files
+                .into_iter()
+                .map(|p| base.join(p))
+                .collect(),
+            bottles,
+        })
+    }
+
+    pub fn bottle(&self, name: &str) -> Option<&Bottle> {
+        self.bottles.iter().find(|b| b.name == name)
+    }
+
+    /// A human-readable summary for `check`.
+    pub fn explain(&self) -> String {
+        let mut out = String::new();
+        let source = self
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<embedded default>".into());
+        let _ = writeln!(out, "configuration: {source}: ok");
+        let _ = writeln!(out, "  listen {}  dns {}", self.listen, self.dns_listen);
+        let _ = writeln!(out, "  state_dir {}", self.state_dir.display());
+        let _ = writeln!(out, "  bpffs_dir {}", self.bpffs_dir.display());
+        for (name, addrs) in &self.hosts {
+            let _ = writeln!(out, "  host {name} -> {addrs:?}");
+        }
+        for b in &self.bottles {
+            let routes = b
+                .routes
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(none: everything denied)".into());
+            let _ = writeln!(
+                out,
+                "  bottle {} cgroup {} routes {}",
+                b.name,
+                b.cgroup.display(),
+                routes
+            );
+        }
+        out
+    }
+}
+
+fn is_bottle_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+}
+
+/// RFC 1123 host name (letters, digits, hyphens; dot-separated labels).
+pub fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUE_EXAMPLE: &str = r#"
+listen: 127.0.0.1:15001          # transparent TCP listener
+dns_listen: 127.0.0.1:15053
+state_dir: /var/lib/egress-gateway
+hosts:                           # the gateway's resolver overrides
+  upstream.test: 127.0.0.2
+bottles:
+  - name: demo
+    cgroup: egress/demo          # relative to the cgroup v2 mount, or absolute
+    routes: demo-routes.yaml     # relative to this file
+"#;
+
+    #[test]
+    fn issue_example_parses() {
+        let c = Config::parse(Path::new("/etc/eg/gateway.yaml"), ISSUE_EXAMPLE).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:15001".parse().unwrap());
+        assert_eq!(
+            c.hosts["upstream.test"],
+            vec!["127.0.0.2".parse::<IpAddr>().unwrap()]
+        );
+        let b = c.bottle("demo").unwrap();
+        assert_eq!(
+            b.routes.as_deref(),
+            Some(Path::new("/etc/eg/demo-routes.yaml"))
+        );
+        assert_eq!(b.cgroup, Path::new("egress/demo"));
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default().unwrap();
+        assert_eq!(c.bottles.len(), 1);
+        assert_eq!(c.bottles[0].name, "default");
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let text =
+            "listen: 127.0.0.1:15001\nbottles:\n  - name: a\n    cgroup: x\n    rotues: r.yaml\n";
+        let err = Config::parse(Path::new("g.yaml"), text).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("g.yaml: line 5"), "{msg}");
+        assert!(msg.contains("bottles[0]"), "{msg}");
+        assert!(msg.contains("rotues"), "{msg}");
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let text = "listen: 127.0.0.1:15001\ndns_listen: 127.0.0.1:15001\nbottles:\n  - {name: Bad!, cgroup: ../x}\n";
+        let err = Config::parse(Path::new("g.yaml"), text).unwrap_err();
+        let fields: Vec<_> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["dns_listen", "bottles[0].name", "bottles[0].cgroup"]
+        );
+    }
+
+    #[test]
+    fn bad_address_is_reported_with_field() {
+        let err = Config::parse(Path::new("g.yaml"), "listen: nowhere\n").unwrap_err();
+        assert_eq!(err.problems[0].field, "listen");
+        assert_eq!(err.problems[0].position.map(|p| p.0), Some(1));
+    }
+}

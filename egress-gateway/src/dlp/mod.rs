@@ -1,0 +1,2 @@
+//! Data-loss prevention: detectors, scanning, redaction. Pure (no I/O).
+pub mod cli;

@@ -1,0 +1,20 @@
+//! The egress gateway: eBPF capture of a bottle's sockets and the policy proxy behind it.
+//!
+//! Layers, outside in: `bpf` and `cgroup` put a bottle's sockets in front of the gateway;
+//! `app` runs the listeners; `proxy` speaks TLS/HTTP; `policy`, `dlp` and `supervise`
+//! decide; `config` and `resolve` feed them. Pure modules (`policy`, `dlp`, most of
+//! `supervise`, `config`) do no I/O.
+
+pub mod app;
+pub mod bpf;
+pub mod ca;
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod dlp;
+pub mod dns;
+pub mod policy;
+pub mod proxy;
+pub mod resolve;
+pub mod supervise;
+pub mod telemetry;
