@@ -322,7 +322,7 @@ pub fn sock_ops(ctx: &SockOpsContext) -> u32 {
 
 // === backstop ===
 
-const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IP: u16 = 0x0800;
 
 /// Drops every packet the bottle sends that is not for the gateway's TCP or DNS listener:
 /// raw and ICMP sockets, native IPv6, anything the socket hooks did not rewrite.
@@ -338,7 +338,8 @@ pub fn backstop(ctx: &SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn try_backstop(ctx: &SkBuffContext) -> Option<i32> {
-    if u32::from_be(unsafe { (*ctx.skb.skb).protocol }) != ETH_P_IP {
+    // `protocol` holds the big-endian EtherType in its low 16 bits.
+    if u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16) != ETH_P_IP {
         return None;
     }
     // cgroup_skb sees the packet from its IP header on.

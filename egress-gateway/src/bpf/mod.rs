@@ -237,7 +237,26 @@ pub fn detach(config: &config::Config, bottle: &config::Bottle, force: bool) -> 
             );
         }
     }
-    remove_pins(&bottle_dir)
+    remove_pins(&bottle_dir)?;
+    remove_maps_if_unused(&layout)
+}
+
+/// When no bottle is pinned any more, the shared maps and the pin root go too.
+fn remove_maps_if_unused(layout: &PinLayout) -> anyhow::Result<()> {
+    if !layout.pinned_bottles().is_empty() {
+        return Ok(());
+    }
+    let maps = layout.maps_dir();
+    if let Ok(entries) = fs::read_dir(&maps) {
+        for entry in entries.flatten() {
+            fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+        }
+        fs::remove_dir(&maps).with_context(|| format!("removing {}", maps.display()))?;
+    }
+    let _ = fs::remove_dir(layout.root.join("bottles"));
+    let _ = fs::remove_dir(&layout.root);
+    Ok(())
 }
 
 /// Unpins every link in a bottle's pin directory and removes the directory.
