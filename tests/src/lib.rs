@@ -1,1 +1,426 @@
+//! Harness for the privileged end-to-end tests: a gateway process on its own ports, a
+//! bottle (cgroup + bpffs pins) named after the test, local upstreams on 127.0.0.x, and a
+//! guard that removes all of it, even when the test fails.
+//!
+//! Every test builds a [`TestEnv`] first; its `Drop` kills what the test started (by pid),
+//! removes the pins (which detaches the programs) and the cgroup.
+pub mod upstream;
 
+use std::{
+    fs,
+    io::Read,
+    net::{Ipv4Addr, TcpListener, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Default time to wait for a gateway to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The gateway binary under test: `EGRESS_GATEWAY_BIN`, or the one cargo built next to
+/// this test executable.
+pub fn gateway_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("EGRESS_GATEWAY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/egress-gateway
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("egress-gateway"));
+    match bin {
+        Some(b) if b.exists() => b,
+        _ => panic!(
+            "egress-gateway binary not found next to {}: build it first (`cargo xtask test` does) \
+             or set EGRESS_GATEWAY_BIN",
+            exe.display()
+        ),
+    }
+}
+
+/// Fails the test (never skips it) when the machine cannot run privileged tests.
+pub fn require_privileges() {
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "end-to-end tests need root (cgroup v2, bpffs, CAP_BPF): run them as root"
+    );
+    assert!(
+        Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "the kernel has no BTF (/sys/kernel/btf/vmlinux): the eBPF programs need it"
+    );
+    assert!(
+        cgroup2_mount().is_some(),
+        "no cgroup v2 hierarchy is mounted: mount one (mount -t cgroup2 none /sys/fs/cgroup/unified)"
+    );
+}
+
+/// The cgroup v2 mount point from /proc/self/mountinfo.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        Some(PathBuf::from(pre.split_whitespace().nth(4)?))
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (and free for UDP too, for the DNS listener).
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind an ephemeral port");
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// One test's world: directory, config, bottle, gateway process.
+pub struct TestEnv {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub listen_port: u16,
+    pub dns_port: u16,
+    pub bpffs_dir: PathBuf,
+    pub cgroup_rel: String,
+    gateway: Option<Child>,
+    log_path: PathBuf,
+    log_generation: u32,
+    children: Vec<Child>,
+}
+
+/// What a test puts in its gateway.yaml and routes file.
+pub struct EnvSpec<'a> {
+    /// Lines under `hosts:`, e.g. `("upstream.test", "127.0.0.2")`.
+    pub hosts: &'a [(&'a str, &'a str)],
+    /// The routes file's contents.
+    pub routes: &'a str,
+    /// Extra top-level gateway.yaml lines (already indented for the top level).
+    pub extra_config: &'a str,
+    /// Extra lines in the bottle entry (indented by four spaces).
+    pub extra_bottle: &'a str,
+}
+
+impl Default for EnvSpec<'_> {
+    fn default() -> Self {
+        EnvSpec {
+            hosts: &[],
+            routes: "",
+            extra_config: "",
+            extra_bottle: "",
+        }
+    }
+}
+
+impl TestEnv {
+    /// Creates the directory and config; does not start the gateway.
+    pub fn new(test: &str, spec: EnvSpec<'_>) -> TestEnv {
+        require_privileges();
+        let unique = format!(
+            "{test}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("egress-e2e-{unique}"));
+        let env = TestEnv {
+            name: test.to_string(),
+            config_path: dir.join("gateway.yaml"),
+            listen_port: free_port(),
+            dns_port: free_port(),
+            bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/egress-e2e-{unique}")),
+            cgroup_rel: format!("egress-e2e/{unique}"),
+            log_path: dir.join("gateway.log"),
+            log_generation: 0,
+            gateway: None,
+            children: Vec::new(),
+            dir,
+        };
+        // The guard exists from here on: anything below that fails is cleaned up.
+        fs::create_dir_all(&env.dir).expect("create test dir");
+        let mut hosts = String::new();
+        for (name, addr) in spec.hosts {
+            hosts.push_str(&format!("  {name}: {addr}\n"));
+        }
+        let config = format!(
+            "listen: 127.0.0.1:{listen}\n\
+             dns_listen: 127.0.0.1:{dns}\n\
+             state_dir: {dir}/state\n\
+             bpffs_dir: {bpffs}\n\
+             hosts:\n{hosts}\
+             {extra_config}\n\
+             bottles:\n  \
+               - name: {name}\n    \
+                 cgroup: {cgroup}\n    \
+                 routes: routes.yaml\n\
+             {extra_bottle}\n",
+            listen = env.listen_port,
+            dns = env.dns_port,
+            dir = env.dir.display(),
+            bpffs = env.bpffs_dir.display(),
+            extra_config = spec.extra_config,
+            name = env.bottle(),
+            cgroup = env.cgroup_rel,
+            extra_bottle = spec.extra_bottle,
+        );
+        fs::write(&env.config_path, config).expect("write gateway.yaml");
+        fs::write(env.dir.join("routes.yaml"), spec.routes).expect("write routes.yaml");
+        env
+    }
+
+    /// The bottle's name (one bottle per test).
+    pub fn bottle(&self) -> &str {
+        "e2e"
+    }
+
+    pub fn cgroup_dir(&self) -> PathBuf {
+        cgroup2_mount().expect("cgroup2").join(&self.cgroup_rel)
+    }
+
+    pub fn write_routes(&self, text: &str) {
+        fs::write(self.dir.join("routes.yaml"), text).expect("write routes.yaml");
+    }
+
+    /// Starts `egress-gateway run` and waits until it logs `ready`.
+    pub fn start_gateway(&mut self) {
+        self.start_gateway_with_env(&[]);
+    }
+
+    pub fn start_gateway_with_env(&mut self, vars: &[(&str, &str)]) {
+        assert!(self.gateway.is_none(), "gateway already running");
+        self.log_generation += 1;
+        let log = fs::File::create(self.current_log()).expect("create gateway log");
+        let child = Command::new(gateway_bin())
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .envs(vars.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn egress-gateway run");
+        self.gateway = Some(child);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let log = self.gateway_log();
+            if log.contains("\"message\":\"ready\"") {
+                return;
+            }
+            if let Some(status) = self.gateway.as_mut().unwrap().try_wait().unwrap() {
+                self.gateway = None;
+                panic!("gateway exited with {status} before it was ready; its log:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready after {READY_TIMEOUT:?}; log:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn current_log(&self) -> PathBuf {
+        self.log_path
+            .with_extension(format!("{}.log", self.log_generation))
+    }
+
+    /// Everything every gateway process of this test wrote so far.
+    pub fn gateway_log(&self) -> String {
+        let mut all = String::new();
+        for g in 1..=self.log_generation {
+            let path = self.log_path.with_extension(format!("{g}.log"));
+            if let Ok(mut f) = fs::File::open(path) {
+                let _ = f.read_to_string(&mut all);
+            }
+        }
+        all
+    }
+
+    /// Waits until the gateway log contains `needle` (logs are written asynchronously).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.gateway_log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway log never contained {needle:?}; log:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill_gateway(&mut self) {
+        if let Some(mut g) = self.gateway.take() {
+            let _ = g.kill();
+            let _ = g.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop_gateway(&mut self) {
+        if let Some(mut g) = self.gateway.take() {
+            signal(g.id(), libc::SIGTERM);
+            let _ = g.wait();
+        }
+    }
+
+    pub fn signal_gateway(&self, sig: i32) {
+        if let Some(g) = &self.gateway {
+            signal(g.id(), sig);
+        }
+    }
+
+    /// Runs `egress-gateway <args> --config <this test's config>`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(gateway_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run egress-gateway")
+    }
+
+    /// Runs a command in the bottle through `egress-gateway exec`.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        self.exec_with_env(cmd, &[])
+    }
+
+    pub fn exec_with_env(&self, cmd: &[&str], vars: &[(&str, &str)]) -> Output {
+        Command::new(gateway_bin())
+            .args(["exec", "--config"])
+            .arg(&self.config_path)
+            .args(["--bottle", self.bottle(), "--"])
+            .args(cmd)
+            .envs(vars.iter().copied())
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run egress-gateway exec")
+    }
+
+    /// Starts a process that joins the bottle's cgroup by itself (no `exec`, so no check
+    /// that the bottle is attached): for processes that predate the gateway.
+    pub fn spawn_in_cgroup(&mut self, script: &str) -> u32 {
+        fs::create_dir_all(self.cgroup_dir()).expect("create cgroup");
+        let procs = self.cgroup_dir().join("cgroup.procs");
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {} && exec {script}", procs.display()))
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn in cgroup");
+        let pid = child.id();
+        self.children.push(child);
+        // The child moves itself; wait until it is there so the test's next step sees it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !fs::read_to_string(&procs)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.trim() == pid.to_string())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} never joined {}",
+                procs.display()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        pid
+    }
+
+    /// Waits for a child started with `spawn_in_cgroup` and returns its output.
+    pub fn wait_child(&mut self, pid: u32) -> Output {
+        let idx = self
+            .children
+            .iter()
+            .position(|c| c.id() == pid)
+            .expect("unknown child");
+        self.children
+            .remove(idx)
+            .wait_with_output()
+            .expect("wait child")
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid this test started.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.kill_gateway();
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Removing the pinned links detaches the programs; then the maps.
+        let _ = remove_bpffs_tree(&self.bpffs_dir);
+        if let Some(root) = cgroup2_mount() {
+            let cg = root.join(&self.cgroup_rel);
+            // Anything still in the bottle was started by this test (exec'd commands).
+            for pid in fs::read_to_string(cg.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                if let Ok(pid) = pid.trim().parse::<u32>() {
+                    signal(pid, libc::SIGKILL);
+                }
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while cg.exists() && fs::remove_dir(&cg).is_err() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            // The shared parent goes when the last test's bottle is gone (EBUSY otherwise).
+            if let Some(parent) = cg.parent() {
+                let _ = fs::remove_dir(parent);
+            }
+        }
+        if std::env::var_os("EGRESS_E2E_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// bpffs has no recursive unlink: remove files, then directories, depth first.
+fn remove_bpffs_tree(path: &Path) -> std::io::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    for entry in fs::read_dir(path)? {
+        let p = entry?.path();
+        if p.is_dir() {
+            remove_bpffs_tree(&p)?;
+        } else {
+            fs::remove_file(&p)?;
+        }
+    }
+    fs::remove_dir(path)
+}
+
+/// `stdout` of an output as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
