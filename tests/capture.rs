@@ -257,7 +257,7 @@ fn a_process_already_in_the_bottle_is_captured_when_the_gateway_starts() {
          s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print(s.getpeername(), s.recv(4096).decode().endswith('{body}'))\"",
         trigger = trigger.display(),
         port = upstream.port(),
-        body = UPSTREAM_BODY.trim_end().replace(' ', " ") + "\\n",
+        body = UPSTREAM_BODY.trim_end().to_string() + "\\n",
     );
     let pid = env.spawn_in_cgroup(&script);
     env.start_gateway();

@@ -100,6 +100,7 @@ pub struct TestEnv {
 }
 
 /// What a test puts in its gateway.yaml and routes file.
+#[derive(Default)]
 pub struct EnvSpec<'a> {
     /// Lines under `hosts:`, e.g. `("upstream.test", "127.0.0.2")`.
     pub hosts: &'a [(&'a str, &'a str)],
@@ -109,17 +110,6 @@ pub struct EnvSpec<'a> {
     pub extra_config: &'a str,
     /// Extra lines in the bottle entry (indented by four spaces).
     pub extra_bottle: &'a str,
-}
-
-impl Default for EnvSpec<'_> {
-    fn default() -> Self {
-        EnvSpec {
-            hosts: &[],
-            routes: "",
-            extra_config: "",
-            extra_bottle: "",
-        }
-    }
 }
 
 impl TestEnv {

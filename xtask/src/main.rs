@@ -1,1 +1,115 @@
-fn main() {}
+//! Project tasks: `bootstrap` installs the eBPF toolchain, `run` builds and starts the
+//! gateway, `test` runs the whole suite (lint, unit, privileged end-to-end), `bench`
+//! runs the benchmarks. Every task bootstraps first, idempotently.
+mod bootstrap;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build needs (nightly rust-src, LLVM 22, bpf-linker); idempotent.
+    Bootstrap,
+    /// Build in release mode and run `egress-gateway run` (root needed) with these args.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Lint, then every unit and end-to-end test (end-to-end needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run a benchmark: `dlp` or `proxy`.
+    Bench { name: String },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    bootstrap::ensure_cargo_bin_on_path();
+    match cli.task {
+        Task::Bootstrap => bootstrap::run(),
+        Task::Run { args } => {
+            bootstrap::run()?;
+            cargo(&["build", "--release", "-p", "egress-gateway"])?;
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            let bin = target.join("release/egress-gateway");
+            let mut argv = vec!["run".to_string()];
+            argv.extend(args);
+            let status = Command::new(&bin)
+                .args(&argv)
+                .status()
+                .with_context(|| format!("starting {}", bin.display()))?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test { args } => {
+            bootstrap::run()?;
+            cargo(&["fmt", "--all", "--", "--check"])
+                .context("formatting: run `cargo fmt --all`")?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--features",
+                "egress-e2e/root-tests",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            // The end-to-end tests run the binary, so build it first.
+            cargo(&["build", "-p", "egress-gateway"])?;
+            let mut argv: Vec<&str> =
+                vec!["test", "--workspace", "--features", "egress-e2e/root-tests"];
+            if !args.is_empty() {
+                argv.push("--");
+                argv.extend(args.iter().map(String::as_str));
+            }
+            cargo(&argv)
+        }
+        Task::Bench { name } => {
+            bootstrap::run()?;
+            match name.as_str() {
+                "dlp" | "proxy" => cargo(&["bench", "-p", "egress-gateway", "--bench", &name]),
+                other => bail!("unknown benchmark {other:?}: expected dlp or proxy"),
+            }
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs cargo with `args` and fails if it does.
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
