@@ -4,6 +4,7 @@
 //!
 //! Every test builds a [`TestEnv`] first; its `Drop` kills what the test started (by pid),
 //! removes the pins (which detaches the programs) and the cgroup.
+pub mod https;
 pub mod upstream;
 
 use std::{
@@ -332,6 +333,38 @@ impl TestEnv {
             thread::sleep(Duration::from_millis(10));
         }
         pid
+    }
+
+    /// Writes the gateway's trust bundle (system roots + the gateway CA, from
+    /// `egress-gateway ca export --bundle`) and returns the variables that make common
+    /// clients (curl, Python, Node, git, Go) trust it.
+    pub fn trust_env(&self) -> Vec<(String, String)> {
+        let out = self.cli(&["ca", "export", "--bundle"]);
+        assert!(
+            out.status.success(),
+            "ca export --bundle failed: {}",
+            stderr(&out)
+        );
+        let path = self.dir.join("trust-bundle.pem");
+        fs::write(&path, &out.stdout).expect("write trust bundle");
+        let path = path.display().to_string();
+        [
+            "SSL_CERT_FILE",
+            "CURL_CA_BUNDLE",
+            "REQUESTS_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "GIT_SSL_CAINFO",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), path.clone()))
+        .collect()
+    }
+
+    /// Writes the upstreams' test CA next to the config (for `upstream_ca_files`).
+    pub fn write_file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        fs::write(&path, contents).expect("write test file");
+        path
     }
 
     /// Waits for a child started with `spawn_in_cgroup` and returns its output.
