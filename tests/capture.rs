@@ -154,6 +154,18 @@ for k in sorted(results): print(k, results[k])
     );
     assert_eq!(udp.hits(), 0, "UDP datagram was delivered");
     assert_eq!(quic.hits(), 0, "UDP/443 datagram was delivered");
+
+    // The kernel counted what it refused and dropped.
+    let out = env.cli(&["status", "--json"]);
+    assert!(out.status.success(), "status: {}", stderr(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let counters = &status[0]["counters"];
+    assert!(
+        counters["tcp_redirected"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    assert!(counters["refused"].as_u64().unwrap() >= 4, "{status}");
+    assert!(counters["dropped"].as_u64().unwrap() >= 1, "{status}");
 }
 
 const DNS_CLIENT: &str = r#"
@@ -343,4 +355,42 @@ fn guard_cleans_up_cgroup_and_pins_when_a_test_fails() {
     };
     assert!(!cgroup.exists(), "cgroup {} left behind", cgroup.display());
     assert!(!pins.exists(), "pins {} left behind", pins.display());
+}
+
+#[test]
+fn sighup_applies_a_valid_routes_file_and_keeps_the_old_policy_on_a_broken_one() {
+    let a = TcpUpstream::start("127.0.0.2");
+    let b = TcpUpstream::start("127.0.0.2");
+    let mut env = raw_tcp_env("reload", &a);
+    env.start_gateway();
+    let curl = |env: &TestEnv, up: &TcpUpstream| {
+        env.exec(&[
+            "curl",
+            "-sS",
+            "-m",
+            "5",
+            &format!("http://127.0.0.2:{}/", up.port()),
+        ])
+        .status
+        .success()
+    };
+    assert!(curl(&env, &a));
+    assert!(!curl(&env, &b));
+
+    // Rewritten in place (same inode), as bind-mounted routes files are.
+    env.write_routes("tcp:\n  - upstream.test:not-a-port\n");
+    env.signal_gateway(egress_e2e::SIGHUP);
+    env.wait_for_log("routes reload failed; keeping the previous policy");
+    assert!(
+        env.gateway_log().contains("tcp[0]"),
+        "the reload error names the field"
+    );
+    assert!(curl(&env, &a), "old policy lost after a broken reload");
+    assert!(!curl(&env, &b));
+
+    env.write_routes(&format!("tcp:\n  - upstream.test:{}\n", b.port()));
+    env.signal_gateway(egress_e2e::SIGHUP);
+    env.wait_for_log("\"message\":\"routes reloaded\"");
+    assert!(curl(&env, &b), "new policy not applied");
+    assert!(!curl(&env, &a), "old policy still applied");
 }

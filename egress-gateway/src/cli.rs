@@ -30,6 +30,9 @@ pub enum Command {
     Check(ConfigArg),
     /// Check the kernel, cgroup v2, bpffs and permissions this machine gives the gateway.
     Doctor(ConfigArg),
+    /// Show each bottle's attachment, processes and kernel counters (works while the
+    /// gateway is down: the counters are in pinned maps).
+    Status(StatusArgs),
     /// Manage the interception CA.
     Ca(ca::CaArgs),
     /// Run the DLP detectors over a file.
@@ -66,6 +69,15 @@ pub struct DetachArgs {
     /// Detach even if processes still run in the bottle (they get direct egress).
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl ConfigArg {
@@ -106,6 +118,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Doctor(args) => {
             let config = args.load()?;
             Ok(crate::bpf::doctor::run(&config))
+        }
+        Command::Status(args) => {
+            let config = args.config.load()?;
+            let report = bpf::status(&config)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for b in &report {
+                    println!(
+                        "{:<20} {:<9} processes {:<4} tcp_redirected {:<6} dns_redirected {:<6} refused {:<6} dropped {}",
+                        b.bottle,
+                        if b.attached { "attached" } else { "detached" },
+                        b.processes,
+                        b.counters.tcp_redirected,
+                        b.counters.dns_redirected,
+                        b.counters.refused,
+                        b.counters.dropped
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Ca(args) => ca::run(args),
         Command::Dlp(args) => dlp::cli::run(args),

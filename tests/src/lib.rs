@@ -381,6 +381,8 @@ impl TestEnv {
     }
 }
 
+pub const SIGHUP: i32 = libc::SIGHUP;
+
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) with a pid this test started.
     unsafe {

@@ -212,6 +212,47 @@ fn program<'a>(
         .with_context(|| format!("program {name} missing from the embedded object"))
 }
 
+/// One bottle's state as the kernel sees it.
+#[derive(Debug, serde::Serialize)]
+pub struct BottleStatus {
+    pub bottle: String,
+    pub attached: bool,
+    pub processes: usize,
+    pub counters: CounterReport,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct CounterReport {
+    pub tcp_redirected: u64,
+    pub dns_redirected: u64,
+    pub refused: u64,
+    pub dropped: u64,
+}
+
+/// Attachment, process count and counters of every configured bottle.
+pub fn status(config: &config::Config) -> anyhow::Result<Vec<BottleStatus>> {
+    let layout = PinLayout::new(config);
+    let maps = KernelMaps::open(&layout.maps_dir()).ok();
+    let mut out = Vec::new();
+    for b in &config.bottles {
+        let c = maps.as_ref().map(|m| m.counters(b.id)).unwrap_or_default();
+        out.push(BottleStatus {
+            bottle: b.name.clone(),
+            attached: layout.bottle_dir(&b.name).join("egress_connect4").exists(),
+            processes: cgroup::bottle_path(config, b)
+                .map(|p| cgroup::processes(&p).len())
+                .unwrap_or(0),
+            counters: CounterReport {
+                tcp_redirected: c.tcp_redirected,
+                dns_redirected: c.dns_redirected,
+                refused: c.refused,
+                dropped: c.dropped,
+            },
+        });
+    }
+    Ok(out)
+}
+
 /// Removes a bottle's pinned links, which detaches its programs. Refuses while processes
 /// still run in the bottle unless `force`: they would get direct egress.
 pub fn detach(config: &config::Config, bottle: &config::Bottle, force: bool) -> anyhow::Result<()> {
