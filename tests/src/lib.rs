@@ -164,6 +164,15 @@ impl TestEnv {
             extra_bottle = spec.extra_bottle,
         );
         fs::write(&env.config_path, config).expect("write gateway.yaml");
+        // What the bottle's resolver sees: the test's names, and a loopback nameserver (the
+        // machine's own may be a real address, which tests must never send to).
+        let mut etc_hosts = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for (name, addr) in spec.hosts {
+            etc_hosts.push_str(&format!("{addr} {name}\n"));
+        }
+        fs::write(env.dir.join("hosts"), etc_hosts).expect("write hosts");
+        fs::write(env.dir.join("resolv.conf"), "nameserver 127.0.0.53\n")
+            .expect("write resolv.conf");
         fs::write(env.dir.join("routes.yaml"), spec.routes).expect("write routes.yaml");
         env
     }
@@ -289,11 +298,18 @@ impl TestEnv {
         self.exec_with_env(cmd, &[])
     }
 
+    /// The command runs in a private mount namespace whose /etc/hosts maps the test's
+    /// names and whose /etc/resolv.conf names a loopback server, so no client ever looks
+    /// a name up at a real address.
     pub fn exec_with_env(&self, cmd: &[&str], vars: &[(&str, &str)]) -> Output {
         Command::new(gateway_bin())
             .args(["exec", "--config"])
             .arg(&self.config_path)
-            .args(["--bottle", self.bottle(), "--"])
+            .args(["--bottle", self.bottle(), "--", "unshare", "--mount", "--", "sh", "-c"])
+            .arg("mount --bind \"$1\" /etc/hosts && mount --bind \"$2\" /etc/resolv.conf && shift 2 && exec \"$@\"")
+            .arg("sh")
+            .arg(self.dir.join("hosts"))
+            .arg(self.dir.join("resolv.conf"))
             .args(cmd)
             .envs(vars.iter().copied())
             .current_dir(&self.dir)
