@@ -113,7 +113,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => {
             let config = args.load()?;
             print!("{}", config.explain());
-            Ok(ExitCode::SUCCESS)
+            // Every routes file too; report all broken ones, not just the first.
+            let mut failed = false;
+            for b in &config.bottles {
+                let Some(path) = &b.routes else { continue };
+                match crate::policy::Routes::load(path) {
+                    Ok(_) => println!("routes: {}: ok", path.display()),
+                    Err(e) => {
+                        eprintln!("egress-gateway: error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Doctor(args) => {
             let config = args.load()?;
