@@ -191,18 +191,36 @@ for name in sys.argv[1:]:
 #[test]
 fn dns_answers_allowed_names_and_nxdomains_the_rest() {
     let upstream = TcpUpstream::start("127.0.0.2");
-    let mut env = raw_tcp_env("dns", &upstream);
+    let routes = format!(
+        "routes:\n  - host: \"*.cdn.upstream.test\"\ntcp:\n  - upstream.test:{}\n",
+        upstream.port()
+    );
+    let mut env = TestEnv::new(
+        "dns",
+        EnvSpec {
+            hosts: &[
+                ("upstream.test", "127.0.0.2"),
+                ("x.cdn.upstream.test", "127.0.0.5"),
+            ],
+            routes: &routes,
+            ..Default::default()
+        },
+    );
     env.start_gateway();
+    let tunnel = "mfrggzdfmztwq2lknnwg23tpobyxe43u.cdn.upstream.test";
     let out = env.exec(&[
         "python3",
         "-c",
         DNS_CLIENT,
         "upstream.test",
         "exfil.evil.example",
+        "x.cdn.upstream.test",
+        tunnel,
     ]);
     let text = stdout(&out);
     assert!(out.status.success(), "dns client failed: {}", stderr(&out));
     let lines: Vec<&str> = text.lines().collect();
+    let tunnel_line = format!("{tunnel} rcode=3 - 127.0.0.53:53");
     assert_eq!(
         lines,
         [
@@ -210,10 +228,22 @@ fn dns_answers_allowed_names_and_nxdomains_the_rest() {
             "upstream.test rcode=0 127.0.0.2 127.0.0.53:53",
             "exfil.evil.example rcode=3 - 127.0.0.53:53",
             "exfil.evil.example rcode=3 - 127.0.0.53:53",
+            "x.cdn.upstream.test rcode=0 127.0.0.5 127.0.0.53:53",
+            "x.cdn.upstream.test rcode=0 127.0.0.5 127.0.0.53:53",
+            &tunnel_line,
+            &tunnel_line,
         ],
         "{text}"
     );
-    env.wait_for_log("\"name\":\"exfil.evil.example\"");
+    let log = env.wait_for_log("DNS tunnelling");
+    assert!(
+        log.contains("\"name\":\"exfil.evil.example\""),
+        "denied names are logged"
+    );
+    assert!(
+        !log.contains(tunnel),
+        "the tunnel label (possibly a secret) was logged"
+    );
 }
 
 #[test]
