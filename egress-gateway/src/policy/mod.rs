@@ -1,15 +1,18 @@
 //! A bottle's routes: which hosts, paths and raw TCP destinations it may reach, and with
-//! which credential and DLP policy. Pure: parsing, validation and decisions, no I/O
-//! beyond reading the file in `Routes::load`.
-//!
-//! NOTE: minimal placeholder (the `tcp:` list and route hosts) until the routes engine
-//! lands; its public surface (`load`, `deny_all`, `tcp`, `dns_name_allowed`, `decide`,
-//! `host_allowed`, `log_level`, `allowlist_json` and the types below) stays.
+//! which credential and DLP policy. Pure: `load` parses and validates a routes file
+//! (bot-bottle's rendered `routes.yaml`, JSON accepted), `decide` answers one request.
+mod load;
+
 use std::path::Path;
 
-use serde::Deserialize;
+use regex::Regex;
 
-use crate::config::{ConfigError, Problems, yaml};
+use crate::config::ConfigError;
+
+/// Outbound detector names a route may list (bot-bottle's names).
+pub const OUTBOUND_DETECTORS: &[&str] = &["token_patterns", "known_secrets", "entropy"];
+/// Inbound detector names a route may list.
+pub const INBOUND_DETECTORS: &[&str] = &["naive_injection_detection"];
 
 /// One `tcp:` entry: raw TCP to this host (name or IP literal) and port is relayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,9 +21,11 @@ pub struct TcpAllow {
     pub port: u16,
 }
 
+/// A validated routes file.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
-    hosts: Vec<String>,
+    log: LogLevel,
+    routes: Vec<Route>,
     tcp: Vec<TcpAllow>,
 }
 
@@ -46,22 +51,44 @@ pub struct Denial {
     pub reason: String,
 }
 
-/// `log:` of a routes file.
+impl Denial {
+    fn new(reason: impl Into<String>) -> Self {
+        Denial {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `log:` of a routes file: 0 off, 1 blocks, 2 full.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
-    Off,
     #[default]
+    Off,
     Blocks,
     Full,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Off => "off",
+            LogLevel::Blocks => "blocks",
+            LogLevel::Full => "full",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct Route {
-    /// As written: exact, or `*.suffix`.
+    /// As written, lower-case: exact, or `*.suffix`.
     pub host: String,
     pub auth: Option<Auth>,
     pub git_fetch: bool,
     pub dlp: RouteDlp,
+    /// An LLM provider route (its default `on_match` is `redact`).
+    pub provider: bool,
+    /// Empty: every path and method.
+    matches: Vec<Match>,
 }
 
 /// Credential injection: `Authorization: <scheme> <value of token_env>`.
@@ -80,6 +107,30 @@ pub enum AuthScheme {
     Basic,
 }
 
+impl AuthScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthScheme::Bearer => "Bearer",
+            AuthScheme::Token => "token",
+            AuthScheme::Basic => "Basic",
+        }
+    }
+
+    /// The `Authorization` header value for `secret`.
+    pub fn header_value(self, secret: &str) -> String {
+        use base64::Engine as _;
+        match self {
+            AuthScheme::Basic => {
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(secret.as_bytes())
+                )
+            }
+            other => format!("{} {secret}", other.as_str()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RouteDlp {
     /// `None`: the default detectors; `Some(vec![])`: none (`false` in the file).
@@ -96,89 +147,300 @@ pub enum OnMatch {
     Supervise,
 }
 
-#[derive(Debug, Deserialize)]
-struct RawRoutes {
-    #[serde(default)]
-    routes: Vec<RawRoute>,
-    #[serde(default)]
-    tcp: Vec<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    log: Option<serde_norway::Value>,
+impl OnMatch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnMatch::Block => "block",
+            OnMatch::Redact => "redact",
+            OnMatch::Supervise => "supervise",
+        }
+    }
 }
 
-#[derive(Debug, Deserialize)]
-struct RawRoute {
-    host: String,
+/// One `matches` entry: every given condition must hold.
+#[derive(Debug, Clone)]
+struct Match {
+    paths: Vec<PathMatch>,
+    /// Upper-case; empty: any method.
+    methods: Vec<String>,
+    headers: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Clone)]
+enum PathMatch {
+    /// Ends with `/`: plain prefix. Otherwise segment-aware: the path equals the value or
+    /// continues with `/` (so `/v1` matches `/v1/x` but not `/v1x`).
+    Prefix(String),
+    Exact(String),
+    /// Anchored: the whole path must match.
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+struct HeaderMatch {
+    /// Lower-case.
+    name: String,
+    value: ValueMatch,
+}
+
+#[derive(Debug, Clone)]
+enum ValueMatch {
+    Exact(String),
+    Regex(Regex),
 }
 
 impl Routes {
+    /// No routes, no raw TCP: every request is denied.
     pub fn deny_all() -> Routes {
         Routes::default()
     }
 
+    /// Reads, parses and validates a routes file; every problem is reported with the
+    /// file, line (for syntax) and field path.
     pub fn load(path: &Path) -> Result<Routes, ConfigError> {
-        let raw: RawRoutes = yaml::load(path)?;
-        let mut problems = Problems::new(path);
-        let mut tcp = Vec::new();
-        for (i, entry) in raw.tcp.iter().enumerate() {
-            match parse_host_port(entry) {
-                Some(t) => tcp.push(t),
-                None => problems.push(format!("tcp[{i}]"), format!("{entry:?} is not host:port")),
-            }
-        }
-        let hosts = raw
-            .routes
-            .into_iter()
-            .map(|r| r.host.to_ascii_lowercase())
-            .collect();
-        problems.finish(Routes { hosts, tcp })
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::single(path, "", format!("cannot read: {e}")))?;
+        load::parse(path, &text)
     }
 
-    /// The route that allows `req`, or why none does (placeholder: host match only).
-    pub fn decide(&self, req: &RequestHead<'_>) -> Decision<'_> {
-        let _ = req;
-        Decision::Deny(Denial {
-            reason: "routes engine not built yet".into(),
-        })
-    }
-
-    /// Whether any route names `host` (used before a request exists: SNI, CONNECT).
-    pub fn host_allowed(&self, host: &str) -> bool {
-        self.dns_name_allowed(host)
+    /// Parses routes from text (`path` names the source in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Routes, ConfigError> {
+        load::parse(path, text)
     }
 
     pub fn log_level(&self) -> LogLevel {
-        LogLevel::Blocks
-    }
-
-    /// The routes as JSON for `http://_egress.local/allowlist` (never secret values).
-    pub fn allowlist_json(&self) -> serde_json::Value {
-        serde_json::json!({ "routes": self.hosts })
+        self.log
     }
 
     pub fn tcp(&self) -> &[TcpAllow] {
         &self.tcp
     }
 
-    /// Whether the bottle may resolve `name` (a route host, wildcard suffix, or tcp host).
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route for `host`: an exact route beats any wildcard; among wildcards the
+    /// longest suffix wins.
+    pub fn route_for(&self, host: &str) -> Option<&Route> {
+        let host = normalize_host(host);
+        if let Some(exact) = self.routes.iter().find(|r| r.host == host) {
+            return Some(exact);
+        }
+        self.routes
+            .iter()
+            .filter(|r| {
+                r.host
+                    .strip_prefix("*.")
+                    .is_some_and(|suffix| is_strict_subdomain(&host, suffix))
+            })
+            .max_by_key(|r| r.host.len())
+    }
+
+    /// Whether any route names `host` (used before a request exists: SNI, CONNECT).
+    pub fn host_allowed(&self, host: &str) -> bool {
+        self.route_for(host).is_some()
+    }
+
+    /// Whether the bottle may resolve `name`: a route host (wildcards included) or a
+    /// `tcp:` host.
     pub fn dns_name_allowed(&self, name: &str) -> bool {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        self.hosts.iter().any(|h| match h.strip_prefix("*.") {
-            Some(suffix) => name.ends_with(&format!(".{suffix}")),
-            None => *h == name,
-        }) || self.tcp.iter().any(|t| t.host == name)
+        let name = normalize_host(name);
+        self.route_for(&name).is_some() || self.tcp.iter().any(|t| t.host == name)
+    }
+
+    /// The route that allows `req`, or why none does.
+    pub fn decide(&self, req: &RequestHead<'_>) -> Decision<'_> {
+        let host = normalize_host(req.host);
+        let Some(route) = self.route_for(&host) else {
+            return Decision::Deny(Denial::new(format!(
+                "egress: host {host} is not in the allowlist"
+            )));
+        };
+        let (path, query) = req
+            .path_and_query
+            .split_once('?')
+            .unwrap_or((req.path_and_query, ""));
+        if !is_canonical_path(path) {
+            return Decision::Deny(Denial::new(format!(
+                "egress: request path for {host} is not in canonical form (dot segments or encoded separators)"
+            )));
+        }
+        match git_service(path, query) {
+            Some(GitService::ReceivePack) => {
+                return Decision::Deny(Denial::new(
+                    "egress: git push over HTTPS is blocked; push through the git gate over SSH instead",
+                ));
+            }
+            Some(GitService::UploadPack) if !route.git_fetch => {
+                return Decision::Deny(Denial::new(format!(
+                    "egress: git fetch over HTTPS is not enabled for {host} (route needs git: {{fetch: true}})"
+                )));
+            }
+            _ => {}
+        }
+        if route.matches.is_empty()
+            || route
+                .matches
+                .iter()
+                .any(|m| m.matches(req.method, path, req.headers))
+        {
+            Decision::Allow(route)
+        } else {
+            Decision::Deny(Denial::new(format!(
+                "egress: {} {path} is not allowed for {host}",
+                req.method
+            )))
+        }
+    }
+
+    /// The routes as JSON for `http://_egress.local/allowlist` (names of credential
+    /// variables, never their values).
+    pub fn allowlist_json(&self) -> serde_json::Value {
+        let routes: Vec<serde_json::Value> = self
+            .routes
+            .iter()
+            .map(|r| {
+                let matches: Vec<serde_json::Value> =
+                    r.matches.iter().map(Match::to_json).collect();
+                serde_json::json!({
+                    "host": r.host,
+                    "matches": matches,
+                    "auth_scheme": r.auth.as_ref().map(|a| a.scheme.as_str()),
+                    "token_env": r.auth.as_ref().map(|a| a.token_env.clone()),
+                    "git": {"fetch": r.git_fetch},
+                    "outbound_on_match": r.dlp.on_match.as_str(),
+                })
+            })
+            .collect();
+        let tcp: Vec<String> = self
+            .tcp
+            .iter()
+            .map(|t| format!("{}:{}", t.host, t.port))
+            .collect();
+        serde_json::json!({ "log": self.log.as_str(), "routes": routes, "tcp": tcp })
     }
 }
 
-fn parse_host_port(s: &str) -> Option<TcpAllow> {
-    let (host, port) = s.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return None;
+impl Match {
+    fn matches(&self, method: &str, path: &str, headers: &http::HeaderMap) -> bool {
+        let path_ok = self.paths.is_empty() || self.paths.iter().any(|p| p.matches(path));
+        let method_ok =
+            self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method));
+        let headers_ok = self.headers.iter().all(|h| {
+            headers
+                .get_all(h.name.as_str())
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| h.value.matches(v)))
+        });
+        path_ok && method_ok && headers_ok
     }
-    Some(TcpAllow {
-        host: host.to_ascii_lowercase(),
-        port: port.parse().ok().filter(|p| *p != 0)?,
-    })
+
+    fn to_json(&self) -> serde_json::Value {
+        let paths: Vec<serde_json::Value> = self
+            .paths
+            .iter()
+            .map(|p| match p {
+                PathMatch::Prefix(v) => serde_json::json!({"type": "prefix", "value": v}),
+                PathMatch::Exact(v) => serde_json::json!({"type": "exact", "value": v}),
+                PathMatch::Regex(r) => {
+                    serde_json::json!({"type": "regex", "value": regex_source(r)})
+                }
+            })
+            .collect();
+        let headers: Vec<serde_json::Value> = self
+            .headers
+            .iter()
+            .map(|h| match &h.value {
+                ValueMatch::Exact(v) => {
+                    serde_json::json!({"name": h.name, "type": "exact", "value": v})
+                }
+                ValueMatch::Regex(r) => {
+                    serde_json::json!({"name": h.name, "type": "regex", "value": regex_source(r)})
+                }
+            })
+            .collect();
+        serde_json::json!({"paths": paths, "methods": self.methods, "headers": headers})
+    }
 }
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Prefix(p) if p.ends_with('/') => path.starts_with(p.as_str()),
+            PathMatch::Prefix(p) => {
+                path == p
+                    || path
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            }
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+impl ValueMatch {
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            ValueMatch::Exact(v) => v == value,
+            ValueMatch::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// The user's pattern without the anchoring added at load.
+fn regex_source(r: &Regex) -> String {
+    let s = r.as_str();
+    s.strip_prefix("^(?:")
+        .and_then(|s| s.strip_suffix(")$"))
+        .unwrap_or(s)
+        .to_string()
+}
+
+fn normalize_host(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// `host` is a subdomain (any depth) of `suffix`, not `suffix` itself nor `xsuffix`.
+fn is_strict_subdomain(host: &str, suffix: &str) -> bool {
+    host.len() > suffix.len() + 1
+        && host.ends_with(suffix)
+        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+}
+
+/// Rejects paths an upstream could resolve differently from how we matched them.
+fn is_canonical_path(path: &str) -> bool {
+    if !path.starts_with('/') && path != "*" {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || path.contains('\\')
+    {
+        return false;
+    }
+    !path.split('/').any(|seg| seg == "." || seg == "..")
+}
+
+enum GitService {
+    UploadPack,
+    ReceivePack,
+}
+
+/// The git smart-HTTP service a request is for, if any.
+fn git_service(path: &str, query: &str) -> Option<GitService> {
+    let service_in_query = |name: &str| query.split('&').any(|kv| kv == format!("service={name}"));
+    if path.ends_with("/git-receive-pack") || service_in_query("git-receive-pack") {
+        Some(GitService::ReceivePack)
+    } else if path.ends_with("/git-upload-pack") || service_in_query("git-upload-pack") {
+        Some(GitService::UploadPack)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;
