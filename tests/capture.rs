@@ -9,7 +9,7 @@ use egress_e2e::{
 };
 
 fn raw_tcp_env(test: &str, upstream: &TcpUpstream) -> TestEnv {
-    let routes = format!("tcp:\n  - upstream.test:{}\n", upstream.port());
+    let routes = format!("log: 1\ntcp:\n  - upstream.test:{}\n", upstream.port());
     TestEnv::new(
         test,
         EnvSpec {
@@ -27,7 +27,7 @@ fn curl_and_python_are_delivered_through_the_gateway_with_original_destination()
     env.start_gateway();
 
     let url = format!("http://127.0.0.2:{}/", upstream.port());
-    let out = env.exec(&["curl", "-sS", "-m", "5", &url]);
+    let out = env.exec(&["curl", "-fsS", "-m", "5", &url]);
     assert!(out.status.success(), "curl failed: {}", stderr(&out));
     assert_eq!(stdout(&out), UPSTREAM_BODY);
     env.wait_for_log(&format!("\"orig_dst\":\"127.0.0.2:{}\"", upstream.port()));
@@ -61,13 +61,39 @@ fn a_destination_not_allowed_gets_nothing() {
     let other = TcpUpstream::start("127.0.0.3");
     let mut env = raw_tcp_env("deny", &allowed);
     env.start_gateway();
+    // HTTP is intercepted and refused by the routes; anything else is closed.
     let url = format!("http://127.0.0.3:{}/", other.port());
-    let out = env.exec(&["curl", "-sS", "-m", "5", &url]);
-    assert!(
-        !out.status.success(),
-        "curl to a destination not allowed succeeded"
+    let out = env.exec(&[
+        "curl",
+        "-sS",
+        "-m",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "403",
+        "curl to a destination not allowed: {}",
+        stderr(&out)
     );
-    env.wait_for_log("destination not in the bottle's tcp allow list");
+    env.wait_for_log("is not in the allowlist");
+    let script = format!(
+        "import socket\ns = socket.create_connection(('127.0.0.3', {}), timeout=5)\n\
+         s.sendall(b'SSH-2.0-OpenSSH_9.2\\r\\n')\nprint(repr(s.recv(100)))\n",
+        other.port()
+    );
+    let out = env.exec(&["python3", "-c", &script]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "b''",
+        "a non-HTTP stream was not closed: {}",
+        stderr(&out)
+    );
+    env.wait_for_log("not TLS or HTTP, and the destination is not in the bottle's tcp allow list");
     assert_eq!(other.hits(), 0);
 }
 
@@ -95,13 +121,13 @@ def attempt(name, fn):
 def v6():
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM); s.settimeout(3)
     s.connect(('::1', {v6port})); s.sendall(b'GET / HTTP/1.0\r\n\r\n')
-    if not s.recv(100): raise OSError(0, 'closed by gateway')
+    if b'hello from upstream' not in s.recv(4096): raise OSError(0, 'refused by gateway')
 attempt('ipv6', v6)
 
 def mapped():
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM); s.settimeout(3)
     s.connect(('::ffff:127.0.0.3', {v4port})); s.sendall(b'GET / HTTP/1.0\r\n\r\n')
-    if not s.recv(100): raise OSError(0, 'closed by gateway')
+    if b'hello from upstream' not in s.recv(4096): raise OSError(0, 'refused by gateway')
 attempt('mapped', mapped)
 
 def udp():
@@ -252,11 +278,15 @@ fn killed_gateway_fails_closed_and_restart_resumes_without_reattaching_the_bottl
     let mut env = raw_tcp_env("sigkill", &upstream);
     env.start_gateway();
     let url = format!("http://127.0.0.2:{}/", upstream.port());
-    assert!(env.exec(&["curl", "-sS", "-m", "5", &url]).status.success());
+    assert!(
+        env.exec(&["curl", "-fsS", "-m", "5", &url])
+            .status
+            .success()
+    );
     assert_eq!(upstream.hits(), 1);
 
     env.kill_gateway();
-    let out = env.exec(&["curl", "-sS", "-m", "5", &url]);
+    let out = env.exec(&["curl", "-fsS", "-m", "5", &url]);
     assert!(
         !out.status.success(),
         "a connection succeeded while the gateway was dead"
@@ -280,7 +310,7 @@ fn killed_gateway_fails_closed_and_restart_resumes_without_reattaching_the_bottl
 
     // A process that started while the gateway was down is still in the bottle.
     env.start_gateway();
-    let out = env.exec(&["curl", "-sS", "-m", "5", &url]);
+    let out = env.exec(&["curl", "-fsS", "-m", "5", &url]);
     assert!(out.status.success(), "after restart: {}", stderr(&out));
     assert_eq!(upstream.hits(), 2);
 }
@@ -396,7 +426,7 @@ fn sighup_applies_a_valid_routes_file_and_keeps_the_old_policy_on_a_broken_one()
     let curl = |env: &TestEnv, up: &TcpUpstream| {
         env.exec(&[
             "curl",
-            "-sS",
+            "-fsS",
             "-m",
             "5",
             &format!("http://127.0.0.2:{}/", up.port()),

@@ -18,7 +18,9 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{bpf, config, dns, policy, proxy, resolve::Resolver, telemetry};
+use crate::{
+    bpf, ca::CertificateAuthority, config, dns, policy, proxy, resolve::Resolver, telemetry,
+};
 
 /// A configured bottle and its live policy.
 pub struct BottleState {
@@ -53,6 +55,7 @@ pub struct Gateway {
     pub config: config::Config,
     pub resolver: Resolver,
     pub maps: bpf::KernelMaps,
+    pub proxy: Arc<proxy::ProxyContext>,
     bottles: HashMap<u32, Arc<BottleState>>,
     next_conn_id: AtomicU64,
 }
@@ -94,6 +97,17 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
         );
     }
 
+    let resolver = Resolver::new(config.hosts.clone());
+    let ca = CertificateAuthority::load_or_create(&config.state_dir)
+        .context("loading the interception CA")?;
+    let upstream = proxy::upstream::Upstream::new(resolver.clone(), &config.upstream_ca_files)
+        .context("building the upstream TLS client")?;
+    let proxy = Arc::new(proxy::ProxyContext {
+        resolver: resolver.clone(),
+        ca: Arc::new(ca),
+        upstream,
+    });
+
     // Listeners before programs: once a bottle is attached, its connections must find them.
     let tcp = TcpListener::bind(config.listen)
         .await
@@ -120,9 +134,10 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let maps = bpf::KernelMaps::open(&layout.maps_dir())?;
 
     let gw = Arc::new(Gateway {
-        resolver: Resolver::new(config.hosts.clone()),
+        resolver,
         config,
         maps,
+        proxy,
         bottles,
         next_conn_id: AtomicU64::new(1),
     });
@@ -203,7 +218,7 @@ async fn accept_loop(listener: TcpListener, gw: Arc<Gateway>) {
             orig_dst: redirected.orig_dst,
             bottle,
         };
-        tokio::spawn(proxy::handle(stream, conn, gw.clone()));
+        tokio::spawn(proxy::handle(stream, conn, gw.proxy.clone()));
     }
 }
 

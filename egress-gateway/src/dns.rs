@@ -12,6 +12,9 @@ use crate::app::Gateway;
 /// TTL of answers: short, so policy and override changes take effect quickly.
 const ANSWER_TTL_SECS: u32 = 30;
 const MAX_DATAGRAM: usize = 1232;
+/// The name bottles ask the gateway about themselves (`http://_egress.local/allowlist`).
+const INTROSPECTION_NAME: &str = "_egress.local";
+const INTROSPECTION_ADDR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 pub async fn serve(socket: UdpSocket, gw: Arc<Gateway>) {
     let socket = Arc::new(socket);
@@ -48,6 +51,15 @@ async fn answer(packet: &[u8], peer: SocketAddr, gw: &Gateway) -> Option<Vec<u8>
         tracing::warn!(client = %peer, name = %query.name, "dns query from an unknown client refused");
         return Some(wire::reply(&query, wire::Rcode::Refused, &[]));
     };
+    if query.name == INTROSPECTION_NAME {
+        // Any address will do: the bottle's connection to it is redirected to the gateway.
+        let addrs: &[IpAddr] = if query.qtype == wire::QTYPE_A {
+            &[INTROSPECTION_ADDR]
+        } else {
+            &[]
+        };
+        return Some(wire::reply(&query, wire::Rcode::NoError, addrs));
+    }
     let allowed = bottle.routes().dns_name_allowed(&query.name);
     if !allowed {
         tracing::info!(bottle = %bottle.config.name, name = %query.name, decision = "nxdomain", "dns query denied");

@@ -211,7 +211,8 @@ impl TestEnv {
         self.gateway = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let log = self.gateway_log();
+            // Only this process's log: an earlier generation's `ready` says nothing.
+            let log = fs::read_to_string(self.current_log()).unwrap_or_default();
             if log.contains("\"message\":\"ready\"") {
                 return;
             }

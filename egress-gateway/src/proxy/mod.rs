@@ -1,13 +1,27 @@
 //! The data path behind the listener: each redirected connection is classified and
-//! either relayed (allowed raw TCP), intercepted (TLS/HTTP) or closed.
+//! either relayed (an exact `tcp:` destination), intercepted (TLS or plain HTTP, every
+//! request policed) or closed.
+//!
+//! Layers, outside in: `sniff` (what protocol), `tls` (terminate with a minted leaf),
+//! `http` (per-request policy and forwarding), `upstream` (the gateway's own client).
+mod http;
 mod relay;
+mod rewind;
+mod sniff;
+mod tls;
+pub mod upstream;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
-use crate::app::{BottleState, Gateway};
+use crate::{app::BottleState, ca::CertificateAuthority, resolve::Resolver};
+
+/// How long a client may take to send its first bytes (a ClientHello or request line).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake with the client may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection accepted from a bottle, with what the kernel told us about it.
 pub struct Connection {
@@ -18,7 +32,26 @@ pub struct Connection {
     pub bottle: Arc<BottleState>,
 }
 
-pub async fn handle(stream: TcpStream, conn: Connection, gw: Arc<Gateway>) {
+/// What every connection handler shares: resolution, the CA, the upstream client.
+pub struct ProxyContext {
+    pub resolver: Resolver,
+    pub ca: Arc<CertificateAuthority>,
+    pub upstream: upstream::Upstream,
+}
+
+/// One intercepted stream's facts, shared by its requests.
+struct Flow {
+    conn: Connection,
+    /// The destination data may be sent to (the original one, or the CONNECT target).
+    dst: SocketAddr,
+    /// SNI of the client's TLS, when the stream is TLS.
+    sni: Option<String>,
+    /// The host a CONNECT named; the inner stream's SNI/Host must agree with it.
+    connect_host: Option<String>,
+    tls: bool,
+}
+
+pub async fn handle(stream: tokio::net::TcpStream, conn: Connection, ctx: Arc<ProxyContext>) {
     let span = tracing::info_span!(
         "conn",
         id = conn.id,
@@ -27,9 +60,57 @@ pub async fn handle(stream: TcpStream, conn: Connection, gw: Arc<Gateway>) {
         orig_dst = %conn.orig_dst,
     );
     async move {
-        tracing::info!("connection accepted");
-        relay::relay_if_allowed(stream, &conn, &gw).await;
+        tracing::debug!("connection accepted");
+        // An exact raw-TCP destination is relayed uninspected, whatever it speaks.
+        if let Some(rule) = relay::allowed_by(&conn, &ctx.resolver).await {
+            relay::relay(stream, conn.orig_dst, &rule).await;
+            return;
+        }
+        let dst = conn.orig_dst;
+        serve_stream(
+            stream,
+            Flow {
+                conn,
+                dst,
+                sni: None,
+                connect_host: None,
+                tls: false,
+            },
+            ctx,
+        )
+        .await;
     }
     .instrument(span)
     .await
+}
+
+/// Classifies a stream and serves it; boxed because CONNECT recurses into it.
+fn serve_stream<I>(
+    io: I,
+    flow: Flow,
+    ctx: Arc<ProxyContext>,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(async move {
+        let (kind, io) = match sniff::classify(io, FIRST_BYTES_TIMEOUT).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::info!(decision = "deny", reason = %e, "connection closed");
+                return;
+            }
+        };
+        match kind {
+            sniff::Kind::Tls => tls::serve(io, flow, ctx).await,
+            sniff::Kind::Http => http::serve(io, Arc::new(flow), ctx).await,
+            sniff::Kind::Other => {
+                tracing::info!(
+                    decision = "deny",
+                    reason = "not TLS or HTTP, and the destination is not in the bottle's tcp allow list",
+                    "connection closed"
+                );
+            }
+        }
+    })
 }

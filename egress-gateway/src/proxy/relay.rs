@@ -1,29 +1,25 @@
-//! Raw TCP relay for the destinations a bottle's `tcp:` list allows.
+//! Raw TCP relay for the exact destinations a bottle's `tcp:` list allows.
+use std::net::SocketAddr;
+
 use tokio::net::TcpStream;
 
 use super::Connection;
-use crate::app::Gateway;
+use crate::{policy::TcpAllow, resolve::Resolver};
 
-/// Relays `stream` to the original destination when an entry of the bottle's `tcp:` list
-/// names that port and a host that resolves to that address; closes it otherwise.
-pub async fn relay_if_allowed(mut stream: TcpStream, conn: &Connection, gw: &Gateway) {
+/// The `tcp:` entry that allows this connection's original destination: same port, and
+/// a host whose addresses (from the gateway's resolver) include the destination.
+pub async fn allowed_by(conn: &Connection, resolver: &Resolver) -> Option<TcpAllow> {
     let routes = conn.bottle.routes().clone();
     let dst = conn.orig_dst;
-    let mut allowed_by = None;
     for entry in routes.tcp().iter().filter(|t| t.port == dst.port()) {
-        if gw.resolver.is_address_of(&entry.host, dst.ip()).await {
-            allowed_by = Some(entry.clone());
-            break;
+        if resolver.is_address_of(&entry.host, dst.ip()).await {
+            return Some(entry.clone());
         }
     }
-    let Some(entry) = allowed_by else {
-        tracing::info!(
-            decision = "deny",
-            reason = "destination not in the bottle's tcp allow list",
-            "connection closed"
-        );
-        return;
-    };
+    None
+}
+
+pub async fn relay(mut stream: TcpStream, dst: SocketAddr, rule: &TcpAllow) {
     let mut upstream = match TcpStream::connect(dst).await {
         Ok(s) => s,
         Err(e) => {
@@ -31,7 +27,7 @@ pub async fn relay_if_allowed(mut stream: TcpStream, conn: &Connection, gw: &Gat
             return;
         }
     };
-    tracing::info!(decision = "allow", rule = %format!("{}:{}", entry.host, entry.port), "tcp relay");
+    tracing::info!(decision = "allow", rule = %format!("{}:{}", rule.host, rule.port), "tcp relay");
     match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
         Ok((up, down)) => tracing::info!(bytes_up = up, bytes_down = down, "tcp relay closed"),
         Err(e) => tracing::debug!(error = %e, "tcp relay ended with an error"),

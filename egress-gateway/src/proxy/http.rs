@@ -1,0 +1,564 @@
+//! Per-request policy and forwarding, in named phases:
+//! `identify` (which host, and does it agree with SNI / CONNECT / the destination),
+//! `authorize` (routes), `prepare` (strip and inject credentials, drop hop-by-hop
+//! headers), `forward` (the gateway's upstream client), then the response back.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
+};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Flow, ProxyContext, serve_stream, upstream::Body};
+use crate::policy::{Decision, LogLevel, RequestHead, Route};
+
+/// The host the bottle asks to learn its own policy.
+const INTROSPECTION_HOST: &str = "_egress.local";
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1), plus the
+/// proxy credentials a client may send.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub async fn serve<I>(io: I, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = {
+        let (flow, ctx) = (flow.clone(), ctx.clone());
+        service_fn(move |req| {
+            let (flow, ctx) = (flow.clone(), ctx.clone());
+            async move { Ok::<_, std::convert::Infallible>(handle(req, flow, ctx).await) }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .await
+    {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+/// The answer to one request; never an error, every failure is a response.
+async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>) -> Response<Body> {
+    let routes = flow.conn.bottle.routes().clone();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let log_level = routes.log_level();
+
+    if method == Method::CONNECT {
+        return connect(req, flow, ctx).await;
+    }
+
+    // === identify ===
+    let host = match identify(&req, &flow) {
+        Ok(h) => h,
+        Err((status, reason)) => {
+            return deny(&flow, log_level, status, "-", &method, &path, &reason);
+        }
+    };
+    if host == INTROSPECTION_HOST && !flow.tls {
+        let body = serde_json::to_vec_pretty(&routes.allowlist_json()).unwrap_or_default();
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(full(body))
+            .expect("static response");
+    }
+    if !ctx.resolver.is_address_of(&host, flow.dst.ip()).await {
+        let reason = format!("egress: {} is not an address of {host}", flow.dst.ip());
+        return deny(
+            &flow,
+            log_level,
+            StatusCode::FORBIDDEN,
+            &host,
+            &method,
+            &path,
+            &reason,
+        );
+    }
+
+    // === authorize ===
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let route: Route = match routes.decide(&RequestHead {
+        host: &host,
+        method: method.as_str(),
+        path_and_query: &path_and_query,
+        headers: req.headers(),
+    }) {
+        Decision::Allow(route) => route.clone(),
+        Decision::Deny(denial) => {
+            return deny(
+                &flow,
+                log_level,
+                StatusCode::FORBIDDEN,
+                &host,
+                &method,
+                &path,
+                &denial.reason,
+            );
+        }
+    };
+
+    // === prepare ===
+    let is_websocket = is_websocket_upgrade(&req);
+    let (mut parts, body) = req.into_parts();
+    let mut headers = forwardable_headers(&parts.headers, is_websocket);
+    if let Some(auth) = &route.auth {
+        match std::env::var(&auth.token_env) {
+            Ok(secret) if !secret.is_empty() => {
+                let mut value = HeaderValue::from_str(&auth.scheme.header_value(&secret))
+                    .unwrap_or_else(|_| HeaderValue::from_static(""));
+                value.set_sensitive(true);
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            _ => {
+                let reason = format!(
+                    "egress: credential {} for {host} is not configured on the gateway",
+                    auth.token_env
+                );
+                return deny(
+                    &flow,
+                    log_level,
+                    StatusCode::BAD_GATEWAY,
+                    &host,
+                    &method,
+                    &path,
+                    &reason,
+                );
+            }
+        }
+    }
+    let scheme = if flow.tls { "https" } else { "http" };
+    let port = flow.dst.port();
+    let uri: Uri = match format!("{scheme}://{host}:{port}{path_and_query}").parse() {
+        Ok(u) => u,
+        Err(e) => {
+            let reason = format!("egress: cannot form the upstream URI: {e}");
+            return deny(
+                &flow,
+                log_level,
+                StatusCode::BAD_REQUEST,
+                &host,
+                &method,
+                &path,
+                &reason,
+            );
+        }
+    };
+    if log_level >= LogLevel::Full {
+        tracing::info!(
+            host = %host,
+            method = %method,
+            path = %path,
+            headers = ?header_names(&headers),
+            "egress_request"
+        );
+    }
+
+    // === forward ===
+    if is_websocket {
+        let Some(client_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+            let reason = "egress: this connection cannot be upgraded";
+            return deny(
+                &flow,
+                log_level,
+                StatusCode::BAD_REQUEST,
+                &host,
+                &method,
+                &path,
+                reason,
+            );
+        };
+        return websocket(&ctx, &flow, &host, uri, headers, client_upgrade, log_level).await;
+    }
+    parts.uri = uri;
+    parts.headers = headers;
+    parts.version = http::Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, body.boxed());
+    match ctx.upstream.send(upstream_req).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            if log_level >= LogLevel::Full {
+                tracing::info!(host = %host, method = %method, path = %path, status = parts.status.as_u16(), "egress_response");
+            }
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(e) => {
+            let reason = format!("egress: upstream {host} failed: {e}");
+            deny(
+                &flow,
+                log_level,
+                StatusCode::BAD_GATEWAY,
+                &host,
+                &method,
+                &path,
+                &reason,
+            )
+        }
+    }
+}
+
+/// The request's host, checked against SNI and a CONNECT target.
+fn identify(req: &Request<Incoming>, flow: &Flow) -> Result<String, (StatusCode, String)> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .ok_or((
+            StatusCode::BAD_REQUEST,
+            "egress: request has no Host".to_string(),
+        ))?;
+    // With both an authority and a Host header (HTTP/1 absolute form), they must agree.
+    if let (Some(a), Some(h)) = (req.uri().authority(), req.headers().get(header::HOST))
+        && !h.to_str().is_ok_and(|h| host_of(h) == host_of(a.as_str()))
+    {
+        return Err((
+            StatusCode::MISDIRECTED_REQUEST,
+            "egress: Host and :authority disagree".into(),
+        ));
+    }
+    let host = host_of(&authority);
+    if host.is_empty() {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "egress: request has an empty Host".into(),
+        ));
+    }
+    if let Some(sni) = flow.sni.as_ref().filter(|sni| **sni != host) {
+        return Err((
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("egress: Host {host} does not match the TLS server name {sni}"),
+        ));
+    }
+    if let Some(target) = flow.connect_host.as_ref().filter(|t| **t != host) {
+        return Err((
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("egress: Host {host} does not match the CONNECT target {target}"),
+        ));
+    }
+    Ok(host)
+}
+
+/// `Host`/`:authority` without port and brackets, lower-case, no trailing dot.
+fn host_of(authority: &str) -> String {
+    let without_port = match authority.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => authority,
+    };
+    without_port
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// A CONNECT from a client with a proxy variable: policed like a direct connection. The
+/// target host must be routed; the gateway picks the address itself; the tunnel's
+/// content is then intercepted like any other stream.
+async fn connect(
+    req: Request<Incoming>,
+    flow: Arc<Flow>,
+    ctx: Arc<ProxyContext>,
+) -> Response<Body> {
+    let routes = flow.conn.bottle.routes().clone();
+    let log_level = routes.log_level();
+    let target = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let host = host_of(&target);
+    let port = req.uri().port_u16().unwrap_or(443);
+    if flow.connect_host.is_some() || flow.tls {
+        let reason = "egress: nested CONNECT is not supported";
+        return deny(
+            &flow,
+            log_level,
+            StatusCode::FORBIDDEN,
+            &host,
+            &Method::CONNECT,
+            &target,
+            reason,
+        );
+    }
+    if !routes.host_allowed(&host) {
+        let reason = format!("egress: host {host} is not in the allowlist");
+        return deny(
+            &flow,
+            log_level,
+            StatusCode::FORBIDDEN,
+            &host,
+            &Method::CONNECT,
+            &target,
+            &reason,
+        );
+    }
+    let addr = match ctx.resolver.lookup(&host).await {
+        Ok(addrs) if !addrs.is_empty() => SocketAddr::new(addrs[0], port),
+        _ => {
+            let reason = format!("egress: cannot resolve {host}");
+            return deny(
+                &flow,
+                log_level,
+                StatusCode::BAD_GATEWAY,
+                &host,
+                &Method::CONNECT,
+                &target,
+                &reason,
+            );
+        }
+    };
+    let conn = super::Connection {
+        id: flow.conn.id,
+        client: flow.conn.client,
+        orig_dst: flow.conn.orig_dst,
+        bottle: flow.conn.bottle.clone(),
+    };
+    let inner = Flow {
+        conn,
+        dst: addr,
+        sni: None,
+        connect_host: Some(host),
+        tls: false,
+    };
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => serve_stream(TokioIo::new(upgraded), inner, ctx).await,
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Response::new(empty())
+}
+
+/// Relays a WebSocket upgrade over a dedicated HTTP/1.1 upstream connection, then the
+/// frames in both directions.
+async fn websocket(
+    ctx: &ProxyContext,
+    flow: &Flow,
+    host: &str,
+    uri: Uri,
+    mut headers: HeaderMap,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+    log_level: LogLevel,
+) -> Response<Body> {
+    let method = Method::GET;
+    let path = uri.path().to_string();
+    // Ask for the upgrade explicitly: the hop-by-hop copies were dropped above.
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(h) = HeaderValue::from_str(uri.authority().map(|a| a.as_str()).unwrap_or(host)) {
+        headers.insert(header::HOST, h);
+    }
+    let mut sender = match ctx.upstream.dial_http1(host, flow.dst, flow.tls).await {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = format!("egress: upstream {host} failed: {e}");
+            return deny(
+                flow,
+                log_level,
+                StatusCode::BAD_GATEWAY,
+                host,
+                &method,
+                &path,
+                &reason,
+            );
+        }
+    };
+    let mut req = Request::builder()
+        .method(Method::GET)
+        .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .body(empty())
+        .expect("valid request");
+    *req.headers_mut() = headers;
+    let resp = match sender.send_request(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = format!("egress: upstream {host} failed: {e}");
+            return deny(
+                flow,
+                log_level,
+                StatusCode::BAD_GATEWAY,
+                host,
+                &method,
+                &path,
+                &reason,
+            );
+        }
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        return Response::from_parts(parts, body.boxed());
+    }
+    let mut client_resp = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
+    for (name, value) in resp.headers() {
+        // Extensions were not offered upstream, so none may be accepted.
+        if name != header::SEC_WEBSOCKET_EXTENSIONS {
+            client_resp = client_resp.header(name, value);
+        }
+    }
+    let upstream_upgrade = hyper::upgrade::on(resp);
+    tokio::spawn(async move {
+        let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
+            tracing::debug!("websocket upgrade did not complete");
+            return;
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            Ok((up, down)) => tracing::info!(bytes_up = up, bytes_down = down, "websocket closed"),
+            Err(e) => tracing::debug!(error = %e, "websocket ended with an error"),
+        }
+    });
+    tracing::info!(host = %host, path = %path, decision = "allow", "websocket upgraded");
+    client_resp.body(empty()).expect("valid response")
+}
+
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == http::Version::HTTP_11
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The client's headers minus hop-by-hop ones, `Host` (set from the URI), the agent's
+/// own `Authorization` (always stripped) and, for WebSocket, the extensions offer
+/// (permessage-deflate would make frames unscannable).
+fn forwardable_headers(headers: &HeaderMap, websocket: bool) -> HeaderMap {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let n = name.as_str();
+        let drop = HOP_BY_HOP.contains(&n)
+            || listed.contains(name)
+            || name == header::HOST
+            || name == header::AUTHORIZATION
+            || (websocket && name == header::SEC_WEBSOCKET_EXTENSIONS);
+        // `te: trailers` is the one TE value that must pass (gRPC).
+        let te_trailers = name == header::TE && value.as_bytes().eq_ignore_ascii_case(b"trailers");
+        if te_trailers || !drop {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+fn header_names(headers: &HeaderMap) -> Vec<&str> {
+    headers.keys().map(HeaderName::as_str).collect()
+}
+
+/// A refusal: logged (at `log: 1` and above) with bottle, host, method, path without the
+/// query, and reason; answered with the reason as `text/plain`.
+fn deny(
+    flow: &Flow,
+    log_level: LogLevel,
+    status: StatusCode,
+    host: &str,
+    method: &Method,
+    path: &str,
+    reason: &str,
+) -> Response<Body> {
+    if log_level >= LogLevel::Blocks || status != StatusCode::FORBIDDEN {
+        tracing::warn!(
+            bottle = %flow.conn.bottle.config.name,
+            host = %host,
+            method = %method,
+            path = %path,
+            status = status.as_u16(),
+            decision = "deny",
+            reason = %reason,
+            "egress_block"
+        );
+    }
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(full(format!("{reason}\n")))
+        .expect("static response")
+}
+
+fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn empty() -> Body {
+    full(Bytes::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_strips_port_brackets_case_and_dot() {
+        assert_eq!(host_of("API.Example.test:8443"), "api.example.test");
+        assert_eq!(host_of("api.example.test."), "api.example.test");
+        assert_eq!(host_of("[::1]:443"), "::1");
+        assert_eq!(host_of("127.0.0.2"), "127.0.0.2");
+    }
+
+    #[test]
+    fn forwardable_headers_drop_hop_by_hop_host_auth_and_ws_extensions() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("host", "a.test".parse().unwrap());
+        h.insert("authorization", "Bearer agent".parse().unwrap());
+        h.insert("proxy-authorization", "Basic x".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert(
+            "sec-websocket-extensions",
+            "permessage-deflate".parse().unwrap(),
+        );
+        h.insert("content-type", "application/json".parse().unwrap());
+        let out = forwardable_headers(&h, true);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["te", "content-type"]);
+        assert!(forwardable_headers(&h, false).contains_key("sec-websocket-extensions"));
+    }
+}

@@ -1,0 +1,108 @@
+//! TLS termination: read the ClientHello, mint a leaf for its SNI (or for the destination
+//! address when there is none), offer h2 only to a client that offered it, then hand the
+//! decrypted stream to the HTTP layer.
+use std::sync::Arc;
+
+use rustls::{
+    server::{Acceptor, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::{Flow, HANDSHAKE_TIMEOUT, ProxyContext, http};
+
+/// Serves one certificate, chosen before the handshake.
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+pub async fn serve<I>(io: I, mut flow: Flow, ctx: Arc<ProxyContext>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = async {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
+        let hello = start.client_hello();
+        let sni = hello
+            .server_name()
+            .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+        let offers_h2 = hello
+            .alpn()
+            .is_some_and(|mut protos| protos.any(|p| p == b"h2"));
+        Ok::<_, std::io::Error>((start, sni, offers_h2))
+    };
+    let (start, sni, offers_h2) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::info!(decision = "deny", reason = %format!("bad TLS ClientHello: {e}"), "connection closed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(
+                decision = "deny",
+                reason = "TLS ClientHello timed out",
+                "connection closed"
+            );
+            return;
+        }
+    };
+    if let (Some(connect_host), Some(sni)) = (&flow.connect_host, &sni)
+        && connect_host != sni
+    {
+        tracing::info!(
+            decision = "deny",
+            sni = %sni,
+            reason = %format!("SNI {sni} does not match the CONNECT target {connect_host}"),
+            "connection closed"
+        );
+        return;
+    }
+    // Without SNI the client connected by address: the leaf names the address.
+    let cert_name = sni.clone().unwrap_or_else(|| flow.dst.ip().to_string());
+    let leaf = match ctx.ca.leaf(&cert_name) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(decision = "deny", reason = %e, "connection closed");
+            return;
+        }
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the default provider supports the default versions")
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::new(Fixed(leaf)));
+    config.alpn_protocols = if offers_h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(Arc::new(config)))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            // Usually the client does not trust the gateway's CA.
+            tracing::info!(decision = "deny", reason = %format!("TLS handshake failed: {e}"), "connection closed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(
+                decision = "deny",
+                reason = "TLS handshake timed out",
+                "connection closed"
+            );
+            return;
+        }
+    };
+    flow.sni = sni;
+    flow.tls = true;
+    http::serve(tls, Arc::new(flow), ctx).await;
+}

@@ -1,0 +1,208 @@
+//! The gateway's own client to upstreams: names resolved by the gateway's resolver (the
+//! `hosts:` overrides first), TLS verified against webpki and system roots plus the
+//! configured extra CAs, HTTP/1.1 and HTTP/2 negotiated independently of the client,
+//! connections pooled.
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::Path,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper_util::{
+    client::legacy::{
+        Client,
+        connect::{HttpConnector, dns::Name},
+    },
+    rt::{TokioExecutor, TokioIo},
+};
+
+use crate::resolve::{ResolveError, Resolver};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("reading upstream CA file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("connecting to {0}: {1}")]
+    Connect(String, String),
+    #[error("TLS with {0}: {1}")]
+    Tls(String, String),
+    #[error("HTTP with {0}: {1}")]
+    Http(String, String),
+}
+
+/// Resolution for hyper's connector, through the gateway's resolver.
+#[derive(Clone)]
+struct GatewayDns(Resolver);
+
+impl tower_service::Service<Name> for GatewayDns {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = ResolveError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ResolveError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ResolveError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let resolver = self.0.clone();
+        Box::pin(async move {
+            let addrs = resolver.lookup(name.as_str()).await?;
+            Ok(addrs
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect::<Vec<_>>()
+                .into_iter())
+        })
+    }
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector<GatewayDns>>;
+
+pub struct Upstream {
+    client: Client<Connector, Body>,
+    tls: Arc<rustls::ClientConfig>,
+    resolver: Resolver,
+}
+
+impl Upstream {
+    pub fn new(
+        resolver: Resolver,
+        extra_ca_files: &[impl AsRef<Path>],
+    ) -> Result<Upstream, UpstreamError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        for file in extra_ca_files {
+            let path = file.as_ref();
+            let err = |reason: String| UpstreamError::CaFile {
+                path: path.display().to_string(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+            let mut found = 0;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                roots
+                    .add(cert.map_err(|e| err(e.to_string()))?)
+                    .map_err(|e| err(e.to_string()))?;
+                found += 1;
+            }
+            if found == 0 {
+                return Err(err("no PEM certificate in the file".into()));
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("the default provider supports the default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tls = Arc::new(tls);
+        let mut http = HttpConnector::new_with_resolver(GatewayDns(resolver.clone()));
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config((*tls).clone())
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(https);
+        Ok(Upstream {
+            client,
+            tls,
+            resolver,
+        })
+    }
+
+    /// Sends a request (absolute URI) through the pool.
+    pub async fn send(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        self.client
+            .request(req)
+            .await
+            .map_err(|e| UpstreamError::Http(host, error_chain(&e)))
+    }
+
+    /// A dedicated HTTP/1.1 connection (for upgrades such as WebSocket, which a pooled
+    /// h2 connection cannot carry) to `host` at `addr`, TLS when `tls`.
+    pub async fn dial_http1(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        tls: bool,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Body>, UpstreamError> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| UpstreamError::Connect(addr.to_string(), "timed out".into()))?
+            .map_err(|e| UpstreamError::Connect(addr.to_string(), e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        if tls {
+            let mut config = (*self.tls).clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| UpstreamError::Tls(host.into(), e.to_string()))?;
+            let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| UpstreamError::Tls(host.into(), e.to_string()))?;
+            handshake(host, TokioIo::new(stream)).await
+        } else {
+            handshake(host, TokioIo::new(tcp)).await
+        }
+    }
+
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+}
+
+async fn handshake<I>(
+    host: &str,
+    io: I,
+) -> Result<hyper::client::conn::http1::SendRequest<Body>, UpstreamError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| UpstreamError::Http(host.into(), e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(send)
+}
+
+/// An error and its causes on one line (hyper-util's errors hide the useful part).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

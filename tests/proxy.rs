@@ -1,0 +1,341 @@
+//! TLS interception and the HTTP policy engine, end to end: real clients in a bottle,
+//! local TLS upstreams with their own CA, the gateway in between.
+#![cfg(feature = "root-tests")]
+
+use egress_e2e::{
+    EnvSpec, TestEnv,
+    https::{HttpsUpstream, TestCa, make_git_repo},
+    stderr, stdout,
+    upstream::TcpUpstream,
+};
+
+const HOSTS: &[(&str, &str)] = &[
+    ("api.upstream.test", "127.0.0.2"),
+    ("git.upstream.test", "127.0.0.2"),
+    ("x.cdn.upstream.test", "127.0.0.2"),
+    ("other.upstream.test", "127.0.0.2"),
+];
+
+/// The issue's example routes, verbatim.
+const ROUTES: &str = r#"log: 1
+routes:
+  - host: api.upstream.test
+    matches:
+      - paths: [{type: prefix, value: /v1/}]
+        methods: [GET, POST]
+  - host: git.upstream.test
+    git: {fetch: true}
+  - host: "*.cdn.upstream.test"
+    matches:
+      - methods: [GET]
+    auth_scheme: Bearer
+    token_env: EGRESS_TOKEN_CDN      # the gateway's own environment, never the bottle's
+tcp:
+  - upstream.test:18080
+"#;
+
+const CDN_TOKEN: &str = "cdn-secret-4f1d9c2a7b";
+
+struct World {
+    env: TestEnv,
+    up: HttpsUpstream,
+    trust: Vec<(String, String)>,
+}
+
+fn world(test: &str) -> World {
+    let ca = TestCa::new();
+    let mut env = TestEnv::new(
+        test,
+        EnvSpec {
+            hosts: HOSTS,
+            routes: ROUTES,
+            extra_config: "upstream_ca_files: [test-ca.pem]",
+            ..Default::default()
+        },
+    );
+    env.write_file("test-ca.pem", &ca.pem);
+    let git_root = env.dir.join("repos");
+    std::fs::create_dir_all(&git_root).unwrap();
+    make_git_repo(&git_root, "repo");
+    let names = [
+        "api.upstream.test",
+        "git.upstream.test",
+        "x.cdn.upstream.test",
+        "other.upstream.test",
+    ];
+    let up = HttpsUpstream::start("127.0.0.2", &names, &ca, Some(git_root));
+    env.start_gateway_with_env(&[("EGRESS_TOKEN_CDN", CDN_TOKEN)]);
+    let trust = env.trust_env();
+    World { env, up, trust }
+}
+
+impl World {
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.up.port())
+    }
+
+    fn run(&self, cmd: &[&str]) -> std::process::Output {
+        let vars: Vec<(&str, &str)> = self
+            .trust
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.env.exec_with_env(cmd, &vars)
+    }
+
+    fn curl(&self, args: &[&str]) -> (String, String) {
+        let mut cmd = vec!["curl", "-sS", "-m", "10", "-w", "\n%{http_code}"];
+        cmd.extend_from_slice(args);
+        let out = self.run(&cmd);
+        let text = stdout(&out);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        (code.to_string(), body.to_string())
+    }
+}
+
+#[test]
+fn curl_allowed_route_passes_and_unmatched_host_path_method_get_403() {
+    let w = world("routes");
+    let (code, body) = w.curl(&[&w.url("api.upstream.test", "/v1/models")]);
+    assert_eq!(code, "200", "{body}");
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["path"], "/v1/models");
+
+    let (code, body) = w.curl(&[&w.url("api.upstream.test", "/v2/models")]);
+    assert_eq!(code, "403", "unmatched path: {body}");
+    let (code, _) = w.curl(&["-X", "DELETE", &w.url("api.upstream.test", "/v1/models")]);
+    assert_eq!(code, "403", "unmatched method");
+    let before = w.up.requests().len();
+    let (code, _) = w.curl(&[&w.url("other.upstream.test", "/v1/models")]);
+    assert_ne!(code, "200", "host not in routes");
+    assert_eq!(
+        w.up.requests().len(),
+        before,
+        "a denied request reached the upstream"
+    );
+    assert_eq!(w.up.requests().len(), 1);
+}
+
+#[test]
+fn python_and_node_clients_pass_through_interception() {
+    let w = world("clients");
+    let url = w.url("api.upstream.test", "/v1/python");
+    let py = format!(
+        "import json, urllib.request\n\
+         r = urllib.request.urlopen(urllib.request.Request('{url}', data=b'{{\"a\":1}}', method='POST'), timeout=10)\n\
+         print(r.status, json.load(r)['body'])\n"
+    );
+    let out = w.run(&["python3", "-c", &py]);
+    assert!(out.status.success(), "python: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "200 {\"a\":1}");
+
+    let py_requests = format!(
+        "import requests\nr = requests.get('{}', timeout=10)\nprint(r.status_code)\n",
+        w.url("api.upstream.test", "/v1/requests")
+    );
+    let out = w.run(&["python3", "-c", &py_requests]);
+    assert!(out.status.success(), "python requests: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "200");
+
+    let js = format!(
+        "fetch('{}').then(async r => console.log(r.status, (await r.json()).path)).catch(e => {{ console.error(e); process.exit(1) }})",
+        w.url("api.upstream.test", "/v1/node")
+    );
+    let out = w.run(&["node", "-e", &js]);
+    assert!(out.status.success(), "node: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "200 /v1/node");
+}
+
+#[test]
+fn injected_credential_reaches_upstream_and_the_agents_own_never_does() {
+    let w = world("inject");
+    let (code, body) = w.curl(&[
+        "-H",
+        "Authorization: Bearer agent-own-token",
+        &w.url("x.cdn.upstream.test", "/asset.js"),
+    ]);
+    assert_eq!(code, "200", "{body}");
+    let reqs = w.up.requests();
+    let last = reqs.last().unwrap();
+    assert_eq!(
+        last.headers.get("authorization").map(String::as_str),
+        Some(&*format!("Bearer {CDN_TOKEN}"))
+    );
+    for r in &reqs {
+        assert!(
+            !format!("{:?}", r.headers).contains("agent-own-token"),
+            "the agent's credential leaked"
+        );
+    }
+    // The agent never sees the injected value.
+    assert!(
+        !body.contains(CDN_TOKEN) || body.contains("authorization"),
+        "response"
+    );
+    assert!(
+        !w.env.gateway_log().contains(CDN_TOKEN),
+        "the credential appears in the gateway's log"
+    );
+}
+
+#[test]
+fn git_clone_works_and_git_push_is_refused() {
+    let w = world("git");
+    let clone_dir = w.env.dir.join("clone");
+    let out = w.run(&[
+        "git",
+        "clone",
+        "-q",
+        &w.url("git.upstream.test", "/git/repo.git"),
+        clone_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "git clone: {}", stderr(&out));
+    assert!(clone_dir.join("README").exists());
+
+    std::fs::write(clone_dir.join("NEW"), "pushed\n").unwrap();
+    let git = |args: &[&str]| {
+        let mut cmd = vec![
+            "git",
+            "-C",
+            clone_dir.to_str().unwrap(),
+            "-c",
+            "user.name=e2e",
+            "-c",
+            "user.email=e2e@example.invalid",
+        ];
+        cmd.extend_from_slice(args);
+        w.run(&cmd)
+    };
+    assert!(git(&["add", "NEW"]).status.success());
+    assert!(git(&["commit", "-q", "-m", "second"]).status.success());
+    let out = git(&["push", "-q", "origin", "main"]);
+    assert!(!out.status.success(), "git push succeeded");
+    assert!(
+        !w.up
+            .requests()
+            .iter()
+            .any(|r| r.path_and_query.contains("git-receive-pack")),
+        "push reached the server"
+    );
+}
+
+#[test]
+fn http2_is_spoken_on_both_sides() {
+    let w = world("h2");
+    let (code, body) = w.curl(&["--http2", &w.url("api.upstream.test", "/v1/h2")]);
+    assert_eq!(code, "200", "{body}");
+    let echo: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["version"], "HTTP/2.0", "upstream side");
+    let version = |flag: &str, path: &str| {
+        let url = w.url("api.upstream.test", path);
+        let out = w.run(&[
+            "curl",
+            "-sS",
+            "-m",
+            "10",
+            flag,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            &url,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    assert_eq!(version("--http2", "/v1/h2"), "2", "client side speaks h2");
+    assert_eq!(
+        version("--http1.1", "/v1/h1"),
+        "1.1",
+        "h2 is offered only to clients that offer it"
+    );
+}
+
+#[test]
+fn websocket_echo_both_directions() {
+    let w = world("ws");
+    let js = format!(
+        "const ws = new WebSocket('wss://x.cdn.upstream.test:{port}/ws');\n\
+         ws.onopen = () => ws.send('ping from the bottle');\n\
+         ws.onmessage = (m) => {{ console.log(m.data); ws.close(); }};\n\
+         ws.onerror = (e) => {{ console.error('ws error', e.message); process.exit(1); }};\n",
+        port = w.up.port()
+    );
+    let out = w.run(&["node", "--experimental-websocket", "-e", &js]);
+    assert!(
+        out.status.success(),
+        "node ws: {} {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out).trim(), "ping from the bottle");
+}
+
+#[test]
+fn sni_and_host_must_agree() {
+    let w = world("sni");
+    let before = w.up.requests().len();
+    let (code, _) = w.curl(&[
+        "-H",
+        "Host: git.upstream.test",
+        &w.url("api.upstream.test", "/v1/x"),
+    ]);
+    assert!(
+        code == "421" || code == "403",
+        "mismatched Host was not refused: {code}"
+    );
+    assert_eq!(w.up.requests().len(), before);
+}
+
+#[test]
+fn plain_http_with_an_allowed_host_never_reaches_another_address() {
+    let w = world("plainhost");
+    let decoy = TcpUpstream::start("127.0.0.3");
+    let (code, _) = w.curl(&[
+        "-H",
+        "Host: api.upstream.test",
+        &format!("http://127.0.0.3:{}/v1/x", decoy.port()),
+    ]);
+    assert_ne!(code, "200");
+    assert_eq!(
+        decoy.hits(),
+        0,
+        "data for api.upstream.test was delivered to 127.0.0.3"
+    );
+}
+
+#[test]
+fn connect_requests_are_policed_like_direct_ones() {
+    let w = world("connect");
+    // A proxy variable pointing at an address nobody listens on: the connection is
+    // redirected to the gateway, which sees the CONNECT.
+    let (code, body) = w.curl(&[
+        "-x",
+        "http://127.0.0.9:3128",
+        &w.url("api.upstream.test", "/v1/via-connect"),
+    ]);
+    assert_eq!(code, "200", "allowed CONNECT: {body}");
+    let before = w.up.requests().len();
+    let (code, _) = w.curl(&[
+        "-x",
+        "http://127.0.0.9:3128",
+        &w.url("api.upstream.test", "/v2/denied"),
+    ]);
+    assert_eq!(code, "403");
+    let (code, _) = w.curl(&[
+        "-x",
+        "http://127.0.0.9:3128",
+        &w.url("other.upstream.test", "/v1/x"),
+    ]);
+    assert_ne!(code, "200");
+    assert_eq!(w.up.requests().len(), before);
+}
+
+#[test]
+fn allowlist_answers_the_bottle_with_its_routes() {
+    let w = world("allowlist");
+    let (code, body) = w.curl(&["http://_egress.local/allowlist"]);
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("api.upstream.test"), "{body}");
+    assert!(!body.contains(CDN_TOKEN), "the allowlist leaks a secret");
+}
