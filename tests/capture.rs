@@ -10,14 +10,7 @@ use egress_e2e::{
 
 fn raw_tcp_env(test: &str, upstream: &TcpUpstream) -> TestEnv {
     let routes = format!("log: 1\ntcp:\n  - upstream.test:{}\n", upstream.port());
-    TestEnv::new(
-        test,
-        EnvSpec {
-            hosts: &[("upstream.test", "127.0.0.2")],
-            routes: &routes,
-            ..Default::default()
-        },
-    )
+    TestEnv::new(test, EnvSpec { hosts: &[("upstream.test", "127.0.0.2")], routes: &routes, ..Default::default() })
 }
 
 #[test]
@@ -43,16 +36,9 @@ fn curl_and_python_are_delivered_through_the_gateway_with_original_destination()
     let out = env.exec(&["python3", "-c", &script]);
     assert!(out.status.success(), "python failed: {}", stderr(&out));
     let text = stdout(&out);
-    assert!(
-        text.starts_with(&format!("('127.0.0.2', {})", upstream.port())),
-        "getpeername: {text}"
-    );
+    assert!(text.starts_with(&format!("('127.0.0.2', {})", upstream.port())), "getpeername: {text}");
     assert!(text.ends_with(UPSTREAM_BODY), "{text}");
-    assert_eq!(
-        upstream.hits(),
-        2,
-        "both clients reached the upstream through the gateway"
-    );
+    assert_eq!(upstream.hits(), 2, "both clients reached the upstream through the gateway");
 }
 
 #[test]
@@ -63,23 +49,8 @@ fn a_destination_not_allowed_gets_nothing() {
     env.start_gateway();
     // HTTP is intercepted and refused by the routes; anything else is closed.
     let url = format!("http://127.0.0.3:{}/", other.port());
-    let out = env.exec(&[
-        "curl",
-        "-sS",
-        "-m",
-        "5",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &url,
-    ]);
-    assert_eq!(
-        stdout(&out),
-        "403",
-        "curl to a destination not allowed: {}",
-        stderr(&out)
-    );
+    let out = env.exec(&["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+    assert_eq!(stdout(&out), "403", "curl to a destination not allowed: {}", stderr(&out));
     env.wait_for_log("is not in the allowlist");
     let script = format!(
         "import socket\ns = socket.create_connection(('127.0.0.3', {}), timeout=5)\n\
@@ -87,12 +58,7 @@ fn a_destination_not_allowed_gets_nothing() {
         other.port()
     );
     let out = env.exec(&["python3", "-c", &script]);
-    assert_eq!(
-        stdout(&out).trim(),
-        "b''",
-        "a non-HTTP stream was not closed: {}",
-        stderr(&out)
-    );
+    assert_eq!(stdout(&out).trim(), "b''", "a non-HTTP stream was not closed: {}", stderr(&out));
     env.wait_for_log("not TLS or HTTP, and the destination is not in the bottle's tcp allow list");
     assert_eq!(other.hits(), 0);
 }
@@ -158,26 +124,15 @@ for k in sorted(results): print(k, results[k])
     );
     let out = env.exec(&["python3", "-c", &script]);
     let text = stdout(&out);
-    assert!(
-        out.status.success(),
-        "script failed: {}\n{text}",
-        stderr(&out)
-    );
+    assert!(out.status.success(), "script failed: {}\n{text}", stderr(&out));
     for line in text.lines() {
-        assert!(
-            line.contains("refused"),
-            "egress was not refused: {line}\n{text}"
-        );
+        assert!(line.contains("refused"), "egress was not refused: {line}\n{text}");
     }
     assert_eq!(text.lines().count(), 7, "{text}");
     // Give anything that did leak time to arrive before checking the receivers.
     thread::sleep(Duration::from_millis(300));
     assert_eq!(v6.hits(), 0, "IPv6 upstream was reached");
-    assert_eq!(
-        v4.hits(),
-        0,
-        "IPv4-mapped connect to another address reached the upstream"
-    );
+    assert_eq!(v4.hits(), 0, "IPv4-mapped connect to another address reached the upstream");
     assert_eq!(udp.hits(), 0, "UDP datagram was delivered");
     assert_eq!(quic.hits(), 0, "UDP/443 datagram was delivered");
 
@@ -186,10 +141,7 @@ for k in sorted(results): print(k, results[k])
     assert!(out.status.success(), "status: {}", stderr(&out));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let counters = &status[0]["counters"];
-    assert!(
-        counters["tcp_redirected"].as_u64().unwrap() >= 2,
-        "{status}"
-    );
+    assert!(counters["tcp_redirected"].as_u64().unwrap() >= 2, "{status}");
     assert!(counters["refused"].as_u64().unwrap() >= 4, "{status}");
     assert!(counters["dropped"].as_u64().unwrap() >= 1, "{status}");
 }
@@ -217,32 +169,19 @@ for name in sys.argv[1:]:
 #[test]
 fn dns_answers_allowed_names_and_nxdomains_the_rest() {
     let upstream = TcpUpstream::start("127.0.0.2");
-    let routes = format!(
-        "routes:\n  - host: \"*.cdn.upstream.test\"\ntcp:\n  - upstream.test:{}\n",
-        upstream.port()
-    );
+    let routes = format!("routes:\n  - host: \"*.cdn.upstream.test\"\ntcp:\n  - upstream.test:{}\n", upstream.port());
     let mut env = TestEnv::new(
         "dns",
         EnvSpec {
-            hosts: &[
-                ("upstream.test", "127.0.0.2"),
-                ("x.cdn.upstream.test", "127.0.0.5"),
-            ],
+            hosts: &[("upstream.test", "127.0.0.2"), ("x.cdn.upstream.test", "127.0.0.5")],
             routes: &routes,
             ..Default::default()
         },
     );
     env.start_gateway();
     let tunnel = "mfrggzdfmztwq2lknnwg23tpobyxe43u.cdn.upstream.test";
-    let out = env.exec(&[
-        "python3",
-        "-c",
-        DNS_CLIENT,
-        "upstream.test",
-        "exfil.evil.example",
-        "x.cdn.upstream.test",
-        tunnel,
-    ]);
+    let out =
+        env.exec(&["python3", "-c", DNS_CLIENT, "upstream.test", "exfil.evil.example", "x.cdn.upstream.test", tunnel]);
     let text = stdout(&out);
     assert!(out.status.success(), "dns client failed: {}", stderr(&out));
     let lines: Vec<&str> = text.lines().collect();
@@ -262,14 +201,8 @@ fn dns_answers_allowed_names_and_nxdomains_the_rest() {
         "{text}"
     );
     let log = env.wait_for_log("DNS tunnelling");
-    assert!(
-        log.contains("\"name\":\"exfil.evil.example\""),
-        "denied names are logged"
-    );
-    assert!(
-        !log.contains(tunnel),
-        "the tunnel label (possibly a secret) was logged"
-    );
+    assert!(log.contains("\"name\":\"exfil.evil.example\""), "denied names are logged");
+    assert!(!log.contains(tunnel), "the tunnel label (possibly a secret) was logged");
 }
 
 #[test]
@@ -278,35 +211,16 @@ fn killed_gateway_fails_closed_and_restart_resumes_without_reattaching_the_bottl
     let mut env = raw_tcp_env("sigkill", &upstream);
     env.start_gateway();
     let url = format!("http://127.0.0.2:{}/", upstream.port());
-    assert!(
-        env.exec(&["curl", "-fsS", "-m", "5", &url])
-            .status
-            .success()
-    );
+    assert!(env.exec(&["curl", "-fsS", "-m", "5", &url]).status.success());
     assert_eq!(upstream.hits(), 1);
 
     env.kill_gateway();
     let out = env.exec(&["curl", "-fsS", "-m", "5", &url]);
-    assert!(
-        !out.status.success(),
-        "a connection succeeded while the gateway was dead"
-    );
-    assert!(
-        stderr(&out).contains("Couldn't connect"),
-        "expected a refused connection: {}",
-        stderr(&out)
-    );
+    assert!(!out.status.success(), "a connection succeeded while the gateway was dead");
+    assert!(stderr(&out).contains("Couldn't connect"), "expected a refused connection: {}", stderr(&out));
     let dns = env.exec(&["python3", "-c", DNS_CLIENT, "upstream.test"]);
-    assert!(
-        !dns.status.success(),
-        "DNS answered while the gateway was dead: {}",
-        stdout(&dns)
-    );
-    assert_eq!(
-        upstream.hits(),
-        1,
-        "the upstream saw traffic while the gateway was dead"
-    );
+    assert!(!dns.status.success(), "DNS answered while the gateway was dead: {}", stdout(&dns));
+    assert_eq!(upstream.hits(), 1, "the upstream saw traffic while the gateway was dead");
 
     // A process that started while the gateway was down is still in the bottle.
     env.start_gateway();
@@ -335,15 +249,8 @@ fn a_process_already_in_the_bottle_is_captured_when_the_gateway_starts() {
     env.start_gateway();
     std::fs::write(&trigger, b"").unwrap();
     let out = env.wait_child(pid);
-    assert!(
-        out.status.success(),
-        "pre-existing process failed: {}",
-        stderr(&out)
-    );
-    assert_eq!(
-        stdout(&out).trim(),
-        format!("('127.0.0.2', {}) True", upstream.port())
-    );
+    assert!(out.status.success(), "pre-existing process failed: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), format!("('127.0.0.2', {}) True", upstream.port()));
     env.wait_for_log(&format!("\"orig_dst\":\"127.0.0.2:{}\"", upstream.port()));
     assert_eq!(upstream.hits(), 1);
 }
@@ -364,11 +271,7 @@ fn exec_returns_the_commands_exit_status() {
     env.start_gateway();
     assert_eq!(env.exec(&["sh", "-c", "exit 7"]).status.code(), Some(7));
     let out = env.exec(&["sh", "-c", "cat /proc/self/cgroup"]);
-    assert!(
-        stdout(&out).contains(&env.cgroup_rel),
-        "not in the bottle's cgroup: {}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains(&env.cgroup_rel), "not in the bottle's cgroup: {}", stdout(&out));
 }
 
 #[test]
@@ -379,23 +282,14 @@ fn detach_refuses_while_processes_live_and_removes_pins_after() {
     env.stop_gateway();
     let pid = env.spawn_in_cgroup("sleep 30");
     let out = env.cli(&["detach", "--bottle", "e2e"]);
-    assert!(
-        !out.status.success(),
-        "detach with a live process succeeded"
-    );
+    assert!(!out.status.success(), "detach with a live process succeeded");
     assert!(stderr(&out).contains("direct egress"), "{}", stderr(&out));
     assert!(env.bpffs_dir.join("bottles/e2e/egress_connect4").exists());
-    let _ = std::process::Command::new("kill")
-        .arg(pid.to_string())
-        .status();
+    let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
     let _ = env.wait_child(pid);
     let out = env.cli(&["detach", "--bottle", "e2e"]);
     assert!(out.status.success(), "detach failed: {}", stderr(&out));
-    assert!(
-        !env.bpffs_dir.exists(),
-        "pins left behind in {}",
-        env.bpffs_dir.display()
-    );
+    assert!(!env.bpffs_dir.exists(), "pins left behind in {}", env.bpffs_dir.display());
 }
 
 #[test]
@@ -424,15 +318,7 @@ fn sighup_applies_a_valid_routes_file_and_keeps_the_old_policy_on_a_broken_one()
     let mut env = raw_tcp_env("reload", &a);
     env.start_gateway();
     let curl = |env: &TestEnv, up: &TcpUpstream| {
-        env.exec(&[
-            "curl",
-            "-fsS",
-            "-m",
-            "5",
-            &format!("http://127.0.0.2:{}/", up.port()),
-        ])
-        .status
-        .success()
+        env.exec(&["curl", "-fsS", "-m", "5", &format!("http://127.0.0.2:{}/", up.port())]).status.success()
     };
     assert!(curl(&env, &a));
     assert!(!curl(&env, &b));
@@ -441,10 +327,7 @@ fn sighup_applies_a_valid_routes_file_and_keeps_the_old_policy_on_a_broken_one()
     env.write_routes("tcp:\n  - upstream.test:not-a-port\n");
     env.signal_gateway(egress_e2e::SIGHUP);
     env.wait_for_log("routes reload failed; keeping the previous policy");
-    assert!(
-        env.gateway_log().contains("tcp[0]"),
-        "the reload error names the field"
-    );
+    assert!(env.gateway_log().contains("tcp[0]"), "the reload error names the field");
     assert!(curl(&env, &a), "old policy lost after a broken reload");
     assert!(!curl(&env, &b));
 

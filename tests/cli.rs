@@ -5,21 +5,13 @@ use std::process::Command;
 use egress_e2e::{gateway_bin, stderr, stdout};
 
 fn check(files: &[(&str, &str)]) -> std::process::Output {
-    let dir = std::env::temp_dir().join(format!(
-        "egress-cli-{}-{}",
-        std::process::id(),
-        files[0].1.len()
-    ));
+    let dir = std::env::temp_dir().join(format!("egress-cli-{}-{}", std::process::id(), files[0].1.len()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     for (name, text) in files {
         std::fs::write(dir.join(name), text).unwrap();
     }
-    let out = Command::new(gateway_bin())
-        .args(["check", "--config"])
-        .arg(dir.join(files[0].0))
-        .output()
-        .unwrap();
+    let out = Command::new(gateway_bin()).args(["check", "--config"]).arg(dir.join(files[0].0)).output().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     out
 }
@@ -29,20 +21,14 @@ hosts:\n  upstream.test: 127.0.0.2\nbottles:\n  - name: demo\n    cgroup: egress
 
 #[test]
 fn check_accepts_the_documented_example() {
-    let out = check(&[
-        ("gateway.yaml", GATEWAY),
-        ("demo-routes.yaml", "tcp:\n  - upstream.test:18080\n"),
-    ]);
+    let out = check(&[("gateway.yaml", GATEWAY), ("demo-routes.yaml", "tcp:\n  - upstream.test:18080\n")]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("bottle demo"), "{}", stdout(&out));
 }
 
 #[test]
 fn check_names_file_line_and_field_of_a_gateway_error() {
-    let bad = GATEWAY.replace(
-        "    cgroup: egress/demo\n",
-        "    cgroup: egress/demo\n    colour: blue\n",
-    );
+    let bad = GATEWAY.replace("    cgroup: egress/demo\n", "    cgroup: egress/demo\n    colour: blue\n");
     let out = check(&[("gateway.yaml", &bad), ("demo-routes.yaml", "")]);
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -53,10 +39,7 @@ fn check_names_file_line_and_field_of_a_gateway_error() {
 
 #[test]
 fn check_reports_a_broken_routes_file() {
-    let out = check(&[
-        ("gateway.yaml", GATEWAY),
-        ("demo-routes.yaml", "tcp:\n  - upstream.test:http\n"),
-    ]);
+    let out = check(&[("gateway.yaml", GATEWAY), ("demo-routes.yaml", "tcp:\n  - upstream.test:http\n")]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("demo-routes.yaml"), "{err}");
@@ -65,19 +48,9 @@ fn check_reports_a_broken_routes_file() {
 
 #[test]
 fn unknown_bottle_and_missing_command_are_clear_errors() {
-    let out = Command::new(gateway_bin())
-        .args(["exec", "--bottle", "nope", "--", "true"])
-        .output()
-        .unwrap();
+    let out = Command::new(gateway_bin()).args(["exec", "--bottle", "nope", "--", "true"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("no bottle named \"nope\""),
-        "{}",
-        stderr(&out)
-    );
-    let out = Command::new(gateway_bin())
-        .args(["exec", "--bottle", "default"])
-        .output()
-        .unwrap();
+    assert!(stderr(&out).contains("no bottle named \"nope\""), "{}", stderr(&out));
+    let out = Command::new(gateway_bin()).args(["exec", "--bottle", "default"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "clap usage error");
 }

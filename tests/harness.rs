@@ -20,22 +20,11 @@ fn https_upstream_echoes_requests_over_h1_and_h2() {
         let out = Command::new("curl")
             .args(["-sS", "-m", "5", flag, "--cacert"])
             .arg(&cafile)
-            .args([
-                "--resolve",
-                &format!("api.upstream.test:{}:127.0.0.2", up.port()),
-            ])
-            .args([
-                "-d",
-                "hello",
-                &format!("https://api.upstream.test:{}/v1/x?q=1", up.port()),
-            ])
+            .args(["--resolve", &format!("api.upstream.test:{}:127.0.0.2", up.port())])
+            .args(["-d", "hello", &format!("https://api.upstream.test:{}/v1/x?q=1", up.port())])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let echo: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(echo["path"], "/v1/x?q=1");
         assert_eq!(echo["body"], "hello");
@@ -52,27 +41,13 @@ fn https_upstream_serves_git_clone() {
     let up = HttpsUpstream::start("127.0.0.2", &["git.upstream.test"], &ca, Some(dir.clone()));
     let cafile = ca_file(&ca, &dir);
     let out = Command::new("git")
-        .args([
-            "-c",
-            &format!(
-                "http.curloptResolve=git.upstream.test:{}:127.0.0.2",
-                up.port()
-            ),
-        ])
-        .args([
-            "clone",
-            "-q",
-            &format!("https://git.upstream.test:{}/git/repo.git", up.port()),
-        ])
+        .args(["-c", &format!("http.curloptResolve=git.upstream.test:{}:127.0.0.2", up.port())])
+        .args(["clone", "-q", &format!("https://git.upstream.test:{}/git/repo.git", up.port())])
         .arg(dir.join("clone"))
         .env("GIT_SSL_CAINFO", &cafile)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.join("clone/README").exists());
 }
 

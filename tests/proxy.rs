@@ -57,12 +57,7 @@ fn world(test: &str) -> World {
     let git_root = env.dir.join("repos");
     std::fs::create_dir_all(&git_root).unwrap();
     make_git_repo(&git_root, "repo");
-    let names = [
-        "api.upstream.test",
-        "git.upstream.test",
-        "x.cdn.upstream.test",
-        "other.upstream.test",
-    ];
+    let names = ["api.upstream.test", "git.upstream.test", "x.cdn.upstream.test", "other.upstream.test"];
     let up = HttpsUpstream::start("127.0.0.2", &names, &ca, Some(git_root));
     env.start_gateway_with_env(&[("EGRESS_TOKEN_CDN", CDN_TOKEN)]);
     let trust = env.trust_env();
@@ -75,11 +70,7 @@ impl World {
     }
 
     fn run(&self, cmd: &[&str]) -> std::process::Output {
-        let vars: Vec<(&str, &str)> = self
-            .trust
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let vars: Vec<(&str, &str)> = self.trust.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         self.env.exec_with_env(cmd, &vars)
     }
 
@@ -108,11 +99,7 @@ fn curl_allowed_route_passes_and_unmatched_host_path_method_get_403() {
     let before = w.up.requests().len();
     let (code, _) = w.curl(&[&w.url("other.upstream.test", "/v1/models")]);
     assert_ne!(code, "200", "host not in routes");
-    assert_eq!(
-        w.up.requests().len(),
-        before,
-        "a denied request reached the upstream"
-    );
+    assert_eq!(w.up.requests().len(), before, "a denied request reached the upstream");
     assert_eq!(w.up.requests().len(), 1);
 }
 
@@ -149,46 +136,25 @@ fn python_and_node_clients_pass_through_interception() {
 #[test]
 fn injected_credential_reaches_upstream_and_the_agents_own_never_does() {
     let w = world("inject");
-    let (code, body) = w.curl(&[
-        "-H",
-        "Authorization: Bearer agent-own-token",
-        &w.url("x.cdn.upstream.test", "/asset.js"),
-    ]);
+    let (code, body) =
+        w.curl(&["-H", "Authorization: Bearer agent-own-token", &w.url("x.cdn.upstream.test", "/asset.js")]);
     assert_eq!(code, "200", "{body}");
     let reqs = w.up.requests();
     let last = reqs.last().unwrap();
-    assert_eq!(
-        last.headers.get("authorization").map(String::as_str),
-        Some(&*format!("Bearer {CDN_TOKEN}"))
-    );
+    assert_eq!(last.headers.get("authorization").map(String::as_str), Some(&*format!("Bearer {CDN_TOKEN}")));
     for r in &reqs {
-        assert!(
-            !format!("{:?}", r.headers).contains("agent-own-token"),
-            "the agent's credential leaked"
-        );
+        assert!(!format!("{:?}", r.headers).contains("agent-own-token"), "the agent's credential leaked");
     }
     // The agent never sees the injected value.
-    assert!(
-        !body.contains(CDN_TOKEN) || body.contains("authorization"),
-        "response"
-    );
-    assert!(
-        !w.env.gateway_log().contains(CDN_TOKEN),
-        "the credential appears in the gateway's log"
-    );
+    assert!(!body.contains(CDN_TOKEN) || body.contains("authorization"), "response");
+    assert!(!w.env.gateway_log().contains(CDN_TOKEN), "the credential appears in the gateway's log");
 }
 
 #[test]
 fn git_clone_works_and_git_push_is_refused() {
     let w = world("git");
     let clone_dir = w.env.dir.join("clone");
-    let out = w.run(&[
-        "git",
-        "clone",
-        "-q",
-        &w.url("git.upstream.test", "/git/repo.git"),
-        clone_dir.to_str().unwrap(),
-    ]);
+    let out = w.run(&["git", "clone", "-q", &w.url("git.upstream.test", "/git/repo.git"), clone_dir.to_str().unwrap()]);
     assert!(out.status.success(), "git clone: {}", stderr(&out));
     assert!(clone_dir.join("README").exists());
 
@@ -210,13 +176,7 @@ fn git_clone_works_and_git_push_is_refused() {
     assert!(git(&["commit", "-q", "-m", "second"]).status.success());
     let out = git(&["push", "-q", "origin", "main"]);
     assert!(!out.status.success(), "git push succeeded");
-    assert!(
-        !w.up
-            .requests()
-            .iter()
-            .any(|r| r.path_and_query.contains("git-receive-pack")),
-        "push reached the server"
-    );
+    assert!(!w.up.requests().iter().any(|r| r.path_and_query.contains("git-receive-pack")), "push reached the server");
 }
 
 #[test]
@@ -228,27 +188,12 @@ fn http2_is_spoken_on_both_sides() {
     assert_eq!(echo["version"], "HTTP/2.0", "upstream side");
     let version = |flag: &str, path: &str| {
         let url = w.url("api.upstream.test", path);
-        let out = w.run(&[
-            "curl",
-            "-sS",
-            "-m",
-            "10",
-            flag,
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_version}",
-            &url,
-        ]);
+        let out = w.run(&["curl", "-sS", "-m", "10", flag, "-o", "/dev/null", "-w", "%{http_version}", &url]);
         assert!(out.status.success(), "{}", stderr(&out));
         stdout(&out)
     };
     assert_eq!(version("--http2", "/v1/h2"), "2", "client side speaks h2");
-    assert_eq!(
-        version("--http1.1", "/v1/h1"),
-        "1.1",
-        "h2 is offered only to clients that offer it"
-    );
+    assert_eq!(version("--http1.1", "/v1/h1"), "1.1", "h2 is offered only to clients that offer it");
 }
 
 #[test]
@@ -262,12 +207,7 @@ fn websocket_echo_both_directions() {
         port = w.up.port()
     );
     let out = w.run(&["node", "--experimental-websocket", "-e", &js]);
-    assert!(
-        out.status.success(),
-        "node ws: {} {}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert!(out.status.success(), "node ws: {} {}", stdout(&out), stderr(&out));
     assert_eq!(stdout(&out).trim(), "ping from the bottle");
 }
 
@@ -275,15 +215,8 @@ fn websocket_echo_both_directions() {
 fn sni_and_host_must_agree() {
     let w = world("sni");
     let before = w.up.requests().len();
-    let (code, _) = w.curl(&[
-        "-H",
-        "Host: git.upstream.test",
-        &w.url("api.upstream.test", "/v1/x"),
-    ]);
-    assert!(
-        code == "421" || code == "403",
-        "mismatched Host was not refused: {code}"
-    );
+    let (code, _) = w.curl(&["-H", "Host: git.upstream.test", &w.url("api.upstream.test", "/v1/x")]);
+    assert!(code == "421" || code == "403", "mismatched Host was not refused: {code}");
     assert_eq!(w.up.requests().len(), before);
 }
 
@@ -291,17 +224,9 @@ fn sni_and_host_must_agree() {
 fn plain_http_with_an_allowed_host_never_reaches_another_address() {
     let w = world("plainhost");
     let decoy = TcpUpstream::start("127.0.0.3");
-    let (code, _) = w.curl(&[
-        "-H",
-        "Host: api.upstream.test",
-        &format!("http://127.0.0.3:{}/v1/x", decoy.port()),
-    ]);
+    let (code, _) = w.curl(&["-H", "Host: api.upstream.test", &format!("http://127.0.0.3:{}/v1/x", decoy.port())]);
     assert_ne!(code, "200");
-    assert_eq!(
-        decoy.hits(),
-        0,
-        "data for api.upstream.test was delivered to 127.0.0.3"
-    );
+    assert_eq!(decoy.hits(), 0, "data for api.upstream.test was delivered to 127.0.0.3");
 }
 
 #[test]
@@ -309,24 +234,12 @@ fn connect_requests_are_policed_like_direct_ones() {
     let w = world("connect");
     // A proxy variable pointing at an address nobody listens on: the connection is
     // redirected to the gateway, which sees the CONNECT.
-    let (code, body) = w.curl(&[
-        "-x",
-        "http://127.0.0.9:3128",
-        &w.url("api.upstream.test", "/v1/via-connect"),
-    ]);
+    let (code, body) = w.curl(&["-x", "http://127.0.0.9:3128", &w.url("api.upstream.test", "/v1/via-connect")]);
     assert_eq!(code, "200", "allowed CONNECT: {body}");
     let before = w.up.requests().len();
-    let (code, _) = w.curl(&[
-        "-x",
-        "http://127.0.0.9:3128",
-        &w.url("api.upstream.test", "/v2/denied"),
-    ]);
+    let (code, _) = w.curl(&["-x", "http://127.0.0.9:3128", &w.url("api.upstream.test", "/v2/denied")]);
     assert_eq!(code, "403");
-    let (code, _) = w.curl(&[
-        "-x",
-        "http://127.0.0.9:3128",
-        &w.url("other.upstream.test", "/v1/x"),
-    ]);
+    let (code, _) = w.curl(&["-x", "http://127.0.0.9:3128", &w.url("other.upstream.test", "/v1/x")]);
     assert_ne!(code, "200");
     assert_eq!(w.up.requests().len(), before);
 }

@@ -11,9 +11,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuHashMap},
     programs::{SkBuffContext, SockAddrContext, SockOpsContext},
 };
-use egress_common::{
-    AF_INET, AF_INET6, ClientKey, Counters, DnsClientKey, LRU_ENTRIES, MAX_BOTTLES, OrigDst,
-};
+use egress_common::{AF_INET, AF_INET6, ClientKey, Counters, DnsClientKey, LRU_ENTRIES, MAX_BOTTLES, OrigDst};
 
 const PASS: i32 = 1;
 const REFUSE: i32 = 0;
@@ -112,12 +110,7 @@ fn store_orig(ctx: &SockAddrContext, orig: OrigDst) -> bool {
 
 #[inline(always)]
 fn orig4(ip4: u32, port_wire: u32) -> OrigDst {
-    OrigDst {
-        addr: [ip4, 0, 0, 0],
-        port: port_wire as u16,
-        family: AF_INET,
-        bottle_id: global(&BOTTLE_ID),
-    }
+    OrigDst { addr: [ip4, 0, 0, 0], port: port_wire as u16, family: AF_INET, bottle_id: global(&BOTTLE_ID) }
 }
 
 /// `::ffff:a.b.c.d` as four network-order words.
@@ -128,11 +121,7 @@ fn mapped(ip4: u32) -> [u32; 4] {
 
 #[inline(always)]
 fn v4_in_v6(ip6: &[u32; 4]) -> Option<u32> {
-    if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0xffffu32.to_be() {
-        Some(ip6[3])
-    } else {
-        None
-    }
+    if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == 0xffffu32.to_be() { Some(ip6[3]) } else { None }
 }
 
 // === connect ===
@@ -167,19 +156,12 @@ pub fn connect6(ctx: &SockAddrContext) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     let orig = match v4_in_v6(&sa.user_ip6) {
         Some(ip4) => orig4(ip4, sa.user_port),
-        None => OrigDst {
-            addr: sa.user_ip6,
-            port: sa.user_port as u16,
-            family: AF_INET6,
-            bottle_id: global(&BOTTLE_ID),
-        },
+        None => {
+            OrigDst { addr: sa.user_ip6, port: sa.user_port as u16, family: AF_INET6, bottle_id: global(&BOTTLE_ID) }
+        }
     };
     let (target_ip4, target_port, kind) = match sa.protocol {
-        IPPROTO_TCP => (
-            global(&PROXY_IP4),
-            global(&PROXY_PORT),
-            Counter::TcpRedirected,
-        ),
+        IPPROTO_TCP => (global(&PROXY_IP4), global(&PROXY_PORT), Counter::TcpRedirected),
         // DNS over an IPv4-mapped address can be served; native IPv6 DNS is refused so the
         // resolver falls back to an IPv4 server.
         IPPROTO_UDP if user_port(sa) == DNS_PORT_WIRE && orig.family == AF_INET => {
@@ -230,10 +212,7 @@ pub fn recvmsg4(ctx: &SockAddrContext) -> i32 {
         return PASS;
     }
     let orig = unsafe { *slot };
-    if orig.family == AF_INET
-        && sa.user_ip4 == global(&DNS_IP4)
-        && user_port(sa) == global(&DNS_PORT)
-    {
+    if orig.family == AF_INET && sa.user_ip4 == global(&DNS_IP4) && user_port(sa) == global(&DNS_PORT) {
         sa.user_ip4 = orig.addr[0];
         sa.user_port = orig.port as u32;
     }
@@ -247,9 +226,7 @@ pub fn recvmsg6(ctx: &SockAddrContext) -> i32 {
         return PASS;
     }
     let orig = unsafe { *slot };
-    if orig.family == AF_INET
-        && v4_in_v6(&sa.user_ip6) == Some(global(&DNS_IP4))
-        && user_port(sa) == global(&DNS_PORT)
+    if orig.family == AF_INET && v4_in_v6(&sa.user_ip6) == Some(global(&DNS_IP4)) && user_port(sa) == global(&DNS_PORT)
     {
         sa.user_ip6 = mapped(orig.addr[0]);
         sa.user_port = orig.port as u32;
@@ -277,11 +254,7 @@ pub fn getpeername6(ctx: &SockAddrContext) -> i32 {
     if !slot.is_null() {
         let orig = unsafe { *slot };
         let sa = unsafe { &mut *ctx.sock_addr };
-        sa.user_ip6 = if orig.family == AF_INET {
-            mapped(orig.addr[0])
-        } else {
-            orig.addr
-        };
+        sa.user_ip6 = if orig.family == AF_INET { mapped(orig.addr[0]) } else { orig.addr };
         sa.user_port = orig.port as u32;
     }
     PASS
@@ -300,21 +273,12 @@ pub fn sock_ops(ctx: &SockOpsContext) -> u32 {
         return 1;
     }
     let orig = unsafe {
-        bpf_sk_storage_get(
-            core::ptr::addr_of!(SOCK_ORIG) as *mut c_void,
-            sk as *mut _,
-            core::ptr::null_mut(),
-            0,
-        )
+        bpf_sk_storage_get(core::ptr::addr_of!(SOCK_ORIG) as *mut c_void, sk as *mut _, core::ptr::null_mut(), 0)
     } as *const OrigDst;
     if orig.is_null() {
         return 1;
     }
-    let key = ClientKey {
-        ip4: ctx.local_ip4(),
-        port: ctx.local_port() as u16,
-        _pad: 0,
-    };
+    let key = ClientKey { ip4: ctx.local_ip4(), port: ctx.local_port() as u16, _pad: 0 };
     // If the insert fails the gateway finds no entry and refuses the connection.
     let _ = ORIG_DST.insert(&key, unsafe { &*orig }, 0);
     1
@@ -358,10 +322,7 @@ fn try_backstop(ctx: &SkBuffContext) -> Option<i32> {
     match proto as u32 {
         IPPROTO_TCP if daddr == global(&PROXY_IP4) && dport == global(&PROXY_PORT) => Some(PASS),
         IPPROTO_UDP if daddr == global(&DNS_IP4) && dport == global(&DNS_PORT) => {
-            let key = DnsClientKey {
-                port: sport,
-                _pad: 0,
-            };
+            let key = DnsClientKey { port: sport, _pad: 0 };
             // Without this entry the gateway cannot tell whose query it is and refuses it.
             let _ = DNS_CLIENTS.insert(&key, &global(&BOTTLE_ID), 0);
             Some(PASS)

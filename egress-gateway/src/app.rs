@@ -18,9 +18,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{
-    bpf, ca::CertificateAuthority, config, dns, policy, proxy, resolve::Resolver, telemetry,
-};
+use crate::{bpf, ca::CertificateAuthority, config, dns, policy, proxy, resolve::Resolver, telemetry};
 
 /// A configured bottle and its live policy.
 pub struct BottleState {
@@ -76,10 +74,8 @@ impl Gateway {
 
 pub fn run(config: config::Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     telemetry::init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(serve(config, config_path))
 }
 
@@ -88,25 +84,14 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let mut bottles = HashMap::new();
     for b in &config.bottles {
         let routes = BottleState::load_routes(b)?;
-        bottles.insert(
-            b.id,
-            Arc::new(BottleState {
-                config: b.clone(),
-                routes: ArcSwap::from_pointee(routes),
-            }),
-        );
+        bottles.insert(b.id, Arc::new(BottleState { config: b.clone(), routes: ArcSwap::from_pointee(routes) }));
     }
 
     let resolver = Resolver::new(config.hosts.clone());
-    let ca = CertificateAuthority::load_or_create(&config.state_dir)
-        .context("loading the interception CA")?;
+    let ca = CertificateAuthority::load_or_create(&config.state_dir).context("loading the interception CA")?;
     let upstream = proxy::upstream::Upstream::new(resolver.clone(), &config.upstream_ca_files)
         .context("building the upstream TLS client")?;
-    let proxy = Arc::new(proxy::ProxyContext {
-        resolver: resolver.clone(),
-        ca: Arc::new(ca),
-        upstream,
-    });
+    let proxy = Arc::new(proxy::ProxyContext { resolver: resolver.clone(), ca: Arc::new(ca), upstream });
 
     // Listeners before programs: once a bottle is attached, its connections must find them.
     let tcp = TcpListener::bind(config.listen)
@@ -133,14 +118,7 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     std::fs::create_dir_all(layout.maps_dir()).ok();
     let maps = bpf::KernelMaps::open(&layout.maps_dir())?;
 
-    let gw = Arc::new(Gateway {
-        resolver,
-        config,
-        maps,
-        proxy,
-        bottles,
-        next_conn_id: AtomicU64::new(1),
-    });
+    let gw = Arc::new(Gateway { resolver, config, maps, proxy, bottles, next_conn_id: AtomicU64::new(1) });
 
     tracing::info!(
         listen = %gw.config.listen,
@@ -191,6 +169,8 @@ async fn accept_loop(listener: TcpListener, gw: Arc<Gateway>) {
                 continue;
             }
         };
+        // Small writes (TLS records, HTTP heads) must not wait for delayed ACKs.
+        let _ = stream.set_nodelay(true);
         let id = gw.next_conn_id();
         let redirected = match gw.maps.take_orig_dst(client) {
             Ok(r) => r,
@@ -212,12 +192,7 @@ async fn accept_loop(listener: TcpListener, gw: Arc<Gateway>) {
             tracing::warn!(conn = id, bottle = %bottle.config.name, "connection to the gateway's own listener refused");
             continue;
         }
-        let conn = proxy::Connection {
-            id,
-            client,
-            orig_dst: redirected.orig_dst,
-            bottle,
-        };
+        let conn = proxy::Connection { id, client, orig_dst: redirected.orig_dst, bottle };
         tokio::spawn(proxy::handle(stream, conn, gw.proxy.clone()));
     }
 }

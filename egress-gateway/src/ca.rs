@@ -13,8 +13,8 @@ use std::{
 use anyhow::Context;
 use base64::Engine as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use rustls::{pki_types::PrivateKeyDer, sign::CertifiedKey};
 
@@ -37,9 +37,7 @@ const LEAF_BACKDATE: Duration = Duration::from_secs(60);
 pub enum CaError {
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
-    #[error(
-        "a CA already exists in {0}: pass --force to replace it (every bottle must then trust the new one)"
-    )]
+    #[error("a CA already exists in {0}: pass --force to replace it (every bottle must then trust the new one)")]
     Exists(PathBuf),
     #[error("minting a certificate for {host:?}: {reason}")]
     Mint { host: String, reason: String },
@@ -58,9 +56,7 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority")
-            .field("cached_leaves", &self.cache.entry_count())
-            .finish()
+        f.debug_struct("CertificateAuthority").field("cached_leaves", &self.cache.entry_count()).finish()
     }
 }
 
@@ -71,11 +67,7 @@ fn ca_params() -> CertificateParams {
     dn.push(DnType::OrganizationName, CA_ORGANIZATION);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params
 }
 
@@ -86,10 +78,8 @@ impl CertificateAuthority {
         if cert_path.exists() && !force {
             return Err(CaError::Exists(state_dir.to_path_buf()));
         }
-        let file_err = |path: &Path, e: &dyn std::fmt::Display| CaError::File {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
+        let file_err =
+            |path: &Path, e: &dyn std::fmt::Display| CaError::File { path: path.to_path_buf(), reason: e.to_string() };
         fs::create_dir_all(state_dir).map_err(|e| file_err(state_dir, &e))?;
         let _ = fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700));
         let key = KeyPair::generate().map_err(|e| file_err(state_dir, &e))?;
@@ -97,9 +87,7 @@ impl CertificateAuthority {
         let now = time_now();
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + time::Duration::days(CA_VALIDITY_DAYS);
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| file_err(&cert_path, &e))?;
+        let cert = params.self_signed(&key).map_err(|e| file_err(&cert_path, &e))?;
         write_private(&state_dir.join(CA_KEY_FILE), key.serialize_pem().as_bytes())?;
         write_private(&cert_path, cert.pem().as_bytes())?;
         Ok(())
@@ -116,57 +104,35 @@ impl CertificateAuthority {
     pub fn load(state_dir: &Path) -> Result<CertificateAuthority, CaError> {
         let read = |name: &str| {
             let path = state_dir.join(name);
-            fs::read_to_string(&path).map_err(|e| CaError::File {
-                path,
-                reason: e.to_string(),
-            })
+            fs::read_to_string(&path).map_err(|e| CaError::File { path, reason: e.to_string() })
         };
         let cert_pem = read(CA_CERT_FILE)?;
         let key_path = state_dir.join(CA_KEY_FILE);
-        let mode = fs::metadata(&key_path)
-            .map(|m| m.permissions().mode() & 0o077)
-            .unwrap_or(0);
+        let mode = fs::metadata(&key_path).map(|m| m.permissions().mode() & 0o077).unwrap_or(0);
         if mode != 0 {
             return Err(CaError::File {
                 path: key_path,
                 reason: "the CA key must not be readable by group or others (chmod 600)".into(),
             });
         }
-        let key = KeyPair::from_pem(&read(CA_KEY_FILE)?).map_err(|e| CaError::File {
-            path: key_path.clone(),
-            reason: e.to_string(),
-        })?;
-        let cert_der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-            .next()
-            .and_then(Result::ok)
-            .ok_or_else(|| CaError::File {
-                path: state_dir.join(CA_CERT_FILE),
-                reason: "no certificate in the file".into(),
+        let key = KeyPair::from_pem(&read(CA_KEY_FILE)?)
+            .map_err(|e| CaError::File { path: key_path.clone(), reason: e.to_string() })?;
+        let cert_der =
+            rustls_pemfile::certs(&mut cert_pem.as_bytes()).next().and_then(Result::ok).ok_or_else(|| {
+                CaError::File { path: state_dir.join(CA_CERT_FILE), reason: "no certificate in the file".into() }
             })?;
-        let leaf_key = KeyPair::generate().map_err(|e| CaError::Mint {
-            host: String::new(),
-            reason: e.to_string(),
-        })?;
-        let leaf_der =
-            PrivateKeyDer::try_from(leaf_key.serialize_der()).map_err(|e| CaError::Mint {
-                host: String::new(),
-                reason: e.to_string(),
-            })?;
+        let leaf_key = KeyPair::generate().map_err(|e| CaError::Mint { host: String::new(), reason: e.to_string() })?;
+        let leaf_der = PrivateKeyDer::try_from(leaf_key.serialize_der())
+            .map_err(|e| CaError::Mint { host: String::new(), reason: e.to_string() })?;
         let leaf_signing_key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&leaf_der)
-            .map_err(|e| CaError::Mint {
-                host: String::new(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| CaError::Mint { host: String::new(), reason: e.to_string() })?;
         Ok(CertificateAuthority {
             cert_pem,
             cert_der,
             issuer: Issuer::new(ca_params(), key),
             leaf_key,
             leaf_signing_key,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(LEAF_CACHE_ENTRIES)
-                .time_to_live(LEAF_CACHE_TTL)
-                .build(),
+            cache: moka::sync::Cache::builder().max_capacity(LEAF_CACHE_ENTRIES).time_to_live(LEAF_CACHE_TTL).build(),
         })
     }
 
@@ -180,17 +146,11 @@ impl CertificateAuthority {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         self.cache
             .try_get_with(host.clone(), || self.mint(&host).map(Arc::new))
-            .map_err(|e: Arc<CaError>| CaError::Mint {
-                host,
-                reason: e.to_string(),
-            })
+            .map_err(|e: Arc<CaError>| CaError::Mint { host, reason: e.to_string() })
     }
 
     fn mint(&self, host: &str) -> Result<CertifiedKey, CaError> {
-        let mint_err = |e: &dyn std::fmt::Display| CaError::Mint {
-            host: host.to_string(),
-            reason: e.to_string(),
-        };
+        let mint_err = |e: &dyn std::fmt::Display| CaError::Mint { host: host.to_string(), reason: e.to_string() };
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, host);
@@ -205,21 +165,14 @@ impl CertificateAuthority {
         // clients (Python 3.13) require next to the AKI.
         params.is_ca = IsCa::ExplicitNoCa;
         let now = time_now();
-        params.not_before =
-            now - time::Duration::try_from(LEAF_BACKDATE).map_err(|e| mint_err(&e))?;
-        params.not_after =
-            now + time::Duration::try_from(LEAF_VALIDITY).map_err(|e| mint_err(&e))?;
+        params.not_before = now - time::Duration::try_from(LEAF_BACKDATE).map_err(|e| mint_err(&e))?;
+        params.not_after = now + time::Duration::try_from(LEAF_VALIDITY).map_err(|e| mint_err(&e))?;
         let mut serial = [0u8; 16];
         rand::Rng::fill(&mut rand::rng(), &mut serial);
         serial[0] &= 0x7f;
         params.serial_number = Some(serial.to_vec().into());
-        let cert = params
-            .signed_by(&self.leaf_key, &self.issuer)
-            .map_err(|e| mint_err(&e))?;
-        Ok(CertifiedKey::new(
-            vec![cert.der().clone(), self.cert_der.clone()],
-            self.leaf_signing_key.clone(),
-        ))
+        let cert = params.signed_by(&self.leaf_key, &self.issuer).map_err(|e| mint_err(&e))?;
+        Ok(CertifiedKey::new(vec![cert.der().clone(), self.cert_der.clone()], self.leaf_signing_key.clone()))
     }
 }
 
@@ -228,18 +181,9 @@ fn time_now() -> time::OffsetDateTime {
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), CaError> {
-    let err = |e: std::io::Error| CaError::File {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
+    let err = |e: std::io::Error| CaError::File { path: path.to_path_buf(), reason: e.to_string() };
     let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
     f.write_all(data).map_err(err)?;
     f.sync_all().map_err(err)?;
     fs::rename(&tmp, path).map_err(err)
@@ -313,11 +257,7 @@ mod tests {
     use super::*;
 
     fn temp_state() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "egress-ca-test-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
+        let dir = std::env::temp_dir().join(format!("egress-ca-test-{}-{}", std::process::id(), rand::random::<u32>()));
         fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -341,17 +281,12 @@ mod tests {
         let leaf = ca.leaf("api.upstream.test").unwrap();
         let now = rustls::pki_types::UnixTime::now();
         let name = rustls::pki_types::ServerName::try_from("api.upstream.test").unwrap();
-        v.verify_server_cert(&leaf.cert[0], &leaf.cert[1..], &name, &[], now)
-            .expect("verifies for its name");
+        v.verify_server_cert(&leaf.cert[0], &leaf.cert[1..], &name, &[], now).expect("verifies for its name");
         let other = rustls::pki_types::ServerName::try_from("other.test").unwrap();
-        assert!(
-            v.verify_server_cert(&leaf.cert[0], &leaf.cert[1..], &other, &[], now)
-                .is_err()
-        );
+        assert!(v.verify_server_cert(&leaf.cert[0], &leaf.cert[1..], &other, &[], now).is_err());
         let ip_leaf = ca.leaf("127.0.0.2").unwrap();
         let ip = rustls::pki_types::ServerName::try_from("127.0.0.2").unwrap();
-        v.verify_server_cert(&ip_leaf.cert[0], &[], &ip, &[], now)
-            .expect("IP SAN");
+        v.verify_server_cert(&ip_leaf.cert[0], &[], &ip, &[], now).expect("IP SAN");
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -363,10 +298,7 @@ mod tests {
         // OIDs: authorityKeyIdentifier 2.5.29.35, subjectKeyIdentifier 2.5.29.14,
         // extKeyUsage 2.5.29.37 (DER: 06 03 55 1d xx).
         for (oid, name) in [(0x23u8, "AKI"), (0x0e, "SKI"), (0x25, "EKU"), (0x11, "SAN")] {
-            assert!(
-                der.windows(5).any(|w| w == [0x06, 0x03, 0x55, 0x1d, oid]),
-                "leaf has no {name}"
-            );
+            assert!(der.windows(5).any(|w| w == [0x06, 0x03, 0x55, 0x1d, oid]), "leaf has no {name}");
         }
         fs::remove_dir_all(dir).unwrap();
     }
@@ -388,14 +320,7 @@ mod tests {
         let v = verifier(&again);
         let leaf = again.leaf("b.test").unwrap();
         let name = rustls::pki_types::ServerName::try_from("b.test").unwrap();
-        v.verify_server_cert(
-            &leaf.cert[0],
-            &[],
-            &name,
-            &[],
-            rustls::pki_types::UnixTime::now(),
-        )
-        .unwrap();
+        v.verify_server_cert(&leaf.cert[0], &[], &name, &[], rustls::pki_types::UnixTime::now()).unwrap();
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -403,23 +328,11 @@ mod tests {
     fn key_is_private_and_init_refuses_to_overwrite() {
         let dir = temp_state();
         CertificateAuthority::init(&dir, false).unwrap();
-        let mode = fs::metadata(dir.join(CA_KEY_FILE))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = fs::metadata(dir.join(CA_KEY_FILE)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(matches!(
-            CertificateAuthority::init(&dir, false),
-            Err(CaError::Exists(_))
-        ));
+        assert!(matches!(CertificateAuthority::init(&dir, false), Err(CaError::Exists(_))));
         fs::set_permissions(dir.join(CA_KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(
-            CertificateAuthority::load(&dir)
-                .unwrap_err()
-                .to_string()
-                .contains("chmod 600")
-        );
+        assert!(CertificateAuthority::load(&dir).unwrap_err().to_string().contains("chmod 600"));
         fs::remove_dir_all(dir).unwrap();
     }
 }

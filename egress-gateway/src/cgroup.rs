@@ -45,30 +45,15 @@ pub fn root(config: &config::Config) -> anyhow::Result<PathBuf> {
     }
     let private = PathBuf::from(PRIVATE_CGROUP2);
     fs::create_dir_all(&private).with_context(|| format!("creating {}", private.display()))?;
-    nix::mount::mount(
-        Some("none"),
-        &private,
-        Some("cgroup2"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .with_context(|| {
-        format!(
-            "no cgroup v2 mounted, and mounting one at {} failed",
-            private.display()
-        )
-    })?;
+    nix::mount::mount(Some("none"), &private, Some("cgroup2"), nix::mount::MsFlags::empty(), None::<&str>)
+        .with_context(|| format!("no cgroup v2 mounted, and mounting one at {} failed", private.display()))?;
     tracing::info!(path = %private.display(), "mounted a private cgroup v2 hierarchy");
     Ok(private)
 }
 
 /// Absolute path of a bottle's cgroup directory.
 pub fn bottle_path(config: &config::Config, bottle: &config::Bottle) -> anyhow::Result<PathBuf> {
-    if bottle.cgroup.is_absolute() {
-        Ok(bottle.cgroup.clone())
-    } else {
-        Ok(root(config)?.join(&bottle.cgroup))
-    }
+    if bottle.cgroup.is_absolute() { Ok(bottle.cgroup.clone()) } else { Ok(root(config)?.join(&bottle.cgroup)) }
 }
 
 /// Pids in a cgroup (empty when it does not exist).
@@ -81,14 +66,9 @@ pub fn processes(cgroup_dir: &Path) -> Vec<u32> {
 /// Runs `command` inside `bottle_name`'s cgroup and returns its exit status (128 + signal
 /// when killed). Refuses when the bottle's programs are not attached: an agent must never
 /// start with direct egress.
-pub fn exec_in_bottle(
-    config: &config::Config,
-    bottle_name: &str,
-    command: &[String],
-) -> anyhow::Result<u8> {
-    let bottle = config
-        .bottle(bottle_name)
-        .with_context(|| format!("no bottle named {bottle_name:?} in the configuration"))?;
+pub fn exec_in_bottle(config: &config::Config, bottle_name: &str, command: &[String]) -> anyhow::Result<u8> {
+    let bottle =
+        config.bottle(bottle_name).with_context(|| format!("no bottle named {bottle_name:?} in the configuration"))?;
     let pins = bpf::PinLayout::new(config).bottle_dir(&bottle.name);
     if !pins.join("egress_connect4").exists() || !pins.join("egress_backstop").exists() {
         bail!(
@@ -117,9 +97,7 @@ pub fn exec_in_bottle(
             Ok(())
         });
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {program:?} in {}", dir.display()))?;
+    let status = cmd.status().with_context(|| format!("starting {program:?} in {}", dir.display()))?;
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => code as u8,
         (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
@@ -136,10 +114,7 @@ mod tests {
         let text = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
                     32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
                     41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            parse_cgroup2_mount(text),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
+        assert_eq!(parse_cgroup2_mount(text), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(parse_cgroup2_mount("1 2 0:1 / /x rw - tmpfs t rw\n"), None);
     }
 }

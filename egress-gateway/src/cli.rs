@@ -8,11 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::{app, bpf, ca, config, dlp, supervise};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "egress-gateway",
-    version,
-    about = "Transparent egress gateway for agent sandboxes"
-)]
+#[command(name = "egress-gateway", version, about = "Transparent egress gateway for agent sandboxes")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -103,9 +99,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Detach(args) => {
             let config = args.config.load()?;
-            let bottle = config.bottle(&args.bottle).with_context(|| {
-                format!("no bottle named {:?} in the configuration", args.bottle)
-            })?;
+            let bottle = config
+                .bottle(&args.bottle)
+                .with_context(|| format!("no bottle named {:?} in the configuration", args.bottle))?;
             bpf::detach(&config, bottle, args.force)?;
             println!("detached bottle {}", bottle.name);
             Ok(ExitCode::SUCCESS)
@@ -125,11 +121,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(if failed {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
         }
         Command::Doctor(args) => {
             let config = args.load()?;

@@ -43,21 +43,13 @@ async fn answer(packet: &[u8], peer: SocketAddr, gw: &Gateway) -> Option<Vec<u8>
         Err(wire::ParseError::NotAQuery) => return None,
         Err(wire::ParseError::Malformed) => return wire::error_reply(packet, wire::Rcode::FormErr),
     };
-    let Some(bottle) = gw
-        .maps
-        .dns_client_bottle(peer.port())
-        .and_then(|id| gw.bottle_by_id(id))
-    else {
+    let Some(bottle) = gw.maps.dns_client_bottle(peer.port()).and_then(|id| gw.bottle_by_id(id)) else {
         tracing::warn!(client = %peer, name = %query.name, "dns query from an unknown client refused");
         return Some(wire::reply(&query, wire::Rcode::Refused, &[]));
     };
     if query.name == INTROSPECTION_NAME {
         // Any address will do: the bottle's connection to it is redirected to the gateway.
-        let addrs: &[IpAddr] = if query.qtype == wire::QTYPE_A {
-            &[INTROSPECTION_ADDR]
-        } else {
-            &[]
-        };
+        let addrs: &[IpAddr] = if query.qtype == wire::QTYPE_A { &[INTROSPECTION_ADDR] } else { &[] };
         return Some(wire::reply(&query, wire::Rcode::NoError, addrs));
     }
     let allowed = bottle.routes().dns_name_allowed(&query.name);
@@ -106,8 +98,7 @@ const ENTROPY_MIN_LEN: usize = 20;
 /// any. Wildcard routes allow any subdomain, so this is what stops `<secret>.cdn.example`.
 fn tunnel_suspect(name: &str) -> Option<&str> {
     name.split('.').find(|label| {
-        label.len() > MAX_PLAIN_LABEL
-            || (label.len() >= ENTROPY_MIN_LEN && entropy(label) > MAX_LABEL_ENTROPY)
+        label.len() > MAX_PLAIN_LABEL || (label.len() >= ENTROPY_MIN_LEN && entropy(label) > MAX_LABEL_ENTROPY)
     })
 }
 
@@ -133,12 +124,7 @@ mod tests {
 
     #[test]
     fn ordinary_names_pass_and_data_labels_are_caught() {
-        for ok in [
-            "api.upstream.test",
-            "files.pythonhosted.org",
-            "us-east-1.s3.amazonaws.com",
-            "x.cdn.upstream.test",
-        ] {
+        for ok in ["api.upstream.test", "files.pythonhosted.org", "us-east-1.s3.amazonaws.com", "x.cdn.upstream.test"] {
             assert_eq!(tunnel_suspect(ok), None, "{ok}");
         }
         let long = format!("{}.cdn.upstream.test", "a".repeat(45));
@@ -219,10 +205,8 @@ pub mod wire {
             labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
             i += len;
         }
-        let qtype = u16::from_be_bytes([
-            *p.get(i).ok_or(ParseError::Malformed)?,
-            *p.get(i + 1).ok_or(ParseError::Malformed)?,
-        ]);
+        let qtype =
+            u16::from_be_bytes([*p.get(i).ok_or(ParseError::Malformed)?, *p.get(i + 1).ok_or(ParseError::Malformed)?]);
         let qclass = u16::from_be_bytes([
             *p.get(i + 2).ok_or(ParseError::Malformed)?,
             *p.get(i + 3).ok_or(ParseError::Malformed)?,
@@ -231,14 +215,7 @@ pub mod wire {
         if name.len() > 253 {
             return Err(ParseError::Malformed);
         }
-        Ok(Query {
-            id,
-            name,
-            qtype,
-            qclass,
-            question: p[12..i + 4].to_vec(),
-            recursion_desired: flags & 0x0100 != 0,
-        })
+        Ok(Query { id, name, qtype, qclass, question: p[12..i + 4].to_vec(), recursion_desired: flags & 0x0100 != 0 })
     }
 
     /// A reply to `q` with `rcode` and one answer per address (A or AAAA by family).
@@ -246,8 +223,7 @@ pub mod wire {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(&q.id.to_be_bytes());
         // QR=1, AA=1, RD copied, RA=1.
-        let flags: u16 =
-            0x8000 | 0x0400 | if q.recursion_desired { 0x0100 } else { 0 } | 0x0080 | rcode as u16;
+        let flags: u16 = 0x8000 | 0x0400 | if q.recursion_desired { 0x0100 } else { 0 } | 0x0080 | rcode as u16;
         out.extend_from_slice(&flags.to_be_bytes());
         out.extend_from_slice(&1u16.to_be_bytes());
         let max_answers = (MAX_DATAGRAM - 12 - q.question.len()) / 28;
@@ -323,10 +299,7 @@ pub mod wire {
         fn rejects_truncated_and_response_packets() {
             let p = query("a.b", QTYPE_A);
             for cut in 0..p.len() {
-                assert!(
-                    parse_query(&p[..cut]).is_err(),
-                    "prefix of {cut} bytes parsed"
-                );
+                assert!(parse_query(&p[..cut]).is_err(), "prefix of {cut} bytes parsed");
             }
             let mut resp = p.clone();
             resp[2] |= 0x80;

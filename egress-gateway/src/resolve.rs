@@ -25,11 +25,7 @@ impl Resolver {
     /// Every address of `host` (an IP literal resolves to itself).
     pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        if let Ok(ip) = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
         if let Some(addrs) = self.overrides.get(&host) {
@@ -37,17 +33,11 @@ impl Resolver {
         }
         let addrs: Vec<IpAddr> = tokio::net::lookup_host((host.as_str(), 0))
             .await
-            .map_err(|e| ResolveError {
-                host: host.clone(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| ResolveError { host: host.clone(), reason: e.to_string() })?
             .map(|sa: SocketAddr| sa.ip())
             .collect();
         if addrs.is_empty() {
-            return Err(ResolveError {
-                host,
-                reason: "no addresses".into(),
-            });
+            return Err(ResolveError { host, reason: "no addresses".into() });
         }
         Ok(addrs)
     }
@@ -78,26 +68,11 @@ mod tests {
     #[tokio::test]
     async fn overrides_win_and_literals_resolve_to_themselves() {
         let mut m = BTreeMap::new();
-        m.insert(
-            "upstream.test".to_string(),
-            vec!["127.0.0.2".parse().unwrap()],
-        );
+        m.insert("upstream.test".to_string(), vec!["127.0.0.2".parse().unwrap()]);
         let r = Resolver::new(m);
-        assert_eq!(
-            r.lookup("Upstream.Test.").await.unwrap(),
-            vec!["127.0.0.2".parse::<IpAddr>().unwrap()]
-        );
-        assert!(
-            r.is_address_of("upstream.test", "::ffff:127.0.0.2".parse().unwrap())
-                .await
-        );
-        assert!(
-            !r.is_address_of("upstream.test", "127.0.0.3".parse().unwrap())
-                .await
-        );
-        assert_eq!(
-            r.lookup("127.0.0.9").await.unwrap(),
-            vec!["127.0.0.9".parse::<IpAddr>().unwrap()]
-        );
+        assert_eq!(r.lookup("Upstream.Test.").await.unwrap(), vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
+        assert!(r.is_address_of("upstream.test", "::ffff:127.0.0.2".parse().unwrap()).await);
+        assert!(!r.is_address_of("upstream.test", "127.0.0.3".parse().unwrap()).await);
+        assert_eq!(r.lookup("127.0.0.9").await.unwrap(), vec!["127.0.0.9".parse::<IpAddr>().unwrap()]);
     }
 }

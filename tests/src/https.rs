@@ -29,17 +29,12 @@ pub struct TestCa {
 impl TestCa {
     pub fn new() -> TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "egress e2e upstream CA");
+        params.distinguished_name.push(DnType::CommonName, "egress e2e upstream CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
-        TestCa {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
+        TestCa { pem: cert.pem(), issuer: Issuer::new(params, key) }
     }
 
     /// A server config for `names` (ALPN h2 and http/1.1).
@@ -49,15 +44,18 @@ impl TestCa {
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.der().clone()], key_der)
-        .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der().clone()], key_der)
+                .unwrap();
+        config.alpn_protocols = if std::env::var_os("EGRESS_TEST_H1_ONLY").is_some() {
+            vec![b"http/1.1".to_vec()]
+        } else {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        };
         config
     }
 }
@@ -93,22 +91,11 @@ pub struct HttpsUpstream {
 impl HttpsUpstream {
     /// Starts an upstream on `ip` (port chosen by the kernel) with a certificate for
     /// `names`, serving git repositories from `git_root` if given.
-    pub fn start(
-        ip: &str,
-        names: &[&str],
-        ca: &TestCa,
-        git_root: Option<PathBuf>,
-    ) -> HttpsUpstream {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+    pub fn start(ip: &str, names: &[&str], ca: &TestCa, git_root: Option<PathBuf>) -> HttpsUpstream {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(ca.server_config(names)));
         let ip: std::net::IpAddr = ip.parse().unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind((ip, 0)))
-            .unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind((ip, 0))).unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let seen2 = seen.clone();
@@ -119,25 +106,19 @@ impl HttpsUpstream {
                     continue;
                 };
                 seen2.connections.fetch_add(1, Ordering::SeqCst);
-                let (acceptor, seen, git_root) =
-                    (acceptor.clone(), seen2.clone(), git_root.clone());
+                let (acceptor, seen, git_root) = (acceptor.clone(), seen2.clone(), git_root.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let service =
-                        service_fn(move |req| handle(req, seen.clone(), git_root.clone()));
+                    let service = service_fn(move |req| handle(req, seen.clone(), git_root.clone()));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), service)
                         .await;
                 });
             }
         });
-        HttpsUpstream {
-            addr,
-            seen,
-            _runtime: runtime,
-        }
+        HttpsUpstream { addr, seen, _runtime: runtime }
     }
 
     pub fn port(&self) -> u16 {
@@ -162,35 +143,16 @@ async fn handle(
     git_root: Option<Arc<PathBuf>>,
 ) -> Result<Response<Body>, hyper::Error> {
     let method = req.method().to_string();
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.to_string())
-        .unwrap_or_default();
+    let path_and_query = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let version = format!("{:?}", req.version());
     let headers: BTreeMap<String, String> = req
         .headers()
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
 
-    if req.uri().path() == "/ws"
-        && headers
-            .get("upgrade")
-            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
-    {
-        seen.requests.lock().unwrap().push(Recorded {
-            method,
-            path_and_query,
-            version,
-            headers,
-            body: Vec::new(),
-        });
+    if req.uri().path() == "/ws" && headers.get("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        seen.requests.lock().unwrap().push(Recorded { method, path_and_query, version, headers, body: Vec::new() });
         return Ok(websocket_echo(req));
     }
 
@@ -221,11 +183,7 @@ async fn handle(
 }
 
 fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
-    let key = req
-        .headers()
-        .get("sec-websocket-key")
-        .cloned()
-        .unwrap_or_else(|| "".parse().unwrap());
+    let key = req.headers().get("sec-websocket-key").cloned().unwrap_or_else(|| "".parse().unwrap());
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     tokio::spawn(async move {
         let Ok(upgraded) = hyper::upgrade::on(&mut req).await else {
@@ -258,12 +216,7 @@ fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
 }
 
 /// Runs `git http-backend` as a CGI for one request.
-async fn git_backend(
-    root: &Path,
-    parts: &http::request::Parts,
-    path_info: &str,
-    body: Vec<u8>,
-) -> Response<Body> {
+async fn git_backend(root: &Path, parts: &http::request::Parts, path_info: &str, body: Vec<u8>) -> Response<Body> {
     let mut cmd = tokio::process::Command::new("git");
     cmd.arg("http-backend")
         .env_clear()
@@ -286,10 +239,7 @@ async fn git_backend(
         cmd.env("GIT_PROTOCOL", proto.to_str().unwrap_or(""));
     }
     let Ok(mut child) = cmd.spawn() else {
-        return Response::builder()
-            .status(500)
-            .body(Full::new(Bytes::from("git http-backend failed")))
-            .unwrap();
+        return Response::builder().status(500).body(Full::new(Bytes::from("git http-backend failed"))).unwrap();
     };
     let mut stdin = child.stdin.take().unwrap();
     tokio::spawn(async move {
@@ -298,34 +248,23 @@ async fn git_backend(
     let out = child.wait_with_output().await.unwrap();
     // CGI output: headers, blank line, body.
     let raw = out.stdout;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4));
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
     let split = split.or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
     let Some((end, sep)) = split else {
-        return Response::builder()
-            .status(500)
-            .body(Full::new(Bytes::from("bad CGI output")))
-            .unwrap();
+        return Response::builder().status(500).body(Full::new(Bytes::from("bad CGI output"))).unwrap();
     };
     let mut resp = Response::builder();
     for line in String::from_utf8_lossy(&raw[..end]).lines() {
         if let Some((k, v)) = line.split_once(':') {
             if k.eq_ignore_ascii_case("status") {
-                let code: u16 = v
-                    .split_whitespace()
-                    .next()
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(500);
+                let code: u16 = v.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(500);
                 resp = resp.status(code);
             } else {
                 resp = resp.header(k.trim(), v.trim());
             }
         }
     }
-    resp.body(Full::new(Bytes::copy_from_slice(&raw[end + sep..])))
-        .unwrap()
+    resp.body(Full::new(Bytes::copy_from_slice(&raw[end + sep..]))).unwrap()
 }
 
 /// Creates a bare repository `name.git` under `root` with one commit, for clone tests.
@@ -341,30 +280,14 @@ pub fn make_git_repo(root: &Path, name: &str) {
             .env("GIT_COMMITTER_EMAIL", "e2e@example.invalid")
             .output()
             .expect("git");
-        assert!(
-            st.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&st.stderr)
-        );
+        assert!(st.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&st.stderr));
     };
     std::fs::create_dir_all(&work).unwrap();
     run(&["init", "-q", "-b", "main"], &work);
     std::fs::write(work.join("README"), "hello from the e2e repository\n").unwrap();
     run(&["add", "README"], &work);
     run(&["commit", "-q", "-m", "first"], &work);
-    run(
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            work.to_str().unwrap(),
-            root.join(format!("{name}.git")).to_str().unwrap(),
-        ],
-        root,
-    );
+    run(&["clone", "-q", "--bare", work.to_str().unwrap(), root.join(format!("{name}.git")).to_str().unwrap()], root);
     // Allow pushes over HTTP so a refused push is refused by the gateway, not the server.
-    run(
-        &["config", "http.receivepack", "true"],
-        &root.join(format!("{name}.git")),
-    );
+    run(&["config", "http.receivepack", "true"], &root.join(format!("{name}.git")));
 }

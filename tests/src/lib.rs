@@ -29,10 +29,7 @@ pub fn gateway_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test>-<hash> -> target/<profile>/egress-gateway
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("egress-gateway"));
+    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("egress-gateway"));
     match bin {
         Some(b) if b.exists() => b,
         _ => panic!(
@@ -46,10 +43,7 @@ pub fn gateway_bin() -> PathBuf {
 /// Fails the test (never skips it) when the machine cannot run privileged tests.
 pub fn require_privileges() {
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "end-to-end tests need root (cgroup v2, bpffs, CAP_BPF): run them as root"
-    );
+    assert_eq!(euid, 0, "end-to-end tests need root (cgroup v2, bpffs, CAP_BPF): run them as root");
     assert!(
         Path::new("/sys/kernel/btf/vmlinux").exists(),
         "the kernel has no BTF (/sys/kernel/btf/vmlinux): the eBPF programs need it"
@@ -117,11 +111,7 @@ impl TestEnv {
     /// Creates the directory and config; does not start the gateway.
     pub fn new(test: &str, spec: EnvSpec<'_>) -> TestEnv {
         require_privileges();
-        let unique = format!(
-            "{test}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let unique = format!("{test}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let dir = std::env::temp_dir().join(format!("egress-e2e-{unique}"));
         let env = TestEnv {
             name: test.to_string(),
@@ -171,8 +161,7 @@ impl TestEnv {
             etc_hosts.push_str(&format!("{addr} {name}\n"));
         }
         fs::write(env.dir.join("hosts"), etc_hosts).expect("write hosts");
-        fs::write(env.dir.join("resolv.conf"), "nameserver 127.0.0.53\n")
-            .expect("write resolv.conf");
+        fs::write(env.dir.join("resolv.conf"), "nameserver 127.0.0.53\n").expect("write resolv.conf");
         fs::write(env.dir.join("routes.yaml"), spec.routes).expect("write routes.yaml");
         env
     }
@@ -220,17 +209,13 @@ impl TestEnv {
                 self.gateway = None;
                 panic!("gateway exited with {status} before it was ready; its log:\n{log}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "gateway not ready after {READY_TIMEOUT:?}; log:\n{log}"
-            );
+            assert!(Instant::now() < deadline, "gateway not ready after {READY_TIMEOUT:?}; log:\n{log}");
             thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn current_log(&self) -> PathBuf {
-        self.log_path
-            .with_extension(format!("{}.log", self.log_generation))
+        self.log_path.with_extension(format!("{}.log", self.log_generation))
     }
 
     /// Everything every gateway process of this test wrote so far.
@@ -253,12 +238,14 @@ impl TestEnv {
             if log.contains(needle) {
                 return log;
             }
-            assert!(
-                Instant::now() < deadline,
-                "gateway log never contained {needle:?}; log:\n{log}"
-            );
+            assert!(Instant::now() < deadline, "gateway log never contained {needle:?}; log:\n{log}");
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The running gateway's pid.
+    pub fn gateway_pid(&self) -> Option<u32> {
+        self.gateway.as_ref().map(Child::id)
     }
 
     /// SIGKILL, as a crash would.
@@ -337,16 +324,8 @@ impl TestEnv {
         self.children.push(child);
         // The child moves itself; wait until it is there so the test's next step sees it.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !fs::read_to_string(&procs)
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.trim() == pid.to_string())
-        {
-            assert!(
-                Instant::now() < deadline,
-                "process {pid} never joined {}",
-                procs.display()
-            );
+        while !fs::read_to_string(&procs).unwrap_or_default().lines().any(|l| l.trim() == pid.to_string()) {
+            assert!(Instant::now() < deadline, "process {pid} never joined {}", procs.display());
             thread::sleep(Duration::from_millis(10));
         }
         pid
@@ -357,24 +336,14 @@ impl TestEnv {
     /// clients (curl, Python, Node, git, Go) trust it.
     pub fn trust_env(&self) -> Vec<(String, String)> {
         let out = self.cli(&["ca", "export", "--bundle"]);
-        assert!(
-            out.status.success(),
-            "ca export --bundle failed: {}",
-            stderr(&out)
-        );
+        assert!(out.status.success(), "ca export --bundle failed: {}", stderr(&out));
         let path = self.dir.join("trust-bundle.pem");
         fs::write(&path, &out.stdout).expect("write trust bundle");
         let path = path.display().to_string();
-        [
-            "SSL_CERT_FILE",
-            "CURL_CA_BUNDLE",
-            "REQUESTS_CA_BUNDLE",
-            "NODE_EXTRA_CA_CERTS",
-            "GIT_SSL_CAINFO",
-        ]
-        .iter()
-        .map(|k| (k.to_string(), path.clone()))
-        .collect()
+        ["SSL_CERT_FILE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO"]
+            .iter()
+            .map(|k| (k.to_string(), path.clone()))
+            .collect()
     }
 
     /// Writes the upstreams' test CA next to the config (for `upstream_ca_files`).
@@ -386,15 +355,8 @@ impl TestEnv {
 
     /// Waits for a child started with `spawn_in_cgroup` and returns its output.
     pub fn wait_child(&mut self, pid: u32) -> Output {
-        let idx = self
-            .children
-            .iter()
-            .position(|c| c.id() == pid)
-            .expect("unknown child");
-        self.children
-            .remove(idx)
-            .wait_with_output()
-            .expect("wait child")
+        let idx = self.children.iter().position(|c| c.id() == pid).expect("unknown child");
+        self.children.remove(idx).wait_with_output().expect("wait child")
     }
 }
 
@@ -419,10 +381,7 @@ impl Drop for TestEnv {
         if let Some(root) = cgroup2_mount() {
             let cg = root.join(&self.cgroup_rel);
             // Anything still in the bottle was started by this test (exec'd commands).
-            for pid in fs::read_to_string(cg.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-            {
+            for pid in fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default().lines() {
                 if let Ok(pid) = pid.trim().parse::<u32>() {
                     signal(pid, libc::SIGKILL);
                 }

@@ -7,12 +7,7 @@ use anyhow::{Context, bail};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-const LLVM_PACKAGES: [&str; 4] = [
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "libzstd-dev",
-    "zlib1g-dev",
-];
+const LLVM_PACKAGES: [&str; 4] = ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
 
 pub fn run() -> anyhow::Result<()> {
     ensure_nightly_rust_src()?;
@@ -40,29 +35,14 @@ pub fn ensure_cargo_bin_on_path() {
 }
 
 fn ensure_nightly_rust_src() -> anyhow::Result<()> {
-    let installed = output(
-        "rustup",
-        &["component", "list", "--toolchain", "nightly", "--installed"],
-    );
+    let installed = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]);
     match installed {
         Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => Ok(()),
-        Some(_) => run_cmd(
-            "rustup",
-            &["component", "add", "rust-src", "--toolchain", "nightly"],
-        ),
-        None => run_cmd(
-            "rustup",
-            &[
-                "toolchain",
-                "install",
-                "nightly",
-                "--profile",
-                "minimal",
-                "--component",
-                "rust-src",
-            ],
-        )
-        .context("the eBPF programs need a nightly toolchain with rust-src"),
+        Some(_) => run_cmd("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"]),
+        None => {
+            run_cmd("rustup", &["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"])
+                .context("the eBPF programs need a nightly toolchain with rust-src")
+        }
     }
 }
 
@@ -77,8 +57,7 @@ fn ensure_llvm() -> anyhow::Result<()> {
     run_cmd("apt-get", &["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
     args.extend(LLVM_PACKAGES);
-    run_cmd("apt-get", &args)
-        .context("installing LLVM 22 (needs root and Debian's package archive)")
+    run_cmd("apt-get", &args).context("installing LLVM 22 (needs root and Debian's package archive)")
 }
 
 fn ensure_bpf_linker() -> anyhow::Result<()> {
@@ -106,17 +85,12 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
 
 fn output(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn run_cmd(program: &str, args: &[&str]) -> anyhow::Result<()> {
     eprintln!("xtask: {program} {}", args.join(" "));
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .with_context(|| format!("running {program}"))?;
+    let status = Command::new(program).args(args).status().with_context(|| format!("running {program}"))?;
     if !status.success() {
         bail!("{program} {} failed ({status})", args.join(" "));
     }

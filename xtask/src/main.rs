@@ -47,22 +47,17 @@ fn main() -> anyhow::Result<()> {
         Task::Run { args } => {
             bootstrap::run()?;
             cargo(&["build", "--release", "-p", "egress-gateway"])?;
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("target"));
+            let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
             let bin = target.join("release/egress-gateway");
             let mut argv = vec!["run".to_string()];
             argv.extend(args);
-            let status = Command::new(&bin)
-                .args(&argv)
-                .status()
-                .with_context(|| format!("starting {}", bin.display()))?;
+            let status =
+                Command::new(&bin).args(&argv).status().with_context(|| format!("starting {}", bin.display()))?;
             std::process::exit(status.code().unwrap_or(1));
         }
         Task::Test { args } => {
             bootstrap::run()?;
-            cargo(&["fmt", "--all", "--", "--check"])
-                .context("formatting: run `cargo fmt --all`")?;
+            cargo(&["fmt", "--all", "--", "--check"]).context("formatting: run `cargo fmt --all`")?;
             cargo(&[
                 "clippy",
                 "--workspace",
@@ -75,8 +70,7 @@ fn main() -> anyhow::Result<()> {
             ])?;
             // The end-to-end tests run the binary, so build it first.
             cargo(&["build", "-p", "egress-gateway"])?;
-            let mut argv: Vec<&str> =
-                vec!["test", "--workspace", "--features", "egress-e2e/root-tests"];
+            let mut argv: Vec<&str> = vec!["test", "--workspace", "--features", "egress-e2e/root-tests"];
             if !args.is_empty() {
                 argv.push("--");
                 argv.extend(args.iter().map(String::as_str));
@@ -86,7 +80,32 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { name } => {
             bootstrap::run()?;
             match name.as_str() {
-                "dlp" | "proxy" => cargo(&["bench", "-p", "egress-gateway", "--bench", &name]),
+                // Release builds of the gateway and the load generator; runs as root.
+                "proxy" => {
+                    cargo(&[
+                        "build",
+                        "--release",
+                        "-p",
+                        "egress-gateway",
+                        "-p",
+                        "egress-e2e",
+                        "--bin",
+                        "egress-gateway",
+                        "--bin",
+                        "egress-bench",
+                    ])?;
+                    let target =
+                        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+                    let status = Command::new(target.join("release/egress-bench"))
+                        .env("EGRESS_GATEWAY_BIN", target.join("release/egress-gateway"))
+                        .status()
+                        .context("running egress-bench")?;
+                    if !status.success() {
+                        bail!("egress-bench failed ({status})");
+                    }
+                    Ok(())
+                }
+                "dlp" => cargo(&["bench", "-p", "egress-gateway", "--bench", "dlp"]),
                 other => bail!("unknown benchmark {other:?}: expected dlp or proxy"),
             }
         }
@@ -94,20 +113,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 /// Runs cargo with `args` and fails if it does.
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(cargo)
-        .args(args)
-        .status()
-        .context("running cargo")?;
+    let status = Command::new(cargo).args(args).status().context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }

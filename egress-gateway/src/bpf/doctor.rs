@@ -14,28 +14,19 @@ pub fn run(config: &config::Config) -> ExitCode {
         failed |= !ok;
     };
 
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
     let version = parse_kernel(&release);
     report(
         version.is_some_and(|v| v >= MIN_KERNEL),
         "kernel",
-        format!(
-            "{release} (need >= {}.{} for cgroup bpf links and getpeername hooks)",
-            MIN_KERNEL.0, MIN_KERNEL.1
-        ),
+        format!("{release} (need >= {}.{} for cgroup bpf links and getpeername hooks)", MIN_KERNEL.0, MIN_KERNEL.1),
     );
     report(
         std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
         "BTF",
         "/sys/kernel/btf/vmlinux (needed for socket storage maps)".into(),
     );
-    report(
-        nix::unistd::geteuid().is_root(),
-        "privileges",
-        "root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)".into(),
-    );
+    report(nix::unistd::geteuid().is_root(), "privileges", "root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)".into());
     match cgroup::find_cgroup2_mount() {
         Some(p) => report(true, "cgroup v2", format!("mounted at {}", p.display())),
         None => report(
@@ -57,21 +48,9 @@ pub fn run(config: &config::Config) -> ExitCode {
     let layout = bpf::PinLayout::new(config);
     for b in &config.bottles {
         let attached = layout.bottle_dir(&b.name).join("egress_connect4").exists();
-        println!(
-            "[info] bottle {}: {}",
-            b.name,
-            if attached {
-                "attached (pinned)"
-            } else {
-                "not attached"
-            }
-        );
+        println!("[info] bottle {}: {}", b.name, if attached { "attached (pinned)" } else { "not attached" });
     }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 fn parse_kernel(release: &str) -> Option<(u32, u32)> {

@@ -35,8 +35,7 @@ impl KernelMaps {
     pub fn open(maps_dir: &Path) -> anyhow::Result<KernelMaps> {
         let open = |name: &str| -> anyhow::Result<Map> {
             let path = maps_dir.join(name);
-            let data = MapData::from_pin(&path)
-                .with_context(|| format!("opening pinned map {}", path.display()))?;
+            let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
             Map::from_map_data(data).with_context(|| format!("reading map {}", path.display()))
         };
         Ok(KernelMaps {
@@ -53,27 +52,16 @@ impl KernelMaps {
             IpAddr::V4(ip) => ip,
             IpAddr::V6(ip) => ip.to_ipv4_mapped().ok_or(OrigDstError::NotIpv4(client))?,
         };
-        let key = ClientKey {
-            ip4: u32::from_ne_bytes(ip4.octets()),
-            port: client.port(),
-            _pad: 0,
-        };
+        let key = ClientKey { ip4: u32::from_ne_bytes(ip4.octets()), port: client.port(), _pad: 0 };
         let mut map = self.orig_dst.lock().unwrap_or_else(|e| e.into_inner());
-        let value = map
-            .get(&key, 0)
-            .map_err(|_| OrigDstError::Missing(client))?;
+        let value = map.get(&key, 0).map_err(|_| OrigDstError::Missing(client))?;
         let _ = map.remove(&key);
-        Ok(Redirected {
-            bottle_id: value.bottle_id,
-            orig_dst: decode(&value),
-        })
+        Ok(Redirected { bottle_id: value.bottle_id, orig_dst: decode(&value) })
     }
 
     /// The bottle that sent a DNS query from `port` on loopback, if the backstop saw it.
     pub fn dns_client_bottle(&self, port: u16) -> Option<u32> {
-        self.dns_clients
-            .get(&DnsClientKey { port, _pad: 0 }, 0)
-            .ok()
+        self.dns_clients.get(&DnsClientKey { port, _pad: 0 }, 0).ok()
     }
 
     /// A bottle's counters summed over CPUs (zero when it never counted anything).
@@ -94,10 +82,7 @@ impl KernelMaps {
 fn decode(v: &OrigDst) -> SocketAddr {
     let port = u16::from_be(v.port);
     if v.family == AF_INET {
-        SocketAddr::V4(SocketAddrV4::new(
-            Ipv4Addr::from(v.addr[0].to_ne_bytes()),
-            port,
-        ))
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(v.addr[0].to_ne_bytes()), port))
     } else {
         let mut bytes = [0u8; 16];
         for (i, word) in v.addr.iter().enumerate() {

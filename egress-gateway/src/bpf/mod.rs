@@ -25,8 +25,7 @@ pub use maps::{KernelMaps, OrigDstError};
 use crate::{cgroup, config};
 
 /// The compiled eBPF object, built from `egress-ebpf` by build.rs.
-pub static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-ebpf"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-ebpf"));
 
 /// Socket-address hooks, by program name (their attach type is in the ELF section).
 const SOCK_ADDR_PROGRAMS: [&str; 8] = [
@@ -50,9 +49,7 @@ pub struct PinLayout {
 
 impl PinLayout {
     pub fn new(config: &config::Config) -> Self {
-        PinLayout {
-            root: config.bpffs_dir.clone(),
-        }
+        PinLayout { root: config.bpffs_dir.clone() }
     }
 
     pub fn maps_dir(&self) -> PathBuf {
@@ -68,10 +65,8 @@ impl PinLayout {
         let Ok(entries) = fs::read_dir(self.root.join("bottles")) else {
             return Vec::new();
         };
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .collect();
+        let mut names: Vec<String> =
+            entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect();
         names.sort();
         names
     }
@@ -84,38 +79,21 @@ pub fn ensure_bpffs(config: &config::Config) -> anyhow::Result<()> {
     if is_bpffs(&mount_point) {
         return Ok(());
     }
-    fs::create_dir_all(&mount_point)
-        .with_context(|| format!("creating {}", mount_point.display()))?;
-    nix::mount::mount(
-        Some("bpf"),
-        &mount_point,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .with_context(|| {
-        format!(
-            "mounting bpffs at {} (are you root?)",
-            mount_point.display()
-        )
-    })?;
+    fs::create_dir_all(&mount_point).with_context(|| format!("creating {}", mount_point.display()))?;
+    nix::mount::mount(Some("bpf"), &mount_point, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .with_context(|| format!("mounting bpffs at {} (are you root?)", mount_point.display()))?;
     tracing::info!(path = %mount_point.display(), "mounted bpffs");
     Ok(())
 }
 
 /// The bpffs mount that holds `dir`: the nearest ancestor that is one, else `/sys/fs/bpf`.
 fn bpffs_mount_point(dir: &Path) -> PathBuf {
-    dir.ancestors()
-        .find(|p| is_bpffs(p))
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf"))
+    dir.ancestors().find(|p| is_bpffs(p)).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/sys/fs/bpf"))
 }
 
 pub fn is_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-    nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
-        .unwrap_or(false)
+    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 == BPF_FS_MAGIC).unwrap_or(false)
 }
 
 /// Loads the programs for `bottle`, attaches them to its cgroup (created if missing) and
@@ -124,15 +102,13 @@ pub fn is_bpffs(path: &Path) -> bool {
 pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow::Result<()> {
     let layout = PinLayout::new(config);
     let cgroup_dir = cgroup::bottle_path(config, bottle)?;
-    fs::create_dir_all(&cgroup_dir)
-        .with_context(|| format!("creating cgroup {}", cgroup_dir.display()))?;
-    let cgroup_file = fs::File::open(&cgroup_dir)
-        .with_context(|| format!("opening cgroup {}", cgroup_dir.display()))?;
+    fs::create_dir_all(&cgroup_dir).with_context(|| format!("creating cgroup {}", cgroup_dir.display()))?;
+    let cgroup_file =
+        fs::File::open(&cgroup_dir).with_context(|| format!("opening cgroup {}", cgroup_dir.display()))?;
     let maps_dir = layout.maps_dir();
     fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
     let bottle_dir = layout.bottle_dir(&bottle.name);
-    fs::create_dir_all(&bottle_dir)
-        .with_context(|| format!("creating {}", bottle_dir.display()))?;
+    fs::create_dir_all(&bottle_dir).with_context(|| format!("creating {}", bottle_dir.display()))?;
 
     let proxy_ip4 = u32::from_ne_bytes(config.listen.ip().octets());
     let proxy_port = config.listen.port();
@@ -161,8 +137,7 @@ pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow
     }
     {
         let prog: &mut SockOps = program(&mut ebpf, SOCK_OPS_PROGRAM)?.try_into()?;
-        prog.load()
-            .with_context(|| format!("verifying {SOCK_OPS_PROGRAM}"))?;
+        prog.load().with_context(|| format!("verifying {SOCK_OPS_PROGRAM}"))?;
         let id = prog
             .attach(cgroup_file.as_fd(), CgroupAttachMode::Single)
             .with_context(|| format!("attaching {SOCK_OPS_PROGRAM}"))?;
@@ -170,14 +145,9 @@ pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow
     }
     {
         let prog: &mut CgroupSkb = program(&mut ebpf, BACKSTOP_PROGRAM)?.try_into()?;
-        prog.load()
-            .with_context(|| format!("verifying {BACKSTOP_PROGRAM}"))?;
+        prog.load().with_context(|| format!("verifying {BACKSTOP_PROGRAM}"))?;
         let id = prog
-            .attach(
-                cgroup_file.as_fd(),
-                CgroupSkbAttachType::Egress,
-                CgroupAttachMode::Single,
-            )
+            .attach(cgroup_file.as_fd(), CgroupSkbAttachType::Egress, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {BACKSTOP_PROGRAM}"))?;
         links.push((BACKSTOP_PROGRAM, prog.take_link(id)?.try_into()?));
     }
@@ -187,13 +157,10 @@ pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow
     for (name, link) in links {
         let pin = bottle_dir.join(name);
         if pin.exists() {
-            let old = PinnedLink::from_pin(&pin)
-                .with_context(|| format!("opening pinned link {}", pin.display()))?;
-            old.unpin()
-                .with_context(|| format!("unpinning {}", pin.display()))?;
+            let old = PinnedLink::from_pin(&pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
+            old.unpin().with_context(|| format!("unpinning {}", pin.display()))?;
         }
-        link.pin(&pin)
-            .with_context(|| format!("pinning {}", pin.display()))?;
+        link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
     }
     tracing::info!(
         bottle = %bottle.name,
@@ -204,12 +171,8 @@ pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow
     Ok(())
 }
 
-fn program<'a>(
-    ebpf: &'a mut aya::Ebpf,
-    name: &str,
-) -> anyhow::Result<&'a mut aya::programs::Program> {
-    ebpf.program_mut(name)
-        .with_context(|| format!("program {name} missing from the embedded object"))
+fn program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).with_context(|| format!("program {name} missing from the embedded object"))
 }
 
 /// One bottle's state as the kernel sees it.
@@ -239,9 +202,7 @@ pub fn status(config: &config::Config) -> anyhow::Result<Vec<BottleStatus>> {
         out.push(BottleStatus {
             bottle: b.name.clone(),
             attached: layout.bottle_dir(&b.name).join("egress_connect4").exists(),
-            processes: cgroup::bottle_path(config, b)
-                .map(|p| cgroup::processes(&p).len())
-                .unwrap_or(0),
+            processes: cgroup::bottle_path(config, b).map(|p| cgroup::processes(&p).len()).unwrap_or(0),
             counters: CounterReport {
                 tcp_redirected: c.tcp_redirected,
                 dns_redirected: c.dns_redirected,
@@ -259,11 +220,7 @@ pub fn detach(config: &config::Config, bottle: &config::Bottle, force: bool) -> 
     let layout = PinLayout::new(config);
     let bottle_dir = layout.bottle_dir(&bottle.name);
     if !bottle_dir.exists() {
-        bail!(
-            "bottle {} has no pinned programs under {}",
-            bottle.name,
-            bottle_dir.display()
-        );
+        bail!("bottle {} has no pinned programs under {}", bottle.name, bottle_dir.display());
     }
     if let Ok(cgroup_dir) = cgroup::bottle_path(config, bottle) {
         let live = cgroup::processes(&cgroup_dir);
@@ -290,8 +247,7 @@ fn remove_maps_if_unused(layout: &PinLayout) -> anyhow::Result<()> {
     let maps = layout.maps_dir();
     if let Ok(entries) = fs::read_dir(&maps) {
         for entry in entries.flatten() {
-            fs::remove_file(entry.path())
-                .with_context(|| format!("removing {}", entry.path().display()))?;
+            fs::remove_file(entry.path()).with_context(|| format!("removing {}", entry.path().display()))?;
         }
         fs::remove_dir(&maps).with_context(|| format!("removing {}", maps.display()))?;
     }
@@ -302,18 +258,11 @@ fn remove_maps_if_unused(layout: &PinLayout) -> anyhow::Result<()> {
 
 /// Unpins every link in a bottle's pin directory and removes the directory.
 pub fn remove_pins(bottle_dir: &Path) -> anyhow::Result<()> {
-    for entry in
-        fs::read_dir(bottle_dir).with_context(|| format!("reading {}", bottle_dir.display()))?
-    {
+    for entry in fs::read_dir(bottle_dir).with_context(|| format!("reading {}", bottle_dir.display()))? {
         let path = entry?.path();
         match PinnedLink::from_pin(&path) {
-            Ok(link) => drop(
-                link.unpin()
-                    .with_context(|| format!("unpinning {}", path.display()))?,
-            ),
-            Err(_) => {
-                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?
-            }
+            Ok(link) => drop(link.unpin().with_context(|| format!("unpinning {}", path.display()))?),
+            Err(_) => fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?,
         }
     }
     fs::remove_dir(bottle_dir).with_context(|| format!("removing {}", bottle_dir.display()))?;

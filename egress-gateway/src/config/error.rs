@@ -19,18 +19,10 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub fn single(
-        file: impl Into<PathBuf>,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn single(file: impl Into<PathBuf>, field: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             file: file.into(),
-            problems: vec![Problem {
-                field: field.into(),
-                position: None,
-                message: message.into(),
-            }],
+            problems: vec![Problem { field: field.into(), position: None, message: message.into() }],
         }
     }
 }
@@ -72,18 +64,11 @@ pub struct Problems {
 
 impl Problems {
     pub fn new(file: impl Into<PathBuf>) -> Self {
-        Problems {
-            file: file.into(),
-            list: Vec::new(),
-        }
+        Problems { file: file.into(), list: Vec::new() }
     }
 
     pub fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.list.push(Problem {
-            field: field.into(),
-            position: None,
-            message: message.into(),
-        });
+        self.list.push(Problem { field: field.into(), position: None, message: message.into() });
     }
 
     pub fn file(&self) -> &std::path::Path {
@@ -92,13 +77,6 @@ impl Problems {
 
     /// `Ok(value)` when nothing was pushed, else every problem.
     pub fn finish<T>(self, value: T) -> Result<T, ConfigError> {
-        if self.list.is_empty() {
-            Ok(value)
-        } else {
-            Err(ConfigError {
-                file: self.file,
-                problems: self.list,
-            })
-        }
+        if self.list.is_empty() { Ok(value) } else { Err(ConfigError { file: self.file, problems: self.list }) }
     }
 }

@@ -20,8 +20,7 @@ use crate::supervise::SuperviseConfig;
 /// Default transparent TCP listener.
 pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 15001);
 /// Default DNS listener.
-pub const DEFAULT_DNS_LISTEN: SocketAddrV4 =
-    SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 15053);
+pub const DEFAULT_DNS_LISTEN: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 15053);
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/egress-gateway";
 /// Where links and maps are pinned; one directory per gateway instance.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/egress-gateway";
@@ -94,8 +93,8 @@ pub struct Bottle {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::single(path, "", format!("cannot read: {e}")))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::single(path, "", format!("cannot read: {e}")))?;
         Self::parse(path, &text)
     }
 
@@ -118,10 +117,7 @@ impl Config {
         }
         for (field, addr) in [("listen", listen), ("dns_listen", dns_listen)] {
             if addr.port() == 0 {
-                problems.push(
-                    field,
-                    "port 0 is not allowed: the kernel programs need a fixed port",
-                );
+                problems.push(field, "port 0 is not allowed: the kernel programs need a fixed port");
             }
         }
 
@@ -150,20 +146,12 @@ impl Config {
                 );
             }
             if bottles.iter().any(|o| o.name == b.name) {
-                problems.push(
-                    format!("{field}.name"),
-                    format!("duplicate bottle name {:?}", b.name),
-                );
+                problems.push(format!("{field}.name"), format!("duplicate bottle name {:?}", b.name));
             }
             if b.cgroup.as_os_str().is_empty()
-                || b.cgroup
-                    .components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir))
+                || b.cgroup.components().any(|c| matches!(c, std::path::Component::ParentDir))
             {
-                problems.push(
-                    format!("{field}.cgroup"),
-                    "must be a non-empty path without '..'",
-                );
+                problems.push(format!("{field}.cgroup"), "must be a non-empty path without '..'");
             }
             if let Some(s) = &b.supervise {
                 for msg in s.validate() {
@@ -172,10 +160,7 @@ impl Config {
             }
             let id = egress_common::bottle_id(b.name.as_bytes());
             if bottles.iter().any(|o| o.id == id && o.name != b.name) {
-                problems.push(
-                    format!("{field}.name"),
-                    "its id collides with another bottle's: rename it",
-                );
+                problems.push(format!("{field}.name"), "its id collides with another bottle's: rename it");
             }
             bottles.push(Bottle {
                 id,
@@ -186,28 +171,18 @@ impl Config {
             });
         }
         if bottles.len() as u32 > egress_common::MAX_BOTTLES {
-            problems.push(
-                "bottles",
-                format!("at most {} bottles", egress_common::MAX_BOTTLES),
-            );
+            problems.push("bottles", format!("at most {} bottles", egress_common::MAX_BOTTLES));
         }
 
         problems.finish(Config {
             source: Some(path.to_path_buf()),
             listen,
             dns_listen,
-            state_dir: raw
-                .state_dir
-                .map(|p| base.join(p))
-                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            state_dir: raw.state_dir.map(|p| base.join(p)).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             bpffs_dir: raw.bpffs_dir.unwrap_or_else(|| DEFAULT_BPFFS_DIR.into()),
             cgroup_root: raw.cgroup_root,
             hosts,
-            upstream_ca_files: raw
-                .upstream_ca_files
-                .into_iter()
-                .map(|p| base.join(p))
-                .collect(),
+            upstream_ca_files: raw.upstream_ca_files.into_iter().map(|p| base.join(p)).collect(),
             bottles,
         })
     }
@@ -219,11 +194,8 @@ impl Config {
     /// A human-readable summary for `check`.
     pub fn explain(&self) -> String {
         let mut out = String::new();
-        let source = self
-            .source
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "<embedded default>".into());
+        let source =
+            self.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded default>".into());
         let _ = writeln!(out, "configuration: {source}: ok");
         let _ = writeln!(out, "  listen {}  dns {}", self.listen, self.dns_listen);
         let _ = writeln!(out, "  state_dir {}", self.state_dir.display());
@@ -237,13 +209,7 @@ impl Config {
                 .as_ref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "(none: everything denied)".into());
-            let _ = writeln!(
-                out,
-                "  bottle {} cgroup {} routes {}",
-                b.name,
-                b.cgroup.display(),
-                routes
-            );
+            let _ = writeln!(out, "  bottle {} cgroup {} routes {}", b.name, b.cgroup.display(), routes);
         }
         out
     }
@@ -252,9 +218,7 @@ impl Config {
 fn is_bottle_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
 }
 
 /// RFC 1123 host name (letters, digits, hyphens; dot-separated labels).
@@ -262,10 +226,7 @@ pub fn is_host_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
         })
 }
 
@@ -289,15 +250,9 @@ bottles:
     fn issue_example_parses() {
         let c = Config::parse(Path::new("/etc/eg/gateway.yaml"), ISSUE_EXAMPLE).unwrap();
         assert_eq!(c.listen, "127.0.0.1:15001".parse().unwrap());
-        assert_eq!(
-            c.hosts["upstream.test"],
-            vec!["127.0.0.2".parse::<IpAddr>().unwrap()]
-        );
+        assert_eq!(c.hosts["upstream.test"], vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
         let b = c.bottle("demo").unwrap();
-        assert_eq!(
-            b.routes.as_deref(),
-            Some(Path::new("/etc/eg/demo-routes.yaml"))
-        );
+        assert_eq!(b.routes.as_deref(), Some(Path::new("/etc/eg/demo-routes.yaml")));
         assert_eq!(b.cgroup, Path::new("egress/demo"));
     }
 
@@ -310,8 +265,7 @@ bottles:
 
     #[test]
     fn unknown_field_names_file_line_and_field() {
-        let text =
-            "listen: 127.0.0.1:15001\nbottles:\n  - name: a\n    cgroup: x\n    rotues: r.yaml\n";
+        let text = "listen: 127.0.0.1:15001\nbottles:\n  - name: a\n    cgroup: x\n    rotues: r.yaml\n";
         let err = Config::parse(Path::new("g.yaml"), text).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("g.yaml: line 5"), "{msg}");
@@ -324,10 +278,7 @@ bottles:
         let text = "listen: 127.0.0.1:15001\ndns_listen: 127.0.0.1:15001\nbottles:\n  - {name: Bad!, cgroup: ../x}\n";
         let err = Config::parse(Path::new("g.yaml"), text).unwrap_err();
         let fields: Vec<_> = err.problems.iter().map(|p| p.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            ["dns_listen", "bottles[0].name", "bottles[0].cgroup"]
-        );
+        assert_eq!(fields, ["dns_listen", "bottles[0].name", "bottles[0].cgroup"]);
     }
 
     #[test]

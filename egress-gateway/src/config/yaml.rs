@@ -23,18 +23,13 @@ pub fn parse<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigEr
         }
         ConfigError {
             file: file.to_path_buf(),
-            problems: vec![Problem {
-                field: if field == "." { String::new() } else { field },
-                position,
-                message,
-            }],
+            problems: vec![Problem { field: if field == "." { String::new() } else { field }, position, message }],
         }
     })
 }
 
 /// Reads and parses a file; a missing or unreadable file is a `ConfigError` too.
 pub fn load<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| ConfigError::single(file, "", format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::single(file, "", format!("cannot read: {e}")))?;
     parse(file, &text)
 }

@@ -6,8 +6,8 @@ use regex::Regex;
 use serde::Deserialize;
 
 use super::{
-    Auth, AuthScheme, HeaderMatch, INBOUND_DETECTORS, LogLevel, Match, OUTBOUND_DETECTORS, OnMatch,
-    PathMatch, Route, RouteDlp, Routes, TcpAllow, ValueMatch,
+    Auth, AuthScheme, HeaderMatch, INBOUND_DETECTORS, LogLevel, Match, OUTBOUND_DETECTORS, OnMatch, PathMatch, Route,
+    RouteDlp, Routes, TcpAllow, ValueMatch,
 };
 use crate::config::{ConfigError, Problems, is_host_name, yaml};
 
@@ -108,9 +108,7 @@ fn default_header_type() -> String {
     "exact".into()
 }
 
-const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
-];
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"];
 
 pub(super) fn parse(path: &Path, text: &str) -> Result<Routes, ConfigError> {
     let raw: RawRoutes = yaml::parse(path, text)?;
@@ -125,10 +123,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Routes, ConfigError> {
         Some(RawLog::Word(w)) if w == "blocks" => LogLevel::Blocks,
         Some(RawLog::Word(w)) if w == "full" => LogLevel::Full,
         Some(other) => {
-            problems.push(
-                "log",
-                format!("{other:?} is not one of 0, 1, 2, off, blocks, full"),
-            );
+            problems.push("log", format!("{other:?} is not one of 0, 1, 2, off, blocks, full"));
             LogLevel::Off
         }
     };
@@ -137,10 +132,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Routes, ConfigError> {
     for (i, r) in raw.routes.into_iter().enumerate() {
         if let Some(route) = route(r, &format!("routes[{i}]"), &mut problems) {
             if routes.iter().any(|o: &Route| o.host == route.host) {
-                problems.push(
-                    format!("routes[{i}].host"),
-                    format!("duplicate route for {}", route.host),
-                );
+                problems.push(format!("routes[{i}].host"), format!("duplicate route for {}", route.host));
             }
             routes.push(route);
         }
@@ -150,10 +142,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Routes, ConfigError> {
     for (i, entry) in raw.tcp.iter().enumerate() {
         match parse_host_port(entry) {
             Some(t) => tcp.push(t),
-            None => problems.push(
-                format!("tcp[{i}]"),
-                format!("{entry:?} is not host:port (port 1-65535)"),
-            ),
+            None => problems.push(format!("tcp[{i}]"), format!("{entry:?} is not host:port (port 1-65535)")),
         }
     }
     problems.finish(Routes { log, routes, tcp })
@@ -163,51 +152,34 @@ fn route(r: RawRoute, field: &str, problems: &mut Problems) -> Option<Route> {
     let host = r.host.trim().to_ascii_lowercase();
     let bare = host.strip_prefix("*.").unwrap_or(&host);
     if host.is_empty() || !is_host_name(bare) || bare.contains('*') {
-        problems.push(
-            format!("{field}.host"),
-            format!("{:?} is not a host name or *.suffix", r.host),
-        );
+        problems.push(format!("{field}.host"), format!("{:?} is not a host name or *.suffix", r.host));
     }
 
     let auth = match (r.auth_scheme, r.token_env, r.auth) {
         (None, None, None) => None,
-        (Some(scheme), Some(token_env), None)
-        | (None, None, Some(RawAuth { scheme, token_env })) => match auth_scheme(&scheme) {
-            Some(scheme) if is_env_name(&token_env) => Some(Auth { scheme, token_env }),
-            Some(_) => {
-                problems.push(
-                    format!("{field}.token_env"),
-                    format!("{token_env:?} is not a variable name"),
-                );
-                None
+        (Some(scheme), Some(token_env), None) | (None, None, Some(RawAuth { scheme, token_env })) => {
+            match auth_scheme(&scheme) {
+                Some(scheme) if is_env_name(&token_env) => Some(Auth { scheme, token_env }),
+                Some(_) => {
+                    problems.push(format!("{field}.token_env"), format!("{token_env:?} is not a variable name"));
+                    None
+                }
+                None => {
+                    problems.push(format!("{field}.auth_scheme"), format!("{scheme:?} is not Bearer, token or Basic"));
+                    None
+                }
             }
-            None => {
-                problems.push(
-                    format!("{field}.auth_scheme"),
-                    format!("{scheme:?} is not Bearer, token or Basic"),
-                );
-                None
-            }
-        },
+        }
         (_, _, Some(_)) => {
-            problems.push(
-                format!("{field}.auth"),
-                "give either auth or auth_scheme + token_env, not both",
-            );
+            problems.push(format!("{field}.auth"), "give either auth or auth_scheme + token_env, not both");
             None
         }
         (Some(_), None, None) => {
-            problems.push(
-                format!("{field}.token_env"),
-                "auth_scheme needs token_env (both or neither)",
-            );
+            problems.push(format!("{field}.token_env"), "auth_scheme needs token_env (both or neither)");
             None
         }
         (None, Some(_), None) => {
-            problems.push(
-                format!("{field}.auth_scheme"),
-                "token_env needs auth_scheme (both or neither)",
-            );
+            problems.push(format!("{field}.auth_scheme"), "token_env needs auth_scheme (both or neither)");
             None
         }
     };
@@ -218,14 +190,7 @@ fn route(r: RawRoute, field: &str, problems: &mut Problems) -> Option<Route> {
     }
 
     let dlp = dlp(r.dlp, r.provider, &format!("{field}.dlp"), problems);
-    Some(Route {
-        host,
-        auth,
-        git_fetch: r.git.is_some_and(|g| g.fetch),
-        dlp,
-        provider: r.provider,
-        matches,
-    })
+    Some(Route { host, auth, git_fetch: r.git.is_some_and(|g| g.fetch), dlp, provider: r.provider, matches })
 }
 
 fn auth_scheme(s: &str) -> Option<AuthScheme> {
@@ -249,10 +214,7 @@ fn match_entry(m: RawMatch, field: &str, problems: &mut Problems) -> Match {
         let f = format!("{field}.paths[{k}]");
         match p.kind.as_str() {
             "prefix" | "exact" if !p.value.starts_with('/') => {
-                problems.push(
-                    format!("{f}.value"),
-                    format!("{:?} must start with /", p.value),
-                );
+                problems.push(format!("{f}.value"), format!("{:?} must start with /", p.value));
             }
             "prefix" => paths.push(PathMatch::Prefix(p.value)),
             "exact" => paths.push(PathMatch::Exact(p.value)),
@@ -260,10 +222,7 @@ fn match_entry(m: RawMatch, field: &str, problems: &mut Problems) -> Match {
                 Ok(r) => paths.push(PathMatch::Regex(r)),
                 Err(e) => problems.push(format!("{f}.value"), format!("invalid regex: {e}")),
             },
-            other => problems.push(
-                format!("{f}.type"),
-                format!("{other:?} is not prefix, exact or regex"),
-            ),
+            other => problems.push(format!("{f}.type"), format!("{other:?} is not prefix, exact or regex")),
         }
     }
     let mut methods = Vec::new();
@@ -272,20 +231,14 @@ fn match_entry(m: RawMatch, field: &str, problems: &mut Problems) -> Match {
         if METHODS.contains(&upper.as_str()) {
             methods.push(upper);
         } else {
-            problems.push(
-                format!("{field}.methods[{k}]"),
-                format!("{method:?} is not an HTTP method"),
-            );
+            problems.push(format!("{field}.methods[{k}]"), format!("{method:?} is not an HTTP method"));
         }
     }
     let mut headers = Vec::new();
     for (k, h) in m.headers.into_iter().enumerate() {
         let f = format!("{field}.headers[{k}]");
         if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
-            problems.push(
-                format!("{f}.name"),
-                format!("{:?} is not a header name", h.name),
-            );
+            problems.push(format!("{f}.name"), format!("{:?} is not a header name", h.name));
             continue;
         }
         let value = match h.kind.as_str() {
@@ -298,23 +251,13 @@ fn match_entry(m: RawMatch, field: &str, problems: &mut Problems) -> Match {
                 }
             },
             other => {
-                problems.push(
-                    format!("{f}.type"),
-                    format!("{other:?} is not exact or regex"),
-                );
+                problems.push(format!("{f}.type"), format!("{other:?} is not exact or regex"));
                 continue;
             }
         };
-        headers.push(HeaderMatch {
-            name: h.name.to_ascii_lowercase(),
-            value,
-        });
+        headers.push(HeaderMatch { name: h.name.to_ascii_lowercase(), value });
     }
-    Match {
-        paths,
-        methods,
-        headers,
-    }
+    Match { paths, methods, headers }
 }
 
 /// Regexes match the whole value, as Gateway API implementations do.
@@ -323,16 +266,9 @@ fn anchored(pattern: &str) -> Result<Regex, regex::Error> {
 }
 
 fn dlp(raw: Option<RawDlp>, provider: bool, field: &str, problems: &mut Problems) -> RouteDlp {
-    let default_on_match = if provider {
-        OnMatch::Redact
-    } else {
-        OnMatch::Supervise
-    };
+    let default_on_match = if provider { OnMatch::Redact } else { OnMatch::Supervise };
     let Some(raw) = raw else {
-        return RouteDlp {
-            on_match: default_on_match,
-            ..Default::default()
-        };
+        return RouteDlp { on_match: default_on_match, ..Default::default() };
     };
     let on_match = match raw.outbound_on_match.as_deref() {
         None | Some("") => default_on_match,
@@ -340,10 +276,7 @@ fn dlp(raw: Option<RawDlp>, provider: bool, field: &str, problems: &mut Problems
         Some("redact") => OnMatch::Redact,
         Some("supervise") => OnMatch::Supervise,
         Some(other) => {
-            problems.push(
-                format!("{field}.outbound_on_match"),
-                format!("{other:?} is not block, redact or supervise"),
-            );
+            problems.push(format!("{field}.outbound_on_match"), format!("{other:?} is not block, redact or supervise"));
             default_on_match
         }
     };
@@ -364,29 +297,19 @@ fn dlp(raw: Option<RawDlp>, provider: bool, field: &str, problems: &mut Problems
     }
 }
 
-fn detectors(
-    raw: Option<RawDetectors>,
-    known: &[&str],
-    field: &str,
-    problems: &mut Problems,
-) -> Option<Vec<String>> {
+fn detectors(raw: Option<RawDetectors>, known: &[&str], field: &str, problems: &mut Problems) -> Option<Vec<String>> {
     match raw {
         None => None,
         Some(RawDetectors::Off(false)) => Some(Vec::new()),
         Some(RawDetectors::Off(true)) => {
-            problems.push(
-                field,
-                "true is not allowed: omit the key for the defaults, or list detectors",
-            );
+            problems.push(field, "true is not allowed: omit the key for the defaults, or list detectors");
             None
         }
         Some(RawDetectors::List(names)) => {
             for (i, n) in names.iter().enumerate() {
                 if !known.contains(&n.as_str()) {
-                    problems.push(
-                        format!("{field}[{i}]"),
-                        format!("unknown detector {n:?} (known: {})", known.join(", ")),
-                    );
+                    problems
+                        .push(format!("{field}[{i}]"), format!("unknown detector {n:?} (known: {})", known.join(", ")));
                 }
             }
             Some(names)
@@ -396,10 +319,7 @@ fn detectors(
 
 fn parse_host_port(s: &str) -> Option<TcpAllow> {
     let (host, port) = s.trim().rsplit_once(':')?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
     let valid_host = host.parse::<std::net::IpAddr>().is_ok() || is_host_name(&host);
     let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
     valid_host.then_some(TcpAllow { host, port })

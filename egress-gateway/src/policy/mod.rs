@@ -53,9 +53,7 @@ pub struct Denial {
 
 impl Denial {
     fn new(reason: impl Into<String>) -> Self {
-        Denial {
-            reason: reason.into(),
-        }
+        Denial { reason: reason.into() }
     }
 }
 
@@ -121,10 +119,7 @@ impl AuthScheme {
         use base64::Engine as _;
         match self {
             AuthScheme::Basic => {
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(secret.as_bytes())
-                )
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(secret.as_bytes()))
             }
             other => format!("{} {secret}", other.as_str()),
         }
@@ -198,8 +193,8 @@ impl Routes {
     /// Reads, parses and validates a routes file; every problem is reported with the
     /// file, line (for syntax) and field path.
     pub fn load(path: &Path) -> Result<Routes, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::single(path, "", format!("cannot read: {e}")))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::single(path, "", format!("cannot read: {e}")))?;
         load::parse(path, &text)
     }
 
@@ -229,11 +224,7 @@ impl Routes {
         }
         self.routes
             .iter()
-            .filter(|r| {
-                r.host
-                    .strip_prefix("*.")
-                    .is_some_and(|suffix| is_strict_subdomain(&host, suffix))
-            })
+            .filter(|r| r.host.strip_prefix("*.").is_some_and(|suffix| is_strict_subdomain(&host, suffix)))
             .max_by_key(|r| r.host.len())
     }
 
@@ -253,14 +244,9 @@ impl Routes {
     pub fn decide(&self, req: &RequestHead<'_>) -> Decision<'_> {
         let host = normalize_host(req.host);
         let Some(route) = self.route_for(&host) else {
-            return Decision::Deny(Denial::new(format!(
-                "egress: host {host} is not in the allowlist"
-            )));
+            return Decision::Deny(Denial::new(format!("egress: host {host} is not in the allowlist")));
         };
-        let (path, query) = req
-            .path_and_query
-            .split_once('?')
-            .unwrap_or((req.path_and_query, ""));
+        let (path, query) = req.path_and_query.split_once('?').unwrap_or((req.path_and_query, ""));
         if !is_canonical_path(path) {
             return Decision::Deny(Denial::new(format!(
                 "egress: request path for {host} is not in canonical form (dot segments or encoded separators)"
@@ -279,18 +265,10 @@ impl Routes {
             }
             _ => {}
         }
-        if route.matches.is_empty()
-            || route
-                .matches
-                .iter()
-                .any(|m| m.matches(req.method, path, req.headers))
-        {
+        if route.matches.is_empty() || route.matches.iter().any(|m| m.matches(req.method, path, req.headers)) {
             Decision::Allow(route)
         } else {
-            Decision::Deny(Denial::new(format!(
-                "egress: {} {path} is not allowed for {host}",
-                req.method
-            )))
+            Decision::Deny(Denial::new(format!("egress: {} {path} is not allowed for {host}", req.method)))
         }
     }
 
@@ -301,8 +279,7 @@ impl Routes {
             .routes
             .iter()
             .map(|r| {
-                let matches: Vec<serde_json::Value> =
-                    r.matches.iter().map(Match::to_json).collect();
+                let matches: Vec<serde_json::Value> = r.matches.iter().map(Match::to_json).collect();
                 serde_json::json!({
                     "host": r.host,
                     "matches": matches,
@@ -313,11 +290,7 @@ impl Routes {
                 })
             })
             .collect();
-        let tcp: Vec<String> = self
-            .tcp
-            .iter()
-            .map(|t| format!("{}:{}", t.host, t.port))
-            .collect();
+        let tcp: Vec<String> = self.tcp.iter().map(|t| format!("{}:{}", t.host, t.port)).collect();
         serde_json::json!({ "log": self.log.as_str(), "routes": routes, "tcp": tcp })
     }
 }
@@ -325,14 +298,11 @@ impl Routes {
 impl Match {
     fn matches(&self, method: &str, path: &str, headers: &http::HeaderMap) -> bool {
         let path_ok = self.paths.is_empty() || self.paths.iter().any(|p| p.matches(path));
-        let method_ok =
-            self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method));
-        let headers_ok = self.headers.iter().all(|h| {
-            headers
-                .get_all(h.name.as_str())
-                .iter()
-                .any(|v| v.to_str().is_ok_and(|v| h.value.matches(v)))
-        });
+        let method_ok = self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method));
+        let headers_ok = self
+            .headers
+            .iter()
+            .all(|h| headers.get_all(h.name.as_str()).iter().any(|v| v.to_str().is_ok_and(|v| h.value.matches(v))));
         path_ok && method_ok && headers_ok
     }
 
@@ -369,10 +339,7 @@ impl PathMatch {
         match self {
             PathMatch::Prefix(p) if p.ends_with('/') => path.starts_with(p.as_str()),
             PathMatch::Prefix(p) => {
-                path == p
-                    || path
-                        .strip_prefix(p.as_str())
-                        .is_some_and(|rest| rest.starts_with('/'))
+                path == p || path.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('/'))
             }
             PathMatch::Exact(p) => path == p,
             PathMatch::Regex(r) => r.is_match(path),
@@ -392,10 +359,7 @@ impl ValueMatch {
 /// The user's pattern without the anchoring added at load.
 fn regex_source(r: &Regex) -> String {
     let s = r.as_str();
-    s.strip_prefix("^(?:")
-        .and_then(|s| s.strip_suffix(")$"))
-        .unwrap_or(s)
-        .to_string()
+    s.strip_prefix("^(?:").and_then(|s| s.strip_suffix(")$")).unwrap_or(s).to_string()
 }
 
 fn normalize_host(host: &str) -> String {
@@ -404,9 +368,7 @@ fn normalize_host(host: &str) -> String {
 
 /// `host` is a subdomain (any depth) of `suffix`, not `suffix` itself nor `xsuffix`.
 fn is_strict_subdomain(host: &str, suffix: &str) -> bool {
-    host.len() > suffix.len() + 1
-        && host.ends_with(suffix)
-        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+    host.len() > suffix.len() + 1 && host.ends_with(suffix) && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
 }
 
 /// Rejects paths an upstream could resolve differently from how we matched them.
@@ -415,11 +377,7 @@ fn is_canonical_path(path: &str) -> bool {
         return false;
     }
     let lower = path.to_ascii_lowercase();
-    if lower.contains("%2e")
-        || lower.contains("%2f")
-        || lower.contains("%5c")
-        || path.contains('\\')
-    {
+    if lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
         return false;
     }
     !path.split('/').any(|seg| seg == "." || seg == "..")

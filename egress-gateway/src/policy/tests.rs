@@ -21,12 +21,7 @@ fn decide_with<'r>(
     path: &str,
     headers: &http::HeaderMap,
 ) -> Result<&'r Route, String> {
-    match r.decide(&RequestHead {
-        host,
-        method,
-        path_and_query: path,
-        headers,
-    }) {
+    match r.decide(&RequestHead { host, method, path_and_query: path, headers }) {
         Decision::Allow(route) => Ok(route),
         Decision::Deny(d) => Err(d.reason),
     }
@@ -55,40 +50,22 @@ fn issue_examples_parse_as_written() {
     let r = routes(ISSUE3_EXAMPLE);
     assert_eq!(r.log_level(), LogLevel::Blocks);
     assert_eq!(r.routes().len(), 3);
-    assert_eq!(
-        r.tcp(),
-        &[TcpAllow {
-            host: "upstream.test".into(),
-            port: 18080
-        }]
-    );
+    assert_eq!(r.tcp(), &[TcpAllow { host: "upstream.test".into(), port: 18080 }]);
     let cdn = r.route_for("a.cdn.upstream.test").unwrap();
-    assert_eq!(
-        cdn.auth,
-        Some(Auth {
-            scheme: AuthScheme::Bearer,
-            token_env: "EGRESS_TOKEN_CDN".into()
-        })
-    );
+    assert_eq!(cdn.auth, Some(Auth { scheme: AuthScheme::Bearer, token_env: "EGRESS_TOKEN_CDN".into() }));
 
     let r = routes("tcp:\n  - upstream.test:18080\n");
     assert_eq!(r.tcp().len(), 1);
-    let r = routes(
-        "routes:\n  - host: api.upstream.test\n    dlp:\n      outbound_on_match: supervise\n",
-    );
+    let r = routes("routes:\n  - host: api.upstream.test\n    dlp:\n      outbound_on_match: supervise\n");
     assert_eq!(r.routes()[0].dlp.on_match, OnMatch::Supervise);
 }
 
 #[test]
 fn json_routes_parse_too() {
-    let r = routes(
-        r#"{"log": 2, "routes": [{"host": "a.test", "auth_scheme": "token", "token_env": "EGRESS_TOKEN_0"}]}"#,
-    );
+    let r =
+        routes(r#"{"log": 2, "routes": [{"host": "a.test", "auth_scheme": "token", "token_env": "EGRESS_TOKEN_0"}]}"#);
     assert_eq!(r.log_level(), LogLevel::Full);
-    assert_eq!(
-        r.routes()[0].auth.as_ref().unwrap().scheme,
-        AuthScheme::Token
-    );
+    assert_eq!(r.routes()[0].auth.as_ref().unwrap().scheme, AuthScheme::Token);
 }
 
 #[test]
@@ -116,10 +93,7 @@ routes:
     let gitea = r.route_for("gitea.example").unwrap();
     assert_eq!(gitea.dlp.inbound_detectors, Some(vec![]));
     assert_eq!(gitea.dlp.outbound_detectors.as_ref().unwrap().len(), 2);
-    assert_eq!(
-        r.route_for("api.anthropic.com").unwrap().dlp.on_match,
-        OnMatch::Redact
-    );
+    assert_eq!(r.route_for("api.anthropic.com").unwrap().dlp.on_match, OnMatch::Redact);
 }
 
 #[test]
@@ -136,10 +110,7 @@ fn unmatched_requests_are_denied_with_a_readable_reason() {
             .unwrap_err()
             .ends_with("/v2/models is not allowed for api.upstream.test")
     );
-    assert_eq!(
-        decide(&r, "evil.test", "GET", "/").unwrap_err(),
-        "egress: host evil.test is not in the allowlist"
-    );
+    assert_eq!(decide(&r, "evil.test", "GET", "/").unwrap_err(), "egress: host evil.test is not in the allowlist");
 }
 
 #[test]
@@ -158,15 +129,9 @@ fn exact_beats_wildcard_in_any_order_and_longest_wildcard_wins() {
     let r = routes(
         "routes:\n  - host: \"*.example.test\"\n    git: {fetch: true}\n  - host: api.example.test\n  - host: \"*.deep.example.test\"\n    provider: true\n",
     );
-    assert!(
-        !r.route_for("api.example.test").unwrap().git_fetch,
-        "exact route wins"
-    );
+    assert!(!r.route_for("api.example.test").unwrap().git_fetch, "exact route wins");
     assert!(r.route_for("other.example.test").unwrap().git_fetch);
-    assert!(
-        r.route_for("x.deep.example.test").unwrap().provider,
-        "longer suffix wins"
-    );
+    assert!(r.route_for("x.deep.example.test").unwrap().provider, "longer suffix wins");
 }
 
 #[test]
@@ -184,28 +149,16 @@ fn match_entries_and_within_or_across() {
 "#,
     );
     assert!(decide(&r, "a.test", "GET", "/exact").is_ok());
-    assert!(
-        decide(&r, "a.test", "POST", "/exact").is_err(),
-        "method is ANDed with path"
-    );
+    assert!(decide(&r, "a.test", "POST", "/exact").is_err(), "method is ANDed with path");
     assert!(decide(&r, "a.test", "GET", "/exact/more").is_err());
     let mut h = http::HeaderMap::new();
-    assert!(
-        decide_with(&r, "a.test", "PUT", "/items/42", &h).is_err(),
-        "header missing"
-    );
+    assert!(decide_with(&r, "a.test", "PUT", "/items/42", &h).is_err(), "header missing");
     h.insert("x-team", "blue".parse().unwrap());
     assert!(decide_with(&r, "a.test", "PUT", "/items/42", &h).is_ok());
-    assert!(
-        decide_with(&r, "a.test", "PUT", "/items/42x", &h).is_err(),
-        "regex is anchored"
-    );
+    assert!(decide_with(&r, "a.test", "PUT", "/items/42x", &h).is_err(), "regex is anchored");
     h.insert("x-env", "prod".parse().unwrap());
     assert!(decide_with(&r, "a.test", "GET", "/seg/x", &h).is_ok());
-    assert!(
-        decide_with(&r, "a.test", "GET", "/segx", &h).is_err(),
-        "prefix is segment-aware"
-    );
+    assert!(decide_with(&r, "a.test", "GET", "/segx", &h).is_err(), "prefix is segment-aware");
     h.insert("x-env", "production".parse().unwrap());
     assert!(decide_with(&r, "a.test", "GET", "/seg", &h).is_err());
 }
@@ -219,68 +172,22 @@ fn no_matches_allows_every_path_and_method() {
 #[test]
 fn non_canonical_paths_are_refused() {
     let r = routes(ISSUE3_EXAMPLE);
-    for p in [
-        "/v1/../admin",
-        "/v1/%2e%2e/admin",
-        "/v1/a%2Fb",
-        "/v1/./x",
-        "/v1\\..\\x",
-    ] {
-        assert!(
-            decide(&r, "api.upstream.test", "GET", p).is_err(),
-            "{p} allowed"
-        );
+    for p in ["/v1/../admin", "/v1/%2e%2e/admin", "/v1/a%2Fb", "/v1/./x", "/v1\\..\\x"] {
+        assert!(decide(&r, "api.upstream.test", "GET", p).is_err(), "{p} allowed");
     }
 }
 
 #[test]
 fn git_push_is_always_refused_and_fetch_needs_the_flag() {
     let r = routes(ISSUE3_EXAMPLE);
-    let push = decide(
-        &r,
-        "git.upstream.test",
-        "GET",
-        "/repo.git/info/refs?service=git-receive-pack",
-    )
-    .unwrap_err();
-    assert!(
-        push.contains("git push over HTTPS is blocked") && push.contains("SSH"),
-        "{push}"
-    );
-    assert!(
-        decide(
-            &r,
-            "git.upstream.test",
-            "POST",
-            "/repo.git/git-receive-pack"
-        )
-        .is_err()
-    );
-    assert!(
-        decide(
-            &r,
-            "git.upstream.test",
-            "GET",
-            "/repo.git/info/refs?service=git-upload-pack"
-        )
-        .is_ok()
-    );
+    let push = decide(&r, "git.upstream.test", "GET", "/repo.git/info/refs?service=git-receive-pack").unwrap_err();
+    assert!(push.contains("git push over HTTPS is blocked") && push.contains("SSH"), "{push}");
+    assert!(decide(&r, "git.upstream.test", "POST", "/repo.git/git-receive-pack").is_err());
+    assert!(decide(&r, "git.upstream.test", "GET", "/repo.git/info/refs?service=git-upload-pack").is_ok());
     assert!(decide(&r, "git.upstream.test", "POST", "/repo.git/git-upload-pack").is_ok());
     let r = routes("routes:\n  - host: g.test\n");
-    assert!(
-        decide(&r, "g.test", "POST", "/r.git/git-upload-pack")
-            .unwrap_err()
-            .contains("git: {fetch: true}")
-    );
-    assert!(
-        decide(
-            &r,
-            "g.test",
-            "GET",
-            "/r.git/info/refs?service=git-upload-pack"
-        )
-        .is_err()
-    );
+    assert!(decide(&r, "g.test", "POST", "/r.git/git-upload-pack").unwrap_err().contains("git: {fetch: true}"));
+    assert!(decide(&r, "g.test", "GET", "/r.git/info/refs?service=git-upload-pack").is_err());
 }
 
 #[test]
@@ -288,14 +195,8 @@ fn dlp_defaults_supervise_and_provider_routes_redact_unless_explicit() {
     let r = routes(
         "routes:\n  - host: a.test\n  - host: llm.test\n    provider: true\n  - host: b.test\n    provider: true\n    dlp: {outbound_on_match: block}\n",
     );
-    assert_eq!(
-        r.route_for("a.test").unwrap().dlp.on_match,
-        OnMatch::Supervise
-    );
-    assert_eq!(
-        r.route_for("llm.test").unwrap().dlp.on_match,
-        OnMatch::Redact
-    );
+    assert_eq!(r.route_for("a.test").unwrap().dlp.on_match, OnMatch::Supervise);
+    assert_eq!(r.route_for("llm.test").unwrap().dlp.on_match, OnMatch::Redact);
     assert_eq!(r.route_for("b.test").unwrap().dlp.on_match, OnMatch::Block);
 }
 
@@ -304,10 +205,7 @@ fn errors_name_the_line_and_field() {
     let e = err("routes:\n  - host: a.test\n    matchez: []\n");
     let msg = e.to_string();
     assert!(msg.starts_with("routes.yaml: line 3"), "{msg}");
-    assert!(
-        msg.contains("routes[0]") && msg.contains("matchez"),
-        "{msg}"
-    );
+    assert!(msg.contains("routes[0]") && msg.contains("matchez"), "{msg}");
 
     let e = err("log: 3\n");
     assert_eq!(e.problems[0].field, "log");
@@ -343,14 +241,8 @@ tcp: [nohost, "a.test:0"]
 
 #[test]
 fn auth_both_or_neither_and_basic_encodes() {
-    assert!(
-        err("routes:\n  - host: a.test\n    token_env: X\n")
-            .to_string()
-            .contains("needs auth_scheme")
-    );
-    let r = routes(
-        "routes:\n  - host: a.test\n    auth: {scheme: Basic, token_env: EGRESS_TOKEN_GIT}\n",
-    );
+    assert!(err("routes:\n  - host: a.test\n    token_env: X\n").to_string().contains("needs auth_scheme"));
+    let r = routes("routes:\n  - host: a.test\n    auth: {scheme: Basic, token_env: EGRESS_TOKEN_GIT}\n");
     let auth = r.routes()[0].auth.as_ref().unwrap();
     assert_eq!(auth.scheme.header_value("user:tok"), "Basic dXNlcjp0b2s=");
     assert_eq!(AuthScheme::Token.header_value("abc"), "token abc");

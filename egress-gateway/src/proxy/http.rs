@@ -5,9 +5,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header,
-};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -46,14 +44,8 @@ where
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .await
-    {
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
         tracing::debug!(error = %e, "client connection ended with an error");
     }
 }
@@ -85,23 +77,11 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     }
     if !ctx.resolver.is_address_of(&host, flow.dst.ip()).await {
         let reason = format!("egress: {} is not an address of {host}", flow.dst.ip());
-        return deny(
-            &flow,
-            log_level,
-            StatusCode::FORBIDDEN,
-            &host,
-            &method,
-            &path,
-            &reason,
-        );
+        return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &method, &path, &reason);
     }
 
     // === authorize ===
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let route: Route = match routes.decide(&RequestHead {
         host: &host,
         method: method.as_str(),
@@ -110,15 +90,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     }) {
         Decision::Allow(route) => route.clone(),
         Decision::Deny(denial) => {
-            return deny(
-                &flow,
-                log_level,
-                StatusCode::FORBIDDEN,
-                &host,
-                &method,
-                &path,
-                &denial.reason,
-            );
+            return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &method, &path, &denial.reason);
         }
     };
 
@@ -135,19 +107,9 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
                 headers.insert(header::AUTHORIZATION, value);
             }
             _ => {
-                let reason = format!(
-                    "egress: credential {} for {host} is not configured on the gateway",
-                    auth.token_env
-                );
-                return deny(
-                    &flow,
-                    log_level,
-                    StatusCode::BAD_GATEWAY,
-                    &host,
-                    &method,
-                    &path,
-                    &reason,
-                );
+                let reason =
+                    format!("egress: credential {} for {host} is not configured on the gateway", auth.token_env);
+                return deny(&flow, log_level, StatusCode::BAD_GATEWAY, &host, &method, &path, &reason);
             }
         }
     }
@@ -157,15 +119,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
         Ok(u) => u,
         Err(e) => {
             let reason = format!("egress: cannot form the upstream URI: {e}");
-            return deny(
-                &flow,
-                log_level,
-                StatusCode::BAD_REQUEST,
-                &host,
-                &method,
-                &path,
-                &reason,
-            );
+            return deny(&flow, log_level, StatusCode::BAD_REQUEST, &host, &method, &path, &reason);
         }
     };
     if log_level >= LogLevel::Full {
@@ -182,23 +136,22 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     if is_websocket {
         let Some(client_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
             let reason = "egress: this connection cannot be upgraded";
-            return deny(
-                &flow,
-                log_level,
-                StatusCode::BAD_REQUEST,
-                &host,
-                &method,
-                &path,
-                reason,
-            );
+            return deny(&flow, log_level, StatusCode::BAD_REQUEST, &host, &method, &path, reason);
         };
         return websocket(&ctx, &flow, &host, uri, headers, client_upgrade, log_level).await;
     }
+    // The whole body is read (bounded) before anything goes upstream: it is what the
+    // outbound scan inspects, and a known length lets the upstream send it in one go.
+    let body = match read_body(body, &parts.headers).await {
+        Ok(b) => b,
+        Err((status, reason)) => return deny(&flow, log_level, status, &host, &method, &path, &reason),
+    };
+    let client_h2 = parts.version == http::Version::HTTP_2;
     parts.uri = uri;
     parts.headers = headers;
     parts.version = http::Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, body.boxed());
-    match ctx.upstream.send(upstream_req).await {
+    let upstream_req = Request::from_parts(parts, body.into_body());
+    match ctx.upstream.send(upstream_req, client_h2).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -209,17 +162,44 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
         }
         Err(e) => {
             let reason = format!("egress: upstream {host} failed: {e}");
-            deny(
-                &flow,
-                log_level,
-                StatusCode::BAD_GATEWAY,
-                &host,
-                &method,
-                &path,
-                &reason,
-            )
+            deny(&flow, log_level, StatusCode::BAD_GATEWAY, &host, &method, &path, &reason)
         }
     }
+}
+
+/// Largest request body the gateway buffers; larger ones are refused (413).
+pub const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;
+
+/// A request body read in full, with its trailers (gRPC).
+pub struct BufferedBody {
+    pub data: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+impl BufferedBody {
+    fn into_body(self) -> Body {
+        let frames = [Some(hyper::body::Frame::data(self.data)), self.trailers.map(hyper::body::Frame::trailers)];
+        let stream = futures_util::stream::iter(frames.into_iter().flatten().map(Ok::<_, hyper::Error>));
+        http_body_util::StreamBody::new(stream).boxed()
+    }
+}
+
+async fn read_body(body: Incoming, headers: &HeaderMap) -> Result<BufferedBody, (StatusCode, String)> {
+    let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, format!("egress: request body over {MAX_REQUEST_BODY} bytes"));
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
+        return Err(too_large());
+    }
+    let collected = http_body_util::Limited::new(body, MAX_REQUEST_BODY).collect().await.map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            too_large()
+        } else {
+            (StatusCode::BAD_REQUEST, format!("egress: reading the request body: {e}"))
+        }
+    })?;
+    let trailers = collected.trailers().cloned();
+    Ok(BufferedBody { data: collected.to_bytes(), trailers })
 }
 
 /// The request's host, checked against SNI and a CONNECT target.
@@ -228,31 +208,17 @@ fn identify(req: &Request<Incoming>, flow: &Flow) -> Result<String, (StatusCode,
         .uri()
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .ok_or((
-            StatusCode::BAD_REQUEST,
-            "egress: request has no Host".to_string(),
-        ))?;
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .ok_or((StatusCode::BAD_REQUEST, "egress: request has no Host".to_string()))?;
     // With both an authority and a Host header (HTTP/1 absolute form), they must agree.
     if let (Some(a), Some(h)) = (req.uri().authority(), req.headers().get(header::HOST))
         && !h.to_str().is_ok_and(|h| host_of(h) == host_of(a.as_str()))
     {
-        return Err((
-            StatusCode::MISDIRECTED_REQUEST,
-            "egress: Host and :authority disagree".into(),
-        ));
+        return Err((StatusCode::MISDIRECTED_REQUEST, "egress: Host and :authority disagree".into()));
     }
     let host = host_of(&authority);
     if host.is_empty() {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "egress: request has an empty Host".into(),
-        ));
+        return Err((StatusCode::BAD_REQUEST, "egress: request has an empty Host".into()));
     }
     if let Some(sni) = flow.sni.as_ref().filter(|sni| **sni != host) {
         return Err((
@@ -275,67 +241,31 @@ fn host_of(authority: &str) -> String {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h,
         _ => authority,
     };
-    without_port
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
+    without_port.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// A CONNECT from a client with a proxy variable: policed like a direct connection. The
 /// target host must be routed; the gateway picks the address itself; the tunnel's
 /// content is then intercepted like any other stream.
-async fn connect(
-    req: Request<Incoming>,
-    flow: Arc<Flow>,
-    ctx: Arc<ProxyContext>,
-) -> Response<Body> {
+async fn connect(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>) -> Response<Body> {
     let routes = flow.conn.bottle.routes().clone();
     let log_level = routes.log_level();
-    let target = req
-        .uri()
-        .authority()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let target = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
     let host = host_of(&target);
     let port = req.uri().port_u16().unwrap_or(443);
     if flow.connect_host.is_some() || flow.tls {
         let reason = "egress: nested CONNECT is not supported";
-        return deny(
-            &flow,
-            log_level,
-            StatusCode::FORBIDDEN,
-            &host,
-            &Method::CONNECT,
-            &target,
-            reason,
-        );
+        return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &Method::CONNECT, &target, reason);
     }
     if !routes.host_allowed(&host) {
         let reason = format!("egress: host {host} is not in the allowlist");
-        return deny(
-            &flow,
-            log_level,
-            StatusCode::FORBIDDEN,
-            &host,
-            &Method::CONNECT,
-            &target,
-            &reason,
-        );
+        return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &Method::CONNECT, &target, &reason);
     }
     let addr = match ctx.resolver.lookup(&host).await {
         Ok(addrs) if !addrs.is_empty() => SocketAddr::new(addrs[0], port),
         _ => {
             let reason = format!("egress: cannot resolve {host}");
-            return deny(
-                &flow,
-                log_level,
-                StatusCode::BAD_GATEWAY,
-                &host,
-                &Method::CONNECT,
-                &target,
-                &reason,
-            );
+            return deny(&flow, log_level, StatusCode::BAD_GATEWAY, &host, &Method::CONNECT, &target, &reason);
         }
     };
     let conn = super::Connection {
@@ -344,13 +274,7 @@ async fn connect(
         orig_dst: flow.conn.orig_dst,
         bottle: flow.conn.bottle.clone(),
     };
-    let inner = Flow {
-        conn,
-        dst: addr,
-        sni: None,
-        connect_host: Some(host),
-        tls: false,
-    };
+    let inner = Flow { conn, dst: addr, sni: None, connect_host: Some(host), tls: false };
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => serve_stream(TokioIo::new(upgraded), inner, ctx).await,
@@ -383,15 +307,7 @@ async fn websocket(
         Ok(s) => s,
         Err(e) => {
             let reason = format!("egress: upstream {host} failed: {e}");
-            return deny(
-                flow,
-                log_level,
-                StatusCode::BAD_GATEWAY,
-                host,
-                &method,
-                &path,
-                &reason,
-            );
+            return deny(flow, log_level, StatusCode::BAD_GATEWAY, host, &method, &path, &reason);
         }
     };
     let mut req = Request::builder()
@@ -404,15 +320,7 @@ async fn websocket(
         Ok(r) => r,
         Err(e) => {
             let reason = format!("egress: upstream {host} failed: {e}");
-            return deny(
-                flow,
-                log_level,
-                StatusCode::BAD_GATEWAY,
-                host,
-                &method,
-                &path,
-                &reason,
-            );
+            return deny(flow, log_level, StatusCode::BAD_GATEWAY, host, &method, &path, &reason);
         }
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -521,9 +429,7 @@ fn deny(
 }
 
 fn full(data: impl Into<Bytes>) -> Body {
-    Full::new(data.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
 }
 
 fn empty() -> Body {
@@ -551,10 +457,7 @@ mod tests {
         h.insert("authorization", "Bearer agent".parse().unwrap());
         h.insert("proxy-authorization", "Basic x".parse().unwrap());
         h.insert("te", "trailers".parse().unwrap());
-        h.insert(
-            "sec-websocket-extensions",
-            "permessage-deflate".parse().unwrap(),
-        );
+        h.insert("sec-websocket-extensions", "permessage-deflate".parse().unwrap());
         h.insert("content-type", "application/json".parse().unwrap());
         let out = forwardable_headers(&h, true);
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();

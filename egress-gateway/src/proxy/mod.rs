@@ -67,29 +67,14 @@ pub async fn handle(stream: tokio::net::TcpStream, conn: Connection, ctx: Arc<Pr
             return;
         }
         let dst = conn.orig_dst;
-        serve_stream(
-            stream,
-            Flow {
-                conn,
-                dst,
-                sni: None,
-                connect_host: None,
-                tls: false,
-            },
-            ctx,
-        )
-        .await;
+        serve_stream(stream, Flow { conn, dst, sni: None, connect_host: None, tls: false }, ctx).await;
     }
     .instrument(span)
     .await
 }
 
 /// Classifies a stream and serves it; boxed because CONNECT recurses into it.
-fn serve_stream<I>(
-    io: I,
-    flow: Flow,
-    ctx: Arc<ProxyContext>,
-) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+fn serve_stream<I>(io: I, flow: Flow, ctx: Arc<ProxyContext>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -34,18 +34,8 @@ pub fn kind_of(prefix: &[u8]) -> Kind {
 }
 
 fn http_method_prefix(p: &[u8]) -> bool {
-    const METHODS: [&[u8]; 10] = [
-        b"GET ",
-        b"POST ",
-        b"PUT ",
-        b"HEAD ",
-        b"DELETE ",
-        b"PATCH ",
-        b"OPTIONS ",
-        b"CONNECT ",
-        b"TRACE ",
-        b"PRI ",
-    ];
+    const METHODS: [&[u8]; 10] =
+        [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"CONNECT ", b"TRACE ", b"PRI "];
     METHODS.iter().any(|m| {
         let n = m.len().min(p.len());
         n > 0 && p[..n] == m[..n]
@@ -54,14 +44,9 @@ fn http_method_prefix(p: &[u8]) -> bool {
 
 /// Reads the first bytes (at most one read, bounded by `timeout`) and returns the kind
 /// and a stream that replays them.
-pub async fn classify<I: AsyncRead + Unpin>(
-    mut io: I,
-    timeout: Duration,
-) -> Result<(Kind, Rewind<I>), SniffError> {
+pub async fn classify<I: AsyncRead + Unpin>(mut io: I, timeout: Duration) -> Result<(Kind, Rewind<I>), SniffError> {
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(timeout, io.read(&mut buf))
-        .await
-        .map_err(|_| SniffError::Timeout(timeout))??;
+    let n = tokio::time::timeout(timeout, io.read(&mut buf)).await.map_err(|_| SniffError::Timeout(timeout))??;
     if n == 0 {
         return Err(SniffError::Closed);
     }
@@ -82,10 +67,6 @@ mod tests {
         assert_eq!(kind_of(b"CONNECT a:443 HTTP/1.1\r\n"), Kind::Http);
         assert_eq!(kind_of(b"SSH-2.0-OpenSSH_9.2\r\n"), Kind::Other);
         assert_eq!(kind_of(b"\x00\x01"), Kind::Other);
-        assert_eq!(
-            kind_of(b"get / HTTP/1.1"),
-            Kind::Other,
-            "methods are case-sensitive"
-        );
+        assert_eq!(kind_of(b"get / HTTP/1.1"), Kind::Other, "methods are case-sensitive");
     }
 }

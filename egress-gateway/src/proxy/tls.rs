@@ -29,12 +29,8 @@ where
     let handshake = async {
         let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
         let hello = start.client_hello();
-        let sni = hello
-            .server_name()
-            .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
-        let offers_h2 = hello
-            .alpn()
-            .is_some_and(|mut protos| protos.any(|p| p == b"h2"));
+        let sni = hello.server_name().map(|s| s.trim_end_matches('.').to_ascii_lowercase());
+        let offers_h2 = hello.alpn().is_some_and(|mut protos| protos.any(|p| p == b"h2"));
         Ok::<_, std::io::Error>((start, sni, offers_h2))
     };
     let (start, sni, offers_h2) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
@@ -44,11 +40,7 @@ where
             return;
         }
         Err(_) => {
-            tracing::info!(
-                decision = "deny",
-                reason = "TLS ClientHello timed out",
-                "connection closed"
-            );
+            tracing::info!(decision = "deny", reason = "TLS ClientHello timed out", "connection closed");
             return;
         }
     };
@@ -72,21 +64,15 @@ where
             return;
         }
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("the default provider supports the default versions")
-    .with_no_client_auth()
-    .with_cert_resolver(Arc::new(Fixed(leaf)));
-    config.alpn_protocols = if offers_h2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(Arc::new(config)))
-        .await
-    {
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("the default provider supports the default versions")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(leaf)));
+    config.alpn_protocols =
+        if offers_h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(Arc::new(config))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             // Usually the client does not trust the gateway's CA.
@@ -94,11 +80,7 @@ where
             return;
         }
         Err(_) => {
-            tracing::info!(
-                decision = "deny",
-                reason = "TLS handshake timed out",
-                "connection closed"
-            );
+            tracing::info!(decision = "deny", reason = "TLS handshake timed out", "connection closed");
             return;
         }
     };

@@ -58,11 +58,7 @@ impl tower_service::Service<Name> for GatewayDns {
         let resolver = self.0.clone();
         Box::pin(async move {
             let addrs = resolver.lookup(name.as_str()).await?;
-            Ok(addrs
-                .into_iter()
-                .map(|ip| SocketAddr::new(ip, 0))
-                .collect::<Vec<_>>()
-                .into_iter())
+            Ok(addrs.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect::<Vec<_>>().into_iter())
         })
     }
 }
@@ -70,16 +66,17 @@ impl tower_service::Service<Name> for GatewayDns {
 type Connector = hyper_rustls::HttpsConnector<HttpConnector<GatewayDns>>;
 
 pub struct Upstream {
-    client: Client<Connector, Body>,
+    /// Offers h2 and HTTP/1.1 upstream: for requests that arrived over h2 (gRPC needs it).
+    client_h2: Client<Connector, Body>,
+    /// HTTP/1.1 only: for requests that arrived over HTTP/1.x. Measured: an HTTP/1.1
+    /// request relayed over a pooled h2 connection stalled ~40 ms (see docs/decisions).
+    client_h1: Client<Connector, Body>,
     tls: Arc<rustls::ClientConfig>,
     resolver: Resolver,
 }
 
 impl Upstream {
-    pub fn new(
-        resolver: Resolver,
-        extra_ca_files: &[impl AsRef<Path>],
-    ) -> Result<Upstream, UpstreamError> {
+    pub fn new(resolver: Resolver, extra_ca_files: &[impl AsRef<Path>]) -> Result<Upstream, UpstreamError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         for cert in rustls_native_certs::load_native_certs().certs {
@@ -87,63 +84,51 @@ impl Upstream {
         }
         for file in extra_ca_files {
             let path = file.as_ref();
-            let err = |reason: String| UpstreamError::CaFile {
-                path: path.display().to_string(),
-                reason,
-            };
+            let err = |reason: String| UpstreamError::CaFile { path: path.display().to_string(), reason };
             let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
             let mut found = 0;
             for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                roots
-                    .add(cert.map_err(|e| err(e.to_string()))?)
-                    .map_err(|e| err(e.to_string()))?;
+                roots.add(cert.map_err(|e| err(e.to_string()))?).map_err(|e| err(e.to_string()))?;
                 found += 1;
             }
             if found == 0 {
                 return Err(err("no PEM certificate in the file".into()));
             }
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("the default provider supports the default versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("the default provider supports the default versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let tls = Arc::new(tls);
-        let mut http = HttpConnector::new_with_resolver(GatewayDns(resolver.clone()));
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config((*tls).clone())
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .build(https);
-        Ok(Upstream {
-            client,
-            tls,
-            resolver,
-        })
+        let http = || {
+            let mut http = HttpConnector::new_with_resolver(GatewayDns(resolver.clone()));
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+            http
+        };
+        let builder = || hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls).clone()).https_or_http();
+        let h2 = builder().enable_all_versions().wrap_connector(http());
+        let h1 = builder().enable_http1().wrap_connector(http());
+        let pool = || {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_idle_timeout(POOL_IDLE_TIMEOUT);
+            b
+        };
+        Ok(Upstream { client_h2: pool().build(h2), client_h1: pool().build(h1), tls, resolver })
     }
 
-    /// Sends a request (absolute URI) through the pool.
+    /// Sends a request (absolute URI) through the pool; `client_h2` says whether the
+    /// client spoke HTTP/2, in which case h2 is offered upstream too.
     pub async fn send(
         &self,
         req: http::Request<Body>,
+        client_h2: bool,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        self.client
-            .request(req)
-            .await
-            .map_err(|e| UpstreamError::Http(host, error_chain(&e)))
+        let host = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+        let client = if client_h2 { &self.client_h2 } else { &self.client_h1 };
+        client.request(req).await.map_err(|e| UpstreamError::Http(host, error_chain(&e)))
     }
 
     /// A dedicated HTTP/1.1 connection (for upgrades such as WebSocket, which a pooled
@@ -179,16 +164,12 @@ impl Upstream {
     }
 }
 
-async fn handshake<I>(
-    host: &str,
-    io: I,
-) -> Result<hyper::client::conn::http1::SendRequest<Body>, UpstreamError>
+async fn handshake<I>(host: &str, io: I) -> Result<hyper::client::conn::http1::SendRequest<Body>, UpstreamError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (send, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| UpstreamError::Http(host.into(), e.to_string()))?;
+    let (send, conn) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|e| UpstreamError::Http(host.into(), e.to_string()))?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
