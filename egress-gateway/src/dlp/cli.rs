@@ -1,9 +1,121 @@
-//! `egress-gateway dlp scan`: run the outbound detectors over a file.
-use std::process::ExitCode;
+//! `egress-gateway dlp scan`: run the outbound detectors over a file or stdin and print
+//! each finding (rule, reason, byte offsets, redacted context; never the value). Exit 1
+//! when something was found. Also loads user rules in gitleaks' TOML format.
+use std::{io::Read, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use regex::Regex;
+use serde::Deserialize;
+
+use super::{Engine, KnownSecrets, Location, Selection, known::DEFAULT_PARTIAL_MIN_LEN};
 
 #[derive(Debug, clap::Args)]
-pub struct DlpArgs {}
+pub struct DlpArgs {
+    #[command(subcommand)]
+    pub command: DlpCommand,
+}
 
-pub fn run(_args: DlpArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("dlp scan is not available in this build yet")
+#[derive(Debug, clap::Subcommand)]
+pub enum DlpCommand {
+    /// Scan a file (or `-` for stdin) with the outbound detectors.
+    Scan {
+        /// Extra rules in gitleaks TOML format.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// One JSON object per finding.
+        #[arg(long)]
+        json: bool,
+        /// Also run the opt-in entropy detector.
+        #[arg(long)]
+        entropy: bool,
+        #[arg(default_value = "-")]
+        file: String,
+    },
+}
+
+/// A user rule, compiled.
+pub struct UserRule {
+    pub id: String,
+    pub regex: Regex,
+    pub keywords: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct GitleaksFile {
+    #[serde(default)]
+    rules: Vec<GitleaksRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GitleaksRule {
+    id: String,
+    regex: Option<String>,
+    #[serde(default)]
+    keywords: Vec<String>,
+    #[allow(dead_code)]
+    description: Option<String>,
+    #[allow(dead_code)]
+    secret_group: Option<usize>,
+    #[allow(dead_code)]
+    entropy: Option<f64>,
+    #[allow(dead_code)]
+    allowlists: Option<toml::Value>,
+    #[allow(dead_code)]
+    allowlist: Option<toml::Value>,
+    #[allow(dead_code)]
+    tags: Option<Vec<String>>,
+    #[allow(dead_code)]
+    path: Option<String>,
+}
+
+/// Parses a gitleaks TOML rule file; errors name the rule id and why.
+pub fn load_rules(path: &std::path::Path) -> anyhow::Result<Vec<UserRule>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: GitleaksFile =
+        toml::from_str(&text).with_context(|| format!("{}: invalid rules file", path.display()))?;
+    let mut out = Vec::new();
+    for r in file.rules {
+        let pattern = r.regex.with_context(|| {
+            format!("{}: rule {}: no regex (path-only rules do not apply to traffic)", path.display(), r.id)
+        })?;
+        let regex =
+            Regex::new(&pattern).with_context(|| format!("{}: rule {}: invalid regex", path.display(), r.id))?;
+        out.push(UserRule { id: r.id, regex, keywords: r.keywords });
+    }
+    Ok(out)
+}
+
+pub fn run(args: DlpArgs) -> anyhow::Result<ExitCode> {
+    let DlpCommand::Scan { rules, json, entropy, file } = args.command;
+    let extra = match &rules {
+        Some(p) => load_rules(p)?,
+        None => Vec::new(),
+    };
+    let known = KnownSecrets::from_env(std::env::vars(), &[], DEFAULT_PARTIAL_MIN_LEN);
+    let engine = Engine::new(known, extra)?;
+    let mut data = Vec::new();
+    if file == "-" {
+        std::io::stdin().read_to_end(&mut data).context("reading stdin")?;
+    } else {
+        data = std::fs::read(&file).with_context(|| format!("reading {file}"))?;
+    }
+    let text = String::from_utf8_lossy(&data);
+    let sel = Selection { token_patterns: true, known_secrets: true, entropy };
+    let mut findings = Vec::new();
+    engine.scan_surface(&text, Location::Body, sel, &std::collections::HashSet::new(), &mut findings);
+    for f in &findings {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "rule_id": f.rule_id, "reason": f.reason, "start": f.span.0, "end": f.span.1,
+                    "context": f.context, "severity": format!("{:?}", f.severity).to_lowercase(),
+                })
+            );
+        } else {
+            println!("{}:{}-{}: {} [{}]: {}", file, f.span.0, f.span.1, f.reason, f.rule_id, f.context);
+        }
+    }
+    Ok(if findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -1,2 +1,398 @@
-//! Data-loss prevention: detectors, scanning, redaction. Pure (no I/O).
+//! Data-loss prevention: find secrets in outbound requests (token patterns, known secret
+//! values in their common encodings, CRLF injection, Unicode evasion), redact them, and
+//! find prompt-injection text in responses. Pure: no I/O, no async.
 pub mod cli;
+pub mod decode;
+mod inbound;
+mod known;
+mod normalize;
+mod rules;
+
+use std::{collections::HashSet, fmt, sync::Arc};
+
+use aho_corasick::AhoCorasick;
+use regex::Regex;
+
+pub use inbound::{InjectionVerdict, scan_inbound};
+pub use known::KnownSecrets;
+
+/// What replaces a matched value (bot-bottle's marker).
+pub const REDACTED: &str = "********";
+/// Characters of context on each side of a match in a finding.
+const CONTEXT_CHARS: usize = 24;
+/// Shannon entropy (bits/char) above which the opt-in `entropy` detector warns.
+const ENTROPY_WARN_BITS: f64 = 4.5;
+const ENTROPY_MIN_LEN: usize = 24;
+
+/// A raw matched value. It never leaves the process: `Debug` and `Display` print a
+/// marker; only `expose` gives the bytes (for the safe set and redaction).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(value: &str) -> Self {
+        Secret(Arc::from(value))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({REDACTED}, {} chars)", self.0.chars().count())
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Refused (or redacted, or supervised) per the route's policy.
+    Block,
+    /// Logged and forwarded.
+    Warn,
+}
+
+/// Where in the request a finding is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Host,
+    Path,
+    Query,
+    Header(String),
+    Body,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Host => f.write_str("host"),
+            Location::Path => f.write_str("path"),
+            Location::Query => f.write_str("query"),
+            Location::Header(h) => write!(f, "header {h}"),
+            Location::Body => f.write_str("body"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub rule_id: String,
+    /// Detector and secret type, e.g. `token_patterns: GitHub personal access token`.
+    pub reason: String,
+    pub location: Location,
+    /// Byte range of the match in the scanned surface (the decoded body for bodies).
+    pub span: (usize, usize),
+    /// The surroundings with the match replaced by `********`.
+    pub context: String,
+    pub severity: Severity,
+    /// False for matches redaction cannot fix (host names, Unicode evasion, CRLF).
+    pub redactable: bool,
+    /// `None` for structural findings (CRLF), which have no value to approve.
+    pub matched: Option<Secret>,
+}
+
+/// Which outbound detectors a route runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selection {
+    pub token_patterns: bool,
+    pub known_secrets: bool,
+    pub entropy: bool,
+}
+
+impl Selection {
+    /// From a route's `outbound_detectors` (`None`: the defaults).
+    pub fn from_names(names: Option<&[String]>) -> Selection {
+        match names {
+            None => Selection { token_patterns: true, known_secrets: true, entropy: false },
+            Some(list) => Selection {
+                token_patterns: list.iter().any(|n| n == "token_patterns"),
+                known_secrets: list.iter().any(|n| n == "known_secrets"),
+                entropy: list.iter().any(|n| n == "entropy"),
+            },
+        }
+    }
+}
+
+/// Values an operator approved; matches of them are skipped.
+pub trait SafeSet {
+    fn contains(&self, value: &str) -> bool;
+}
+
+impl SafeSet for HashSet<String> {
+    fn contains(&self, value: &str) -> bool {
+        HashSet::contains(self, value)
+    }
+}
+
+/// The parts of a request the scanner reads.
+pub struct Request<'a> {
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    /// Name and value; `Authorization` injected by the gateway is not among them.
+    pub headers: &'a [(String, String)],
+    /// Decoded (decompressed) body.
+    pub body: &'a [u8],
+}
+
+struct Rule {
+    id: &'static str,
+    name: &'static str,
+    regex: Regex,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("rule {id}: {reason}")]
+    Rule { id: String, reason: String },
+}
+
+/// The scanner, built once from the rules and the known secrets.
+pub struct Engine {
+    rules: Vec<Rule>,
+    /// Keyword prefilter: which rules can match a text.
+    keywords: AhoCorasick,
+    keyword_rule: Vec<usize>,
+    always: Vec<usize>,
+    known: KnownSecrets,
+}
+
+impl Engine {
+    /// The built-in rules plus `extra` (user rules), and the known secrets.
+    pub fn new(known: KnownSecrets, extra: Vec<cli::UserRule>) -> Result<Engine, EngineError> {
+        let mut rules = Vec::new();
+        let mut keyword_list: Vec<String> = Vec::new();
+        let mut keyword_rule = Vec::new();
+        let mut always = Vec::new();
+        for def in rules::BUILTIN {
+            let regex =
+                Regex::new(def.regex).map_err(|e| EngineError::Rule { id: def.id.into(), reason: e.to_string() })?;
+            let idx = rules.len();
+            rules.push(Rule { id: def.id, name: def.name, regex });
+            if def.keywords.is_empty() {
+                always.push(idx);
+            }
+            for kw in def.keywords {
+                keyword_list.push(kw.to_string());
+                keyword_rule.push(idx);
+            }
+        }
+        for user in extra {
+            let idx = rules.len();
+            let id: &'static str = Box::leak(user.id.into_boxed_str());
+            rules.push(Rule { id, name: id, regex: user.regex });
+            if user.keywords.is_empty() {
+                always.push(idx);
+            }
+            for kw in user.keywords {
+                keyword_list.push(kw);
+                keyword_rule.push(idx);
+            }
+        }
+        let keywords = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(&keyword_list)
+            .map_err(|e| EngineError::Rule { id: "keywords".into(), reason: e.to_string() })?;
+        Ok(Engine { rules, keywords, keyword_rule, always, known })
+    }
+
+    pub fn known_secrets(&self) -> &KnownSecrets {
+        &self.known
+    }
+
+    /// Every finding in `req`, structural checks included; approved values are skipped
+    /// and scanning goes on past them.
+    pub fn scan_request(&self, req: &Request<'_>, sel: Selection, safe: &dyn SafeSet) -> Vec<Finding> {
+        let mut out = Vec::new();
+        // CRLF: in the request line and headers only (a body is length-delimited).
+        for (loc, text) in [(Location::Path, req.path), (Location::Query, req.query)] {
+            let decoded = normalize::percent_decode(text);
+            if decoded.contains('\r') || decoded.contains('\n') {
+                out.push(structural(loc, "CRLF injection in the request line"));
+            }
+        }
+        for (name, value) in req.headers {
+            if value.contains('\r') || value.contains('\n') || normalize::percent_decode(value).contains(['\r', '\n']) {
+                out.push(structural(Location::Header(name.clone()), "CRLF injection in a header"));
+            }
+        }
+        self.scan_surface(req.host, Location::Host, sel, safe, &mut out);
+        self.scan_surface(req.path, Location::Path, sel, safe, &mut out);
+        self.scan_surface(req.query, Location::Query, sel, safe, &mut out);
+        for (name, value) in req.headers {
+            self.scan_surface(value, Location::Header(name.clone()), sel, safe, &mut out);
+        }
+        let body = String::from_utf8_lossy(req.body);
+        self.scan_surface(&body, Location::Body, sel, safe, &mut out);
+        if sel.entropy {
+            for (start, end) in high_entropy_runs(&body) {
+                out.push(Finding {
+                    rule_id: "entropy".into(),
+                    reason: "entropy: high-entropy string".into(),
+                    location: Location::Body,
+                    span: (start, end),
+                    context: context(&body, start, end),
+                    severity: Severity::Warn,
+                    redactable: true,
+                    matched: Some(Secret::new(&body[start..end])),
+                });
+            }
+        }
+        out
+    }
+
+    /// Scans one text surface: as written, and normalised (Unicode evasion and encodings
+    /// undone). A value found only after normalisation cannot be redacted.
+    pub fn scan_surface(&self, text: &str, loc: Location, sel: Selection, safe: &dyn SafeSet, out: &mut Vec<Finding>) {
+        let redactable_surface = loc != Location::Host;
+        let before = out.len();
+        self.scan_text(text, &loc, sel, safe, redactable_surface, out);
+        let normalized = normalize::normalize(text);
+        if normalized != text {
+            let mut extra = Vec::new();
+            self.scan_text(&normalized, &loc, sel, safe, false, &mut extra);
+            for mut f in extra {
+                let seen = out[before..].iter().any(|o| o.matched == f.matched && o.rule_id == f.rule_id);
+                if !seen {
+                    f.reason = format!("{} (hidden by Unicode evasion or encoding)", f.reason);
+                    f.redactable = false;
+                    f.context = REDACTED.to_string();
+                    out.push(f);
+                }
+            }
+        }
+    }
+
+    fn scan_text(
+        &self,
+        text: &str,
+        loc: &Location,
+        sel: Selection,
+        safe: &dyn SafeSet,
+        redactable: bool,
+        out: &mut Vec<Finding>,
+    ) {
+        if sel.token_patterns {
+            let mut candidates: Vec<usize> = self.always.clone();
+            for m in self.keywords.find_overlapping_iter(text) {
+                candidates.push(self.keyword_rule[m.pattern().as_usize()]);
+            }
+            candidates.sort_unstable();
+            candidates.dedup();
+            for idx in candidates {
+                let rule = &self.rules[idx];
+                for caps in rule.regex.captures_iter(text) {
+                    let Some(m) = caps.get(1).or_else(|| caps.get(0)) else { continue };
+                    let value = m.as_str();
+                    if safe.contains(value) || rules::PLACEHOLDERS.contains(&value) {
+                        continue;
+                    }
+                    out.push(Finding {
+                        rule_id: rule.id.to_string(),
+                        reason: format!("token_patterns: {}", rule.name),
+                        location: loc.clone(),
+                        span: (m.start(), m.end()),
+                        context: context(text, m.start(), m.end()),
+                        severity: Severity::Block,
+                        redactable,
+                        matched: Some(Secret::new(value)),
+                    });
+                }
+            }
+        }
+        if sel.known_secrets {
+            for hit in self.known.find(text) {
+                if safe.contains(hit.secret.expose()) {
+                    continue;
+                }
+                out.push(Finding {
+                    rule_id: "known-secret".into(),
+                    reason: format!("known_secrets: value of {} ({})", hit.name, hit.form),
+                    location: loc.clone(),
+                    span: (hit.start, hit.end),
+                    context: context(text, hit.start, hit.end),
+                    severity: Severity::Block,
+                    redactable: redactable && hit.redactable,
+                    matched: Some(hit.secret),
+                });
+            }
+        }
+    }
+}
+
+fn structural(loc: Location, reason: &str) -> Finding {
+    Finding {
+        rule_id: "crlf-injection".into(),
+        reason: reason.into(),
+        location: loc,
+        span: (0, 0),
+        context: String::new(),
+        severity: Severity::Block,
+        redactable: false,
+        matched: None,
+    }
+}
+
+/// `CONTEXT_CHARS` characters each side of `start..end`, the match itself replaced.
+fn context(text: &str, start: usize, end: usize) -> String {
+    let before: String =
+        text[..start].chars().rev().take(CONTEXT_CHARS).collect::<Vec<_>>().into_iter().rev().collect();
+    let after: String = text[end..].chars().take(CONTEXT_CHARS).collect();
+    let clean = |s: &str| s.replace(['\r', '\n'], " ");
+    format!("{}{REDACTED}{}", clean(&before), clean(&after))
+}
+
+/// Runs of token characters long and random enough to look like a key.
+fn high_entropy_runs(text: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let bytes = text.as_bytes();
+    let is_token = |b: u8| b.is_ascii_alphanumeric() || b"+/_-=".contains(&b);
+    let mut i = 0;
+    while i < bytes.len() {
+        if !is_token(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && is_token(bytes[i]) {
+            i += 1;
+        }
+        let run = &text[start..i];
+        if (ENTROPY_MIN_LEN..=256).contains(&run.len()) && shannon(run) > ENTROPY_WARN_BITS {
+            out.push((start, i));
+        }
+    }
+    out
+}
+
+pub fn shannon(s: &str) -> f64 {
+    let mut counts = [0u32; 256];
+    for b in s.bytes() {
+        counts[b as usize] += 1;
+    }
+    let len = s.len() as f64;
+    counts.iter().filter(|&&c| c > 0).map(|&c| (c as f64 / len) * -(c as f64 / len).log2()).sum()
+}
+
+/// Replaces every value of `findings` in `text` by `********`. Returns `None` when a
+/// finding cannot be redacted (the caller refuses the request).
+pub fn redact_text(text: &str, values: &[&str]) -> String {
+    let mut out = text.to_string();
+    // Longest first, so a value containing another is replaced whole.
+    let mut values: Vec<&str> = values.iter().copied().filter(|v| !v.is_empty()).collect();
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    for v in values {
+        out = out.replace(v, REDACTED);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

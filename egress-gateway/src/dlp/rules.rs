@@ -1,0 +1,192 @@
+//! The built-in token-pattern rules: real provider formats, each with the literal
+//! keywords that must appear for it to be tried (a cheap prefilter), written for this
+//! project (formats as documented by each provider).
+
+/// One rule: `regex` must match the secret itself (group 1 if it has a group).
+pub struct RuleDef {
+    pub id: &'static str,
+    /// The human part of the reason, e.g. "GitHub personal access token".
+    pub name: &'static str,
+    pub regex: &'static str,
+    /// Literal substrings, one of which must occur; empty: always tried.
+    pub keywords: &'static [&'static str],
+}
+
+macro_rules! rule {
+    ($id:literal, $name:literal, $re:literal, [$($kw:literal),*]) => {
+        RuleDef { id: $id, name: $name, regex: $re, keywords: &[$($kw),*] }
+    };
+}
+
+pub const BUILTIN: &[RuleDef] = &[
+    // Cloud providers
+    rule!(
+        "aws-access-key-id",
+        "AWS access key id",
+        r"\b((?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b",
+        ["AKIA", "ASIA", "ABIA", "ACCA"]
+    ),
+    rule!("gcp-api-key", "Google API key", r"\b(AIza[0-9A-Za-z_\-]{35})\b", ["AIza"]),
+    rule!("gcp-oauth-client-secret", "Google OAuth client secret", r"\b(GOCSPX-[A-Za-z0-9_\-]{28})\b", ["GOCSPX-"]),
+    rule!(
+        "azure-storage-connection-string",
+        "Azure storage account key",
+        r"AccountKey=([A-Za-z0-9+/]{86}==)",
+        ["AccountKey="]
+    ),
+    rule!("alibaba-access-key-id", "Alibaba Cloud access key id", r"\b(LTAI[A-Za-z0-9]{20})\b", ["LTAI"]),
+    rule!("digitalocean-token", "DigitalOcean token", r"\b(do[opr]_v1_[a-f0-9]{64})\b", ["_v1_"]),
+    rule!("heroku-api-key", "Heroku API key", r"\b(HRKU-[A-Za-z0-9_\-]{60})\b", ["HRKU-"]),
+    rule!("flyio-token", "Fly.io access token", r"\b(fm[12]_[A-Za-z0-9+/]{100,}={0,2})", ["fm1_", "fm2_"]),
+    rule!("cloudflare-origin-ca-key", "Cloudflare origin CA key", r"\b(v1\.0-[a-f0-9]{24}-[a-f0-9]{146})\b", ["v1.0-"]),
+    rule!("vault-token", "HashiCorp Vault token", r"\b(hv[sb]\.[A-Za-z0-9_\-]{90,})", ["hvs.", "hvb."]),
+    rule!(
+        "terraform-cloud-token",
+        "Terraform Cloud token",
+        r"\b([A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_\-=]{60,70})",
+        [".atlasv1."]
+    ),
+    rule!("pulumi-token", "Pulumi access token", r"\b(pul-[a-f0-9]{40})\b", ["pul-"]),
+    rule!("doppler-token", "Doppler token", r"\b(dp\.(?:pt|st|sa|ct|scim|audit)\.[A-Za-z0-9]{40,44})\b", ["dp."]),
+    // Source hosting and CI
+    rule!("github-pat", "GitHub personal access token", r"\b(ghp_[A-Za-z0-9]{36})\b", ["ghp_"]),
+    rule!("github-oauth", "GitHub OAuth token", r"\b(gho_[A-Za-z0-9]{36})\b", ["gho_"]),
+    rule!("github-app-token", "GitHub app token", r"\b((?:ghu|ghs)_[A-Za-z0-9]{36})\b", ["ghu_", "ghs_"]),
+    rule!("github-refresh-token", "GitHub refresh token", r"\b(ghr_[A-Za-z0-9]{36,76})\b", ["ghr_"]),
+    rule!(
+        "github-fine-grained-pat",
+        "GitHub fine-grained token",
+        r"\b(github_pat_[A-Za-z0-9_]{82})\b",
+        ["github_pat_"]
+    ),
+    rule!("gitlab-pat", "GitLab personal access token", r"\b(glpat-[A-Za-z0-9_\-]{20,})\b", ["glpat-"]),
+    rule!("gitlab-runner-token", "GitLab runner token", r"\b(glrt-[A-Za-z0-9_\-]{20,})\b", ["glrt-"]),
+    rule!("gitlab-deploy-token", "GitLab deploy token", r"\b(gldt-[A-Za-z0-9_\-]{20,})\b", ["gldt-"]),
+    rule!("atlassian-api-token", "Atlassian API token", r"\b(ATATT3[A-Za-z0-9_\-=]{186})", ["ATATT3"]),
+    // Chat and collaboration
+    rule!("slack-token", "Slack token", r"\b(xox[abposr]-[0-9]{6,}-[A-Za-z0-9\-]{10,})", ["xox"]),
+    rule!(
+        "slack-webhook",
+        "Slack webhook URL",
+        r"(hooks\.slack\.com/services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{20,})",
+        ["hooks.slack.com"]
+    ),
+    rule!(
+        "discord-bot-token",
+        "Discord bot token",
+        r"\b([MNO][A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38})\b",
+        []
+    ),
+    rule!(
+        "discord-webhook",
+        "Discord webhook URL",
+        r"(discord(?:app)?\.com/api/webhooks/[0-9]{17,20}/[A-Za-z0-9_\-]{60,70})",
+        ["/api/webhooks/"]
+    ),
+    rule!("telegram-bot-token", "Telegram bot token", r"\b([0-9]{8,10}:AA[A-Za-z0-9_\-]{33})\b", [":AA"]),
+    rule!("linear-api-key", "Linear API key", r"\b(lin_api_[A-Za-z0-9]{40})\b", ["lin_api_"]),
+    rule!(
+        "notion-token",
+        "Notion integration token",
+        r"\b((?:secret_[A-Za-z0-9]{43})|(?:ntn_[0-9]{11}[A-Za-z0-9]{35}))\b",
+        ["secret_", "ntn_"]
+    ),
+    rule!("postman-api-key", "Postman API key", r"\b(PMAK-[a-f0-9]{24}-[a-f0-9]{34})\b", ["PMAK-"]),
+    // Payments and commerce
+    rule!("stripe-secret-key", "Stripe live key", r"\b((?:sk|rk)_live_[A-Za-z0-9]{24,99})\b", ["_live_"]),
+    rule!("stripe-test-key", "Stripe test key", r"\b((?:sk|rk)_test_[A-Za-z0-9]{24,99})\b", ["_test_"]),
+    rule!(
+        "square-token",
+        "Square access token",
+        r"\b((?:EAAA[A-Za-z0-9_\-]{60})|(?:sq0csp-[A-Za-z0-9_\-]{43}))\b",
+        ["EAAA", "sq0csp-"]
+    ),
+    rule!(
+        "shopify-token",
+        "Shopify access token",
+        r"\b(shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32})\b",
+        ["shpat_", "shpca_", "shppa_", "shpss_"]
+    ),
+    rule!(
+        "braintree-token",
+        "Braintree access token",
+        r"(access_token\$production\$[0-9a-z]{16}\$[0-9a-f]{32})",
+        ["access_token$production$"]
+    ),
+    // Messaging and email
+    rule!("sendgrid-api-key", "SendGrid API key", r"\b(SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})\b", ["SG."]),
+    rule!("mailgun-api-key", "Mailgun API key", r"\b(key-[0-9a-f]{32})\b", ["key-"]),
+    rule!("mailchimp-api-key", "Mailchimp API key", r"\b([0-9a-f]{32}-us[0-9]{1,2})\b", ["-us"]),
+    rule!("twilio-api-key", "Twilio API key", r"\b(SK[0-9a-f]{32})\b", ["SK"]),
+    // LLM and ML providers
+    rule!("anthropic-api-key", "Anthropic API key", r"\b(sk-ant-[A-Za-z0-9_\-]{80,})", ["sk-ant-"]),
+    rule!(
+        "openai-project-key",
+        "OpenAI project API key",
+        r"\b(sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,})",
+        ["sk-proj-", "sk-svcacct-", "sk-admin-"]
+    ),
+    rule!(
+        "openai-api-key",
+        "OpenAI API key",
+        r"\b(sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}|sk-[A-Za-z0-9]{48})\b",
+        ["sk-"]
+    ),
+    rule!("huggingface-token", "Hugging Face token", r"\b(hf_[A-Za-z0-9]{34,40})\b", ["hf_"]),
+    rule!("groq-api-key", "Groq API key", r"\b(gsk_[A-Za-z0-9]{52})\b", ["gsk_"]),
+    rule!("xai-api-key", "xAI API key", r"\b(xai-[A-Za-z0-9]{80})\b", ["xai-"]),
+    rule!("replicate-token", "Replicate API token", r"\b(r8_[A-Za-z0-9]{37})\b", ["r8_"]),
+    rule!("perplexity-api-key", "Perplexity API key", r"\b(pplx-[A-Za-z0-9]{48})\b", ["pplx-"]),
+    rule!("databricks-token", "Databricks token", r"\b(dapi[a-f0-9]{32}(?:-[0-9])?)\b", ["dapi"]),
+    // Package registries
+    rule!("npm-token", "npm access token", r"\b(npm_[A-Za-z0-9]{36})\b", ["npm_"]),
+    rule!("pypi-token", "PyPI upload token", r"\b(pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{50,})", ["pypi-AgEIcHlwaS5vcmc"]),
+    rule!("dockerhub-pat", "Docker Hub access token", r"\b(dckr_pat_[A-Za-z0-9_\-]{27})\b", ["dckr_pat_"]),
+    rule!("rubygems-api-key", "RubyGems API key", r"\b(rubygems_[a-f0-9]{48})\b", ["rubygems_"]),
+    rule!("crates-io-token", "crates.io API token", r"\b(cio[A-Za-z0-9]{32})\b", ["cio"]),
+    // Observability
+    rule!(
+        "grafana-token",
+        "Grafana token",
+        r"\b((?:glc_[A-Za-z0-9+/]{32,400}={0,2})|(?:glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}))",
+        ["glc_", "glsa_"]
+    ),
+    rule!("newrelic-api-key", "New Relic API key", r"\b(NRAK-[A-Z0-9]{27})\b", ["NRAK-"]),
+    rule!("sentry-token", "Sentry auth token", r"\b(sntry[su]_[A-Za-z0-9+/=_]{60,})", ["sntrys_", "sntryu_"]),
+    // Keys, credentials in structure
+    rule!(
+        "private-key",
+        "private key",
+        r"(-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----)",
+        ["PRIVATE KEY"]
+    ),
+    rule!(
+        "age-secret-key",
+        "age secret key",
+        r"(AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58})",
+        ["AGE-SECRET-KEY-1"]
+    ),
+    rule!("jwt", "JSON web token", r"\b(eyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,})", ["eyJ"]),
+    rule!(
+        "connection-string-password",
+        "password in a connection string",
+        r"(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql)://[^:\s/@]{1,64}:([^@\s/]{3,128})@",
+        ["://"]
+    ),
+    rule!(
+        "url-basic-credentials",
+        "password in a URL",
+        r"https?://[A-Za-z0-9._%\-]{1,64}:([^@\s/:]{3,128})@[A-Za-z0-9.\-]",
+        ["://"]
+    ),
+    rule!("authorization-basic", "Basic credentials", r"(?i:basic)\s+([A-Za-z0-9+/]{16,}={0,2})", ["asic"]),
+    rule!("bearer-token", "Generic Bearer JWT", r"(?i:bearer)\s+([A-Za-z0-9._\-]{50,})", ["earer"]),
+];
+
+/// Documentation placeholders that look like keys but are published examples.
+pub const PLACEHOLDERS: &[&str] = &[
+    "AKIAIOSFODNN7EXAMPLE",
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
+    "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
+];
