@@ -2,19 +2,7 @@
 //! local TLS upstreams with their own CA, the gateway in between.
 #![cfg(feature = "root-tests")]
 
-use egress_e2e::{
-    EnvSpec, TestEnv,
-    https::{HttpsUpstream, TestCa, make_git_repo},
-    stderr, stdout,
-    upstream::TcpUpstream,
-};
-
-const HOSTS: &[(&str, &str)] = &[
-    ("api.upstream.test", "127.0.0.2"),
-    ("git.upstream.test", "127.0.0.2"),
-    ("x.cdn.upstream.test", "127.0.0.2"),
-    ("other.upstream.test", "127.0.0.2"),
-];
+use egress_e2e::{stderr, stdout, upstream::TcpUpstream, world::World};
 
 /// The issue's example routes, verbatim.
 const ROUTES: &str = r#"log: 1
@@ -36,52 +24,9 @@ tcp:
 
 const CDN_TOKEN: &str = "cdn-secret-4f1d9c2a7b";
 
-struct World {
-    env: TestEnv,
-    up: HttpsUpstream,
-    trust: Vec<(String, String)>,
-}
-
 fn world(test: &str) -> World {
-    let ca = TestCa::new();
-    let mut env = TestEnv::new(
-        test,
-        EnvSpec {
-            hosts: HOSTS,
-            routes: ROUTES,
-            extra_config: "upstream_ca_files: [test-ca.pem]",
-            ..Default::default()
-        },
-    );
-    env.write_file("test-ca.pem", &ca.pem);
-    let git_root = env.dir.join("repos");
-    std::fs::create_dir_all(&git_root).unwrap();
-    make_git_repo(&git_root, "repo");
-    let names = ["api.upstream.test", "git.upstream.test", "x.cdn.upstream.test", "other.upstream.test"];
-    let up = HttpsUpstream::start("127.0.0.2", &names, &ca, Some(git_root));
-    env.start_gateway_with_env(&[("EGRESS_TOKEN_CDN", CDN_TOKEN)]);
-    let trust = env.trust_env();
-    World { env, up, trust }
-}
-
-impl World {
-    fn url(&self, host: &str, path: &str) -> String {
-        format!("https://{host}:{}{path}", self.up.port())
-    }
-
-    fn run(&self, cmd: &[&str]) -> std::process::Output {
-        let vars: Vec<(&str, &str)> = self.trust.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        self.env.exec_with_env(cmd, &vars)
-    }
-
-    fn curl(&self, args: &[&str]) -> (String, String) {
-        let mut cmd = vec!["curl", "-sS", "-m", "10", "-w", "\n%{http_code}"];
-        cmd.extend_from_slice(args);
-        let out = self.run(&cmd);
-        let text = stdout(&out);
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
-        (code.to_string(), body.to_string())
-    }
+    let hosts = ["api.upstream.test", "git.upstream.test", "x.cdn.upstream.test", "other.upstream.test"];
+    World::start(test, &hosts, ROUTES, &[("EGRESS_TOKEN_CDN", CDN_TOKEN)])
 }
 
 #[test]
@@ -145,8 +90,8 @@ fn injected_credential_reaches_upstream_and_the_agents_own_never_does() {
     for r in &reqs {
         assert!(!format!("{:?}", r.headers).contains("agent-own-token"), "the agent's credential leaked");
     }
-    // The agent never sees the injected value.
-    assert!(!body.contains(CDN_TOKEN) || body.contains("authorization"), "response");
+    // The agent never sees the injected value, even when the upstream reflects it.
+    assert!(!body.contains(CDN_TOKEN), "the injected credential reached the agent: {body}");
     assert!(!w.env.gateway_log().contains(CDN_TOKEN), "the credential appears in the gateway's log");
 }
 

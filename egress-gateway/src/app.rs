@@ -91,7 +91,9 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let ca = CertificateAuthority::load_or_create(&config.state_dir).context("loading the interception CA")?;
     let upstream = proxy::upstream::Upstream::new(resolver.clone(), &config.upstream_ca_files)
         .context("building the upstream TLS client")?;
-    let proxy = Arc::new(proxy::ProxyContext { resolver: resolver.clone(), ca: Arc::new(ca), upstream });
+    let dlp = Arc::new(build_dlp(&bottles)?);
+    tracing::info!(known_secrets = dlp.known_secrets().len(), "dlp engine ready");
+    let proxy = Arc::new(proxy::ProxyContext { resolver: resolver.clone(), dlp, ca: Arc::new(ca), upstream });
 
     // Listeners before programs: once a bottle is attached, its connections must find them.
     let tcp = TcpListener::bind(config.listen)
@@ -143,6 +145,28 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     }
     tracing::info!("stopping; bottles stay attached and are refused until the gateway is back");
     Ok(())
+}
+
+/// The DLP engine: built-in rules, and as known secrets every `EGRESS_TOKEN_*` variable,
+/// every variable named by a route's `token_env`, and every variable whose name starts
+/// with a prefix in `BOT_BOTTLE_SENSITIVE_PREFIXES` (comma-separated), bot-bottle's knob.
+fn build_dlp(bottles: &HashMap<u32, Arc<BottleState>>) -> anyhow::Result<crate::dlp::Engine> {
+    let mut prefixes: Vec<String> = std::env::var("BOT_BOTTLE_SENSITIVE_PREFIXES")
+        .unwrap_or_default()
+        .split(',')
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    for b in bottles.values() {
+        for route in b.routes().routes() {
+            if let Some(auth) = &route.auth {
+                prefixes.push(auth.token_env.clone());
+            }
+        }
+    }
+    let known =
+        crate::dlp::KnownSecrets::from_env(std::env::vars(), &prefixes, crate::dlp::known::DEFAULT_PARTIAL_MIN_LEN);
+    crate::dlp::Engine::new(known, Vec::new()).context("building the DLP engine")
 }
 
 fn reload(gw: &Gateway) {

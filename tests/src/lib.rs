@@ -6,6 +6,7 @@
 //! removes the pins (which detaches the programs) and the cgroup.
 pub mod https;
 pub mod upstream;
+pub mod world;
 
 use std::{
     fs,

@@ -4,7 +4,7 @@
 pub mod cli;
 pub mod decode;
 mod inbound;
-mod known;
+pub mod known;
 mod normalize;
 mod rules;
 

@@ -11,7 +11,8 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Flow, ProxyContext, serve_stream, upstream::Body};
+use super::{Flow, ProxyContext, scan, serve_stream, upstream::Body};
+use crate::dlp::InjectionVerdict;
 use crate::policy::{Decision, LogLevel, RequestHead, Route};
 
 /// The host the bottle asks to learn its own policy.
@@ -94,10 +95,31 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
         }
     };
 
-    // === prepare ===
+    // === scan ===
     let is_websocket = is_websocket_upgrade(&req);
     let (mut parts, body) = req.into_parts();
-    let mut headers = forwardable_headers(&parts.headers, is_websocket);
+    // The whole body is read (bounded) before anything goes upstream: the outbound scan
+    // must see all of it, and a known length lets the upstream send it in one go.
+    let body = match read_body(body, &parts.headers).await {
+        Ok(b) => b,
+        Err((status, reason)) => return deny(&flow, log_level, status, &host, &method, &path, &reason),
+    };
+    let outgoing =
+        scan::Outgoing { host: &host, path_and_query: &path_and_query, headers: &parts.headers, body: body.data };
+    let (path_and_query, client_headers, body_data) = match scan::outbound(&ctx.dlp, &route, outgoing) {
+        scan::Outbound::Forward { path_and_query, headers, body, warnings } => {
+            for w in warnings {
+                tracing::warn!(bottle = %flow.conn.bottle.config.name, host = %host, method = %method, path = %path, reason = %w, "egress_dlp_warn");
+            }
+            (path_and_query, headers, body)
+        }
+        scan::Outbound::Refuse(status, reason) => {
+            return deny(&flow, log_level, status, &host, &method, &path, &reason);
+        }
+    };
+
+    // === prepare ===
+    let mut headers = forwardable_headers(&client_headers, is_websocket);
     if let Some(auth) = &route.auth {
         match std::env::var(&auth.token_env) {
             Ok(secret) if !secret.is_empty() => {
@@ -123,13 +145,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
         }
     };
     if log_level >= LogLevel::Full {
-        tracing::info!(
-            host = %host,
-            method = %method,
-            path = %path,
-            headers = ?header_names(&headers),
-            "egress_request"
-        );
+        tracing::info!(host = %host, method = %method, path = %path, headers = ?header_names(&headers), "egress_request");
     }
 
     // === forward ===
@@ -140,30 +156,55 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
         };
         return websocket(&ctx, &flow, &host, uri, headers, client_upgrade, log_level).await;
     }
-    // The whole body is read (bounded) before anything goes upstream: it is what the
-    // outbound scan inspects, and a known length lets the upstream send it in one go.
-    let body = match read_body(body, &parts.headers).await {
-        Ok(b) => b,
-        Err((status, reason)) => return deny(&flow, log_level, status, &host, &method, &path, &reason),
-    };
     let client_h2 = parts.version == http::Version::HTTP_2;
     parts.uri = uri;
     parts.headers = headers;
     parts.version = http::Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, body.into_body());
-    match ctx.upstream.send(upstream_req, client_h2).await {
-        Ok(resp) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            if log_level >= LogLevel::Full {
-                tracing::info!(host = %host, method = %method, path = %path, status = parts.status.as_u16(), "egress_response");
-            }
-            Response::from_parts(parts, body.boxed())
-        }
+    let upstream_req =
+        Request::from_parts(parts, BufferedBody { data: body_data, trailers: body.trailers }.into_body());
+    let resp = match ctx.upstream.send(upstream_req, client_h2).await {
+        Ok(resp) => resp,
         Err(e) => {
             let reason = format!("egress: upstream {host} failed: {e}");
-            deny(&flow, log_level, StatusCode::BAD_GATEWAY, &host, &method, &path, &reason)
+            return deny(&flow, log_level, StatusCode::BAD_GATEWAY, &host, &method, &path, &reason);
         }
+    };
+
+    // === response ===
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if log_level >= LogLevel::Full {
+        tracing::info!(host = %host, method = %method, path = %path, status = parts.status.as_u16(), "egress_response");
+    }
+    if !scan::inbound_scannable(&route, &parts.headers) {
+        return Response::from_parts(parts, body.boxed());
+    }
+    let data = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            let reason = format!("egress: reading the response from {host}: {e}");
+            return deny(&flow, log_level, StatusCode::BAD_GATEWAY, &host, &method, &path, &reason);
+        }
+    };
+    let inbound = scan::inbound(&ctx.dlp, &parts.headers, &data);
+    match inbound.verdict {
+        InjectionVerdict::Block(reason) => {
+            let reason = format!("egress: response blocked: {reason}");
+            return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &method, &path, &reason);
+        }
+        InjectionVerdict::Warn(reason) => {
+            tracing::warn!(bottle = %flow.conn.bottle.config.name, host = %host, method = %method, path = %path, status = parts.status.as_u16(), reason = %reason, "egress_inbound_warn");
+        }
+        InjectionVerdict::Clean => {}
+    }
+    match inbound.redacted {
+        Some(body) => {
+            tracing::warn!(bottle = %flow.conn.bottle.config.name, host = %host, path = %path, reason = "known secret in the response", "egress_response_redacted");
+            parts.headers.remove(header::CONTENT_ENCODING);
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, full(body))
+        }
+        None => Response::from_parts(parts, full(data)),
     }
 }
 

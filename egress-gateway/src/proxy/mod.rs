@@ -7,6 +7,7 @@
 mod http;
 mod relay;
 mod rewind;
+mod scan;
 mod sniff;
 mod tls;
 pub mod upstream;
@@ -35,6 +36,7 @@ pub struct Connection {
 /// What every connection handler shares: resolution, the CA, the upstream client.
 pub struct ProxyContext {
     pub resolver: Resolver,
+    pub dlp: Arc<crate::dlp::Engine>,
     pub ca: Arc<CertificateAuthority>,
     pub upstream: upstream::Upstream,
 }

@@ -1,0 +1,196 @@
+//! The DLP phases of a request: the outbound scan of everything the agent sends (before
+//! credentials are injected) with the route's `block | redact | supervise` policy, and
+//! the inbound scan of responses for prompt injection.
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+
+use crate::{
+    dlp::{self, Finding, InjectionVerdict, Location, Severity},
+    policy::{OnMatch, Route},
+};
+
+/// What the outbound phase decided.
+pub enum Outbound {
+    /// Forward, possibly rewritten (redacted).
+    Forward { path_and_query: String, headers: HeaderMap, body: Bytes, warnings: Vec<String> },
+    /// Refuse with this status and one-line reason.
+    Refuse(StatusCode, String),
+}
+
+/// The request as the agent sent it.
+pub struct Outgoing<'a> {
+    pub host: &'a str,
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: Bytes,
+}
+
+/// Scans the request and applies the route's policy. `supervise` has no hold yet and
+/// behaves as `block` (fail closed).
+pub fn outbound(engine: &dlp::Engine, route: &Route, req: Outgoing<'_>) -> Outbound {
+    let encoding = req.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let decoded = match dlp::decode::decode_body(&encoding, &req.body) {
+        Ok(d) => d,
+        Err(e) => {
+            return Outbound::Refuse(StatusCode::FORBIDDEN, format!("egress: request body cannot be scanned: {e}"));
+        }
+    };
+    let (path, query) = req.path_and_query.split_once('?').unwrap_or((req.path_and_query, ""));
+    let header_pairs: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != header::HOST)
+        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    let selection = dlp::Selection::from_names(route.dlp.outbound_detectors.as_deref());
+    let request = dlp::Request { host: req.host, path, query, headers: &header_pairs, body: &decoded };
+    let findings = engine.scan_request(&request, selection, &HashSet::<String>::new());
+    let warnings: Vec<String> = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warn)
+        .map(|f| format!("{} in {}", f.reason, f.location))
+        .collect();
+    let blocking: Vec<&Finding> = findings.iter().filter(|f| f.severity == Severity::Block).collect();
+    if blocking.is_empty() {
+        return Outbound::Forward {
+            path_and_query: req.path_and_query.to_string(),
+            headers: req.headers.clone(),
+            body: req.body,
+            warnings,
+        };
+    }
+    let first = blocking[0];
+    let summary = format!("{} in {} ({})", first.reason, first.location, first.context);
+    match route.dlp.on_match {
+        OnMatch::Block => Outbound::Refuse(StatusCode::FORBIDDEN, format!("egress: request blocked: {summary}")),
+        OnMatch::Supervise => Outbound::Refuse(
+            StatusCode::FORBIDDEN,
+            format!(
+                "egress: request blocked (supervise is not available on this gateway, so it acts as block): {summary}"
+            ),
+        ),
+        OnMatch::Redact => {
+            if let Some(f) = blocking.iter().find(|f| !f.redactable) {
+                return Outbound::Refuse(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "egress: request blocked, cannot be redacted: {} in {} ({})",
+                        f.reason, f.location, f.context
+                    ),
+                );
+            }
+            redact(req.path_and_query, req.headers, &decoded, &header_pairs, &blocking, warnings)
+        }
+    }
+}
+
+/// Rewrites every surface with a finding. A compressed body is sent decoded (identity).
+fn redact(
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    header_pairs: &[(String, String)],
+    findings: &[&Finding],
+    warnings: Vec<String>,
+) -> Outbound {
+    let (path, query) = path_and_query.split_once('?').map(|(p, q)| (p, Some(q))).unwrap_or((path_and_query, None));
+    let values_in = |loc: &Location, text: &str| -> Vec<String> {
+        findings
+            .iter()
+            .filter(|f| &f.location == loc)
+            .filter_map(|f| text.get(f.span.0..f.span.1).map(str::to_string))
+            .collect()
+    };
+    let redact_surface = |loc: Location, text: &str| {
+        let values = values_in(&loc, text);
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        dlp::redact_text(text, &refs)
+    };
+    let new_path = redact_surface(Location::Path, path);
+    let new_query = query.map(|q| redact_surface(Location::Query, q));
+    let body_text = String::from_utf8_lossy(body);
+    let new_body = redact_surface(Location::Body, &body_text);
+    let mut new_headers = headers.clone();
+    for (name, value) in header_pairs {
+        let loc = Location::Header(name.clone());
+        if findings.iter().any(|f| f.location == loc) {
+            let replaced = redact_surface(loc, value);
+            match HeaderValue::from_str(&replaced) {
+                Ok(v) => {
+                    new_headers.insert(http::HeaderName::from_bytes(name.as_bytes()).expect("came from a header"), v);
+                }
+                Err(_) => {
+                    return Outbound::Refuse(
+                        StatusCode::FORBIDDEN,
+                        format!("egress: header {name} cannot be redacted"),
+                    );
+                }
+            }
+        }
+    }
+    new_headers.remove(header::CONTENT_ENCODING);
+    new_headers.remove(header::CONTENT_LENGTH);
+    let path_and_query = match new_query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+    Outbound::Forward { path_and_query, headers: new_headers, body: Bytes::from(new_body.into_bytes()), warnings }
+}
+
+/// Largest response the inbound scan buffers; larger or streamed responses pass unscanned.
+pub const MAX_SCANNED_RESPONSE: u64 = 4 * 1024 * 1024;
+
+/// Whether a response is one the inbound scan reads: textual and of known, bounded size.
+pub fn inbound_scannable(route: &Route, headers: &HeaderMap) -> bool {
+    let enabled =
+        route.dlp.inbound_detectors.as_ref().is_none_or(|d| d.iter().any(|n| n == "naive_injection_detection"));
+    let textual = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
+        let ct = ct.to_ascii_lowercase();
+        ct.starts_with("text/") || ct.contains("json") || ct.contains("xml") || ct.contains("javascript")
+    });
+    let bounded = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= MAX_SCANNED_RESPONSE);
+    enabled && textual && bounded
+}
+
+/// What the inbound phase decided about a buffered response.
+pub struct Inbound {
+    pub verdict: InjectionVerdict,
+    /// A replacement body when known secrets (an injected credential reflected by the
+    /// upstream, say) had to be removed; it is sent decoded (identity).
+    pub redacted: Option<Bytes>,
+}
+
+/// Scans a buffered response (decoded per its `Content-Encoding`) for prompt injection,
+/// and removes known secrets so the agent never sees a credential the gateway injected.
+/// A body that does not decode counts as a block.
+pub fn inbound(engine: &dlp::Engine, headers: &HeaderMap, body: &[u8]) -> Inbound {
+    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let decoded = match dlp::decode::decode_body(encoding, body) {
+        Ok(d) => d,
+        Err(e) => {
+            return Inbound {
+                verdict: InjectionVerdict::Block(format!("response body cannot be scanned: {e}")),
+                redacted: None,
+            };
+        }
+    };
+    let header_text: String =
+        headers.iter().map(|(n, v)| format!("{}: {}\n", n, String::from_utf8_lossy(v.as_bytes()))).collect();
+    let text = String::from_utf8_lossy(&decoded);
+    let verdict = match dlp::scan_inbound(&header_text) {
+        InjectionVerdict::Clean => dlp::scan_inbound(&text),
+        other => other,
+    };
+    let hits = engine.known_secrets().find(&text);
+    let redacted = (!hits.is_empty()).then(|| {
+        let values: Vec<&str> = hits.iter().filter_map(|h| text.get(h.start..h.end)).collect();
+        Bytes::from(dlp::redact_text(&text, &values).into_bytes())
+    });
+    Inbound { verdict, redacted }
+}

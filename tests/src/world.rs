@@ -1,0 +1,61 @@
+//! A bottle behind a running gateway with one HTTPS upstream (its own CA) serving every
+//! test host on 127.0.0.2, and clients that trust the gateway's CA.
+use std::process::Output;
+
+use crate::{
+    EnvSpec, TestEnv,
+    https::{HttpsUpstream, TestCa, make_git_repo},
+    stdout,
+};
+
+pub struct World {
+    pub env: TestEnv,
+    pub up: HttpsUpstream,
+    trust: Vec<(String, String)>,
+}
+
+impl World {
+    /// `hosts` all resolve to 127.0.0.2, where the upstream serves them (and git
+    /// repositories under `/git/`); `gateway_env` is the gateway's own environment.
+    pub fn start(test: &str, hosts: &[&str], routes: &str, gateway_env: &[(&str, &str)]) -> World {
+        let ca = TestCa::new();
+        let host_map: Vec<(&str, &str)> = hosts.iter().map(|h| (*h, "127.0.0.2")).collect();
+        let mut env = TestEnv::new(
+            test,
+            EnvSpec {
+                hosts: &host_map,
+                routes,
+                extra_config: "upstream_ca_files: [test-ca.pem]",
+                ..Default::default()
+            },
+        );
+        env.write_file("test-ca.pem", &ca.pem);
+        let git_root = env.dir.join("repos");
+        std::fs::create_dir_all(&git_root).unwrap();
+        make_git_repo(&git_root, "repo");
+        let up = HttpsUpstream::start("127.0.0.2", hosts, &ca, Some(git_root));
+        env.start_gateway_with_env(gateway_env);
+        let trust = env.trust_env();
+        World { env, up, trust }
+    }
+
+    pub fn url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.up.port())
+    }
+
+    /// Runs a command in the bottle with the trust variables set.
+    pub fn run(&self, cmd: &[&str]) -> Output {
+        let vars: Vec<(&str, &str)> = self.trust.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.env.exec_with_env(cmd, &vars)
+    }
+
+    /// curl in the bottle: (status code, body).
+    pub fn curl(&self, args: &[&str]) -> (String, String) {
+        let mut cmd = vec!["curl", "-sS", "-m", "10", "-w", "\n%{http_code}"];
+        cmd.extend_from_slice(args);
+        let out = self.run(&cmd);
+        let text = stdout(&out);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        (code.to_string(), body.to_string())
+    }
+}
