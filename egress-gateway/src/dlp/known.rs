@@ -131,18 +131,11 @@ impl KnownSecrets {
             }
         }
         if let Some(p) = &self.projections {
-            // Letters and digits of the text, with their original byte positions.
-            let mut projected = String::with_capacity(text.len());
-            let mut origin = Vec::with_capacity(text.len());
-            for (i, c) in text.char_indices() {
-                if c.is_ascii_alphanumeric() {
-                    projected.push(c);
-                    origin.push(i);
-                }
-            }
+            // Letters and digits of the text; hits are rare, so positions in the
+            // original text are recovered only for them.
+            let projected: String = text.chars().filter(char::is_ascii_alphanumeric).collect();
             for found in p.find_iter(&projected) {
-                let start = origin[found.start()];
-                let end = origin[found.end() - 1] + 1;
+                let (start, end) = original_span(text, found.start(), found.end());
                 if hits.iter().any(|h| h.start < end && start < h.end) {
                     continue;
                 }
@@ -159,6 +152,25 @@ impl KnownSecrets {
         }
         hits
     }
+}
+
+/// Byte span in `text` of the `start..end` range of its letters-and-digits projection.
+fn original_span(text: &str, start: usize, end: usize) -> (usize, usize) {
+    let mut n = 0;
+    let (mut first, mut last) = (0, text.len());
+    for (i, c) in text.char_indices() {
+        if c.is_ascii_alphanumeric() {
+            if n == start {
+                first = i;
+            }
+            if n == end - 1 {
+                last = i + 1;
+                break;
+            }
+            n += 1;
+        }
+    }
+    (first, last)
 }
 
 /// The value and its common encodings, labelled.

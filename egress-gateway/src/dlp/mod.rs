@@ -254,6 +254,9 @@ impl Engine {
         let redactable_surface = loc != Location::Host;
         let before = out.len();
         self.scan_text(text, &loc, sel, safe, redactable_surface, out);
+        if normalize::is_plain(text) {
+            return;
+        }
         let normalized = normalize::normalize(text);
         if normalized != text {
             let mut extra = Vec::new();

@@ -18,8 +18,18 @@ fn fold_fullwidth(c: char) -> char {
     }
 }
 
+/// True when `normalize` would return the text unchanged (the common case), checked
+/// without allocating.
+pub fn is_plain(text: &str) -> bool {
+    text.is_ascii() && !text.contains('%') && !text.contains("\\u")
+}
+
 /// The text as a pattern should see it.
 pub fn normalize(text: &str) -> String {
+    // Plain ASCII without escapes is already what a pattern should see.
+    if is_plain(text) {
+        return text.to_string();
+    }
     let unescaped = json_unescape(text);
     let decoded = percent_decode(&unescaped);
     decoded.chars().filter(|c| !is_invisible(*c)).map(fold_fullwidth).collect()

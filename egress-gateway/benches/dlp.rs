@@ -1,0 +1,53 @@
+//! DLP throughput on LLM-conversation JSON bodies (100 KB, 1 MB, 8 MB) and a 1 MB base64
+//! body, with the full default rule set and a few known secrets. `cargo xtask bench dlp`.
+use std::{collections::HashSet, hint::black_box, time::Duration};
+
+use base64::Engine as _;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use egress_gateway::dlp::{Engine, KnownSecrets, Request, Selection};
+
+/// A clean conversation body of about `size` bytes: many turns of prose and code.
+fn conversation(size: usize) -> String {
+    let turn = "{\"role\":\"user\",\"content\":\"Please refactor the function below so it handles errors with anyhow, \
+                keeps the public signature, and adds a unit test.\\n```rust\\nfn parse(input: &str) -> Result<Config, Error> \
+                {\\n    let value: Value = serde_json::from_str(input)?;\\n    Ok(Config::from(value))\\n}\\n```\"},\
+                {\"role\":\"assistant\",\"content\":\"Here is the refactored version with context on every error and a test \
+                that feeds it an empty object. The commit id is 3f9a1c7e5b2d8f0a4c6e9b1d3f5a7c9e2b4d6f8a.\"},";
+    let mut body = String::with_capacity(size + turn.len());
+    body.push_str("{\"model\":\"m\",\"messages\":[");
+    while body.len() < size {
+        body.push_str(turn);
+    }
+    body.push_str("{\"role\":\"user\",\"content\":\"thanks\"}]}");
+    body
+}
+
+fn bench(c: &mut Criterion) {
+    let known =
+        KnownSecrets::new([("EGRESS_TOKEN_0".to_string(), "bench-known-secret-value-0123456789".to_string())], 12);
+    let engine = Engine::new(known, Vec::new()).unwrap();
+    let safe = HashSet::<String>::new();
+    let sel = Selection::from_names(None);
+    let mut group = c.benchmark_group("dlp_scan");
+    group.measurement_time(Duration::from_secs(5)).sample_size(10);
+    let mut bodies: Vec<(String, String)> = [100 * 1024, 1024 * 1024, 8 * 1024 * 1024]
+        .iter()
+        .map(|&n| (format!("conversation_{}KB", n / 1024), conversation(n)))
+        .collect();
+    let image: Vec<u8> = (0..768 * 1024).map(|i| (i * 7919 % 251) as u8).collect();
+    bodies.push(("base64_1MB".into(), base64::engine::general_purpose::STANDARD.encode(image)));
+    for (name, body) in &bodies {
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(name), body, |b, body| {
+            b.iter(|| {
+                let req =
+                    Request { host: "api.test", path: "/v1/messages", query: "", headers: &[], body: body.as_bytes() };
+                black_box(engine.scan_request(&req, sel, &safe))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
