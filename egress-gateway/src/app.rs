@@ -24,6 +24,8 @@ use crate::{bpf, ca::CertificateAuthority, config, dns, policy, proxy, resolve::
 pub struct BottleState {
     pub config: config::Bottle,
     routes: ArcSwap<policy::Routes>,
+    /// Holds supervised requests; `None` when the bottle has no `supervise:` block.
+    pub supervisor: Option<Arc<crate::supervise::Supervisor>>,
 }
 
 impl BottleState {
@@ -84,7 +86,19 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let mut bottles = HashMap::new();
     for b in &config.bottles {
         let routes = BottleState::load_routes(b)?;
-        bottles.insert(b.id, Arc::new(BottleState { config: b.clone(), routes: ArcSwap::from_pointee(routes) }));
+        let supervisor = match &b.supervise {
+            Some(s) => {
+                let queue = crate::supervise::QueueDir::new(s.queue_dir(&config.state_dir, &b.name));
+                let sup = crate::supervise::Supervisor::new(&b.name, queue, s.timeout())
+                    .with_context(|| format!("bottle {}: supervise queue", b.name))?;
+                Some(Arc::new(sup))
+            }
+            None => None,
+        };
+        bottles.insert(
+            b.id,
+            Arc::new(BottleState { config: b.clone(), routes: ArcSwap::from_pointee(routes), supervisor }),
+        );
     }
 
     let resolver = Resolver::new(config.hosts.clone());

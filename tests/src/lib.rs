@@ -291,7 +291,21 @@ impl TestEnv {
     /// names and whose /etc/resolv.conf names a loopback server, so no client ever looks
     /// a name up at a real address.
     pub fn exec_with_env(&self, cmd: &[&str], vars: &[(&str, &str)]) -> Output {
-        Command::new(gateway_bin())
+        self.exec_command(cmd, vars).output().expect("run egress-gateway exec")
+    }
+
+    /// Starts a command in the bottle without waiting for it (stdout and stderr piped).
+    pub fn spawn_exec(&self, cmd: &[&str], vars: &[(&str, &str)]) -> Child {
+        self.exec_command(cmd, vars)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn egress-gateway exec")
+    }
+
+    fn exec_command(&self, cmd: &[&str], vars: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(gateway_bin());
+        command
             .args(["exec", "--config"])
             .arg(&self.config_path)
             .args(["--bottle", self.bottle(), "--", "unshare", "--mount", "--", "sh", "-c"])
@@ -302,9 +316,8 @@ impl TestEnv {
             .args(cmd)
             .envs(vars.iter().copied())
             .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run egress-gateway exec")
+            .stdin(Stdio::null());
+        command
     }
 
     /// Starts a process that joins the bottle's cgroup by itself (no `exec`, so no check

@@ -18,6 +18,11 @@ impl World {
     /// `hosts` all resolve to 127.0.0.2, where the upstream serves them (and git
     /// repositories under `/git/`); `gateway_env` is the gateway's own environment.
     pub fn start(test: &str, hosts: &[&str], routes: &str, gateway_env: &[(&str, &str)]) -> World {
+        Self::start_with(test, hosts, routes, gateway_env, "")
+    }
+
+    /// As `start`, with extra lines in the bottle's entry (indented by four spaces).
+    pub fn start_with(test: &str, hosts: &[&str], routes: &str, gateway_env: &[(&str, &str)], bottle: &str) -> World {
         let ca = TestCa::new();
         let host_map: Vec<(&str, &str)> = hosts.iter().map(|h| (*h, "127.0.0.2")).collect();
         let mut env = TestEnv::new(
@@ -26,7 +31,7 @@ impl World {
                 hosts: &host_map,
                 routes,
                 extra_config: "upstream_ca_files: [test-ca.pem]",
-                ..Default::default()
+                extra_bottle: bottle,
             },
         );
         env.write_file("test-ca.pem", &ca.pem);
@@ -51,11 +56,27 @@ impl World {
 
     /// curl in the bottle: (status code, body).
     pub fn curl(&self, args: &[&str]) -> (String, String) {
-        let mut cmd = vec!["curl", "-sS", "-m", "10", "-w", "\n%{http_code}"];
+        curl_result(&self.run(&Self::curl_argv(args)))
+    }
+
+    /// curl in the bottle without waiting: finish it with `curl_result(&child.wait_with_output()?)`.
+    pub fn spawn_curl(&self, args: &[&str]) -> std::process::Child {
+        let vars: Vec<(&str, &str)> = self.trust.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.env.spawn_exec(&Self::curl_argv(args), &vars)
+    }
+
+    fn curl_argv<'a>(args: &[&'a str]) -> Vec<&'a str> {
+        let mut cmd = vec!["curl", "-sS", "-m", "60", "-w", "\n%{http_code}"];
         cmd.extend_from_slice(args);
-        let out = self.run(&cmd);
-        let text = stdout(&out);
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
-        (code.to_string(), body.to_string())
+        cmd
     }
 }
+
+/// (status code, body) of a finished curl started by `World`.
+pub fn curl_result(out: &Output) -> (String, String) {
+    let text = stdout(out);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (code.to_string(), body.to_string())
+}
+
+impl World {}

@@ -162,12 +162,18 @@ impl Config {
             if bottles.iter().any(|o| o.id == id && o.name != b.name) {
                 problems.push(format!("{field}.name"), "its id collides with another bottle's: rename it");
             }
+            // Paths in the supervise block are relative to this file, like routes.
+            let supervise = b.supervise.map(|mut s| {
+                s.queue_dir = s.queue_dir.map(|q| base.join(q));
+                s.db = s.db.map(|d| base.join(d));
+                s
+            });
             bottles.push(Bottle {
                 id,
                 name: b.name,
                 cgroup: b.cgroup,
                 routes: b.routes.map(|r| base.join(r)),
-                supervise: b.supervise,
+                supervise,
             });
         }
         if bottles.len() as u32 > egress_common::MAX_BOTTLES {

@@ -12,8 +12,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Flow, ProxyContext, scan, serve_stream, upstream::Body};
-use crate::dlp::InjectionVerdict;
 use crate::policy::{Decision, LogLevel, RequestHead, Route};
+use crate::{dlp::InjectionVerdict, supervise::HoldOutcome};
 
 /// The host the bottle asks to learn its own policy.
 const INTROSPECTION_HOST: &str = "_egress.local";
@@ -104,17 +104,46 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
         Ok(b) => b,
         Err((status, reason)) => return deny(&flow, log_level, status, &host, &method, &path, &reason),
     };
-    let outgoing =
-        scan::Outgoing { host: &host, path_and_query: &path_and_query, headers: &parts.headers, body: body.data };
-    let (path_and_query, client_headers, body_data) = match scan::outbound(&ctx.dlp, &route, outgoing) {
-        scan::Outbound::Forward { path_and_query, headers, body, warnings } => {
-            for w in warnings {
-                tracing::warn!(bottle = %flow.conn.bottle.config.name, host = %host, method = %method, path = %path, reason = %w, "egress_dlp_warn");
+    let supervisor = flow.conn.bottle.supervisor.clone();
+    let empty_safe = std::collections::HashSet::<String>::new();
+    let (path_and_query, client_headers, body_data) = loop {
+        let outgoing = scan::Outgoing {
+            host: &host,
+            method: method.as_str(),
+            path_and_query: &path_and_query,
+            headers: &parts.headers,
+            body: body.data.clone(),
+        };
+        let safe: &dyn crate::dlp::SafeSet = match &supervisor {
+            Some(s) => s.safe_set(),
+            None => &empty_safe,
+        };
+        match scan::outbound(&ctx.dlp, &route, outgoing, safe, supervisor.is_some()) {
+            scan::Outbound::Forward { path_and_query, headers, body, warnings } => {
+                for w in warnings {
+                    tracing::warn!(bottle = %flow.conn.bottle.config.name, host = %host, method = %method, path = %path, reason = %w, "egress_dlp_warn");
+                }
+                break (path_and_query, headers, body);
             }
-            (path_and_query, headers, body)
-        }
-        scan::Outbound::Refuse(status, reason) => {
-            return deny(&flow, log_level, status, &host, &method, &path, &reason);
+            scan::Outbound::Refuse(status, reason) => {
+                return deny(&flow, log_level, status, &host, &method, &path, &reason);
+            }
+            scan::Outbound::Hold { payload, value } => {
+                let supervisor = supervisor.as_ref().expect("holds only when supervised");
+                match supervisor.hold(payload, &value).await {
+                    // Approved: the value is in the safe set now; scan again, so a second
+                    // secret in the same request is held on its own.
+                    HoldOutcome::Approved => continue,
+                    HoldOutcome::Rejected(notes) => {
+                        let reason = format!("egress: rejected by the operator: {notes}");
+                        return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &method, &path, &reason);
+                    }
+                    HoldOutcome::Failed(why) => {
+                        let reason = format!("egress: request blocked: {why}");
+                        return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &method, &path, &reason);
+                    }
+                }
+            }
         }
     };
 

@@ -1,8 +1,6 @@
 //! The DLP phases of a request: the outbound scan of everything the agent sends (before
 //! credentials are injected) with the route's `block | redact | supervise` policy, and
 //! the inbound scan of responses for prompt injection.
-use std::collections::HashSet;
-
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
@@ -17,19 +15,29 @@ pub enum Outbound {
     Forward { path_and_query: String, headers: HeaderMap, body: Bytes, warnings: Vec<String> },
     /// Refuse with this status and one-line reason.
     Refuse(StatusCode, String),
+    /// Hold for the operator's decision on this value (shown as `payload`).
+    Hold { payload: crate::supervise::Payload, value: dlp::Secret },
 }
 
 /// The request as the agent sent it.
 pub struct Outgoing<'a> {
     pub host: &'a str,
+    pub method: &'a str,
     pub path_and_query: &'a str,
     pub headers: &'a HeaderMap,
     pub body: Bytes,
 }
 
-/// Scans the request and applies the route's policy. `supervise` has no hold yet and
-/// behaves as `block` (fail closed).
-pub fn outbound(engine: &dlp::Engine, route: &Route, req: Outgoing<'_>) -> Outbound {
+/// Scans the request and applies the route's policy. Under `supervise`, a finding with a
+/// value is held when the bottle has a supervise queue; without one it is a block (fail
+/// closed). Structural and unredactable findings are never held.
+pub fn outbound(
+    engine: &dlp::Engine,
+    route: &Route,
+    req: Outgoing<'_>,
+    safe: &dyn dlp::SafeSet,
+    supervised: bool,
+) -> Outbound {
     let encoding = req.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let decoded = match dlp::decode::decode_body(&encoding, &req.body) {
         Ok(d) => d,
@@ -46,7 +54,7 @@ pub fn outbound(engine: &dlp::Engine, route: &Route, req: Outgoing<'_>) -> Outbo
         .collect();
     let selection = dlp::Selection::from_names(route.dlp.outbound_detectors.as_deref());
     let request = dlp::Request { host: req.host, path, query, headers: &header_pairs, body: &decoded };
-    let findings = engine.scan_request(&request, selection, &HashSet::<String>::new());
+    let findings = engine.scan_request(&request, selection, safe);
     let warnings: Vec<String> = findings
         .iter()
         .filter(|f| f.severity == Severity::Warn)
@@ -65,12 +73,28 @@ pub fn outbound(engine: &dlp::Engine, route: &Route, req: Outgoing<'_>) -> Outbo
     let summary = format!("{} in {} ({})", first.reason, first.location, first.context);
     match route.dlp.on_match {
         OnMatch::Block => Outbound::Refuse(StatusCode::FORBIDDEN, format!("egress: request blocked: {summary}")),
-        OnMatch::Supervise => Outbound::Refuse(
+        OnMatch::Supervise if !supervised => Outbound::Refuse(
             StatusCode::FORBIDDEN,
             format!(
-                "egress: request blocked (supervise is not available on this gateway, so it acts as block): {summary}"
+                "egress: request blocked (supervise is not configured for this bottle, so it acts as block): {summary}"
             ),
         ),
+        OnMatch::Supervise => match blocking.iter().find(|f| f.matched.is_none() || !f.redactable) {
+            Some(f) => Outbound::Refuse(
+                StatusCode::FORBIDDEN,
+                format!("egress: request blocked, not approvable: {} in {} ({})", f.reason, f.location, f.context),
+            ),
+            None => Outbound::Hold {
+                payload: crate::supervise::Payload {
+                    host: req.host.to_string(),
+                    method: req.method.to_string(),
+                    path: path.to_string(),
+                    reason: format!("{} in {}", first.reason, first.location),
+                    context: first.context.clone(),
+                },
+                value: first.matched.clone().expect("checked above"),
+            },
+        },
         OnMatch::Redact => {
             if let Some(f) = blocking.iter().find(|f| !f.redactable) {
                 return Outbound::Refuse(

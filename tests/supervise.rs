@@ -1,0 +1,171 @@
+//! Supervise end to end: a request carrying a token waits for the operator; approve
+//! releases it and remembers the value; reject, timeout, a malformed response and a
+//! broken queue each give 403; other requests keep flowing meanwhile; no raw value is
+//! written to the queue or the logs.
+#![cfg(feature = "root-tests")]
+
+use std::{
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use egress_e2e::{
+    stderr, stdout,
+    world::{World, curl_result},
+};
+
+const ROUTES: &str = "log: 1\nroutes:\n  - host: api.upstream.test\n    dlp:\n      outbound_on_match: supervise\n";
+
+fn token(tag: char) -> String {
+    format!("ghp_{}", tag.to_string().repeat(36))
+}
+
+fn world(test: &str, timeout_seconds: u64) -> (World, PathBuf) {
+    let w = World::start_with(
+        test,
+        &["api.upstream.test"],
+        ROUTES,
+        &[],
+        &format!("    supervise:\n      queue_dir: queue\n      timeout_seconds: {timeout_seconds}\n"),
+    );
+    let queue = w.env.dir.join("queue");
+    (w, queue)
+}
+
+fn pending(w: &World) -> Vec<serde_json::Value> {
+    let out = w.env.cli(&["supervise", "list", "--json"]);
+    assert!(out.status.success(), "supervise list: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("list --json is a JSON array")
+}
+
+/// Waits for `n` pending proposals and returns them.
+fn wait_pending(w: &World, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = pending(w);
+        if list.len() >= n {
+            return list;
+        }
+        assert!(Instant::now() < deadline, "expected {n} pending proposals, have {}", list.len());
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts a curl in the bottle; `finish` waits for it and gives (code, body).
+fn held_curl(w: &World, body: String) -> std::process::Child {
+    w.spawn_curl(&["-d", &body, &w.url("api.upstream.test", "/v1/send")])
+}
+
+fn finish(child: std::process::Child) -> (String, String) {
+    curl_result(&child.wait_with_output().expect("curl"))
+}
+
+fn assert_no_raw_value(dir: &Path, w: &World, values: &[&str]) {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    assert!(!files.is_empty(), "the queue directory is empty");
+    for f in files {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+        for v in values {
+            assert!(!text.contains(v), "raw value in {}", f.display());
+        }
+    }
+    let log = w.env.gateway_log();
+    for v in values {
+        assert!(!log.contains(v), "raw value in the gateway log");
+    }
+}
+
+#[test]
+fn approve_releases_the_request_and_the_value_stays_approved() {
+    let (w, queue) = world("sup-approve", 60);
+    let first = token('A');
+    let held = held_curl(&w, format!("key={first}"));
+    let list = wait_pending(&w, 1);
+    let p = &list[0];
+    assert_eq!(p["bottle"], "e2e");
+    assert_eq!(p["tool"], "egress-token-allow");
+    assert_eq!(p["payload"]["host"], "api.upstream.test");
+    assert!(p["payload"]["reason"].as_str().unwrap().contains("GitHub personal access token"));
+    assert!(w.up.requests().is_empty(), "the held request reached the upstream");
+    let id = p["id"].as_str().unwrap().to_string();
+
+    // A reason is required.
+    let out = w.env.cli(&["supervise", "approve", &id, "--reason", " "]);
+    assert!(!out.status.success());
+    let out = w.env.cli(&["supervise", "approve", &id, "--reason", "deploy key for this service"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, body) = finish(held);
+    assert_eq!(code, "200", "{body}");
+    assert!(String::from_utf8_lossy(&w.up.requests()[0].body).contains(&first));
+
+    // The same value again: no new proposal.
+    let (code, _) = w.curl(&["-d", &format!("again={first}"), &w.url("api.upstream.test", "/v1/send")]);
+    assert_eq!(code, "200");
+    assert!(pending(&w).is_empty());
+
+    // That value plus a second token: held again, for the second one; reject it.
+    let second = token('B');
+    let held = held_curl(&w, format!("a={first}&b={second}"));
+    let list = wait_pending(&w, 1);
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    let out = w.env.cli(&["supervise", "reject", &id, "--reason", "not this one"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, body) = finish(held);
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("not this one"), "{body}");
+    // Deciding twice is an error that changes nothing.
+    let out = w.env.cli(&["supervise", "approve", &id, "--reason", "late"]);
+    assert!(!out.status.success());
+    assert_no_raw_value(&queue, &w, &[&first, &second]);
+}
+
+#[test]
+fn timeout_malformed_response_and_broken_queue_fail_closed() {
+    let (w, queue) = world("sup-fail", 2);
+    let (code, body) = w.curl(&["-m", "30", "-d", &token('C'), &w.url("api.upstream.test", "/v1/send")]);
+    assert_eq!(code, "403", "timeout: {body}");
+    assert!(body.contains("no operator decision"), "{body}");
+
+    let (w2, queue2) = world("sup-malformed", 60);
+    let held = held_curl(&w2, token('D'));
+    let id = wait_pending(&w2, 1)[0]["id"].as_str().unwrap().to_string();
+    std::fs::write(queue2.join(format!("{id}.response.json")), b"{\"status\": \"sure, why not\"}").unwrap();
+    let (code, body) = finish(held);
+    assert_eq!(code, "403", "malformed response: {body}");
+
+    // The queue disappears under the gateway: writing the proposal fails.
+    std::fs::remove_dir_all(&queue).unwrap();
+    let (code, body) = w.curl(&["-m", "30", "-d", &token('E'), &w.url("api.upstream.test", "/v1/send")]);
+    assert_eq!(code, "403", "broken queue: {body}");
+    assert!(body.contains("queue"), "{body}");
+    assert!(w.up.requests().is_empty() && w2.up.requests().is_empty());
+}
+
+#[test]
+fn a_hundred_requests_complete_while_one_is_held() {
+    let (w, _queue) = world("sup-flow", 60);
+    let held = held_curl(&w, token('F'));
+    let id = wait_pending(&w, 1)[0]["id"].as_str().unwrap().to_string();
+    let script = format!(
+        "import urllib.request\nok = 0\nfor i in range(100):\n    r = urllib.request.urlopen('{}', timeout=10)\n    ok += r.status == 200\nprint(ok)\n",
+        w.url("api.upstream.test", "/v1/other")
+    );
+    let out = w.run(&["python3", "-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "100");
+    let mut held = held;
+    assert!(held.try_wait().unwrap().is_none(), "the held request finished early");
+    assert!(w.env.cli(&["supervise", "approve", &id, "--reason", "fine"]).status.success());
+    assert_eq!(finish(held).0, "200");
+}
