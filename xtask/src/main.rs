@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
                 argv.push("--");
                 argv.extend(args.iter().map(String::as_str));
             }
-            cargo(&argv)
+            cargo_test_with_summary(&argv)
         }
         Task::Bench { name } => {
             bootstrap::run()?;
@@ -114,6 +114,38 @@ fn main() -> anyhow::Result<()> {
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Runs `cargo test`, passing its output through, and ends with one line totalling every
+/// test binary's results (`N passed, N failed`), so a reader need not add them up.
+fn cargo_test_with_summary(args: &[&str]) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let mut child =
+        Command::new(cargo).args(args).stdout(std::process::Stdio::piped()).spawn().context("running cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |label: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim().strip_suffix(label).and_then(|n| n.trim().rsplit(' ').next()?.parse::<u64>().ok())
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("{passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
 }
 
 /// Runs cargo with `args` and fails if it does.
