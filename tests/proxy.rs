@@ -5,22 +5,7 @@
 use egress_e2e::{stderr, stdout, upstream::TcpUpstream, world::World};
 
 /// The issue's example routes, verbatim.
-const ROUTES: &str = r#"log: 1
-routes:
-  - host: api.upstream.test
-    matches:
-      - paths: [{type: prefix, value: /v1/}]
-        methods: [GET, POST]
-  - host: git.upstream.test
-    git: {fetch: true}
-  - host: "*.cdn.upstream.test"
-    matches:
-      - methods: [GET]
-    auth_scheme: Bearer
-    token_env: EGRESS_TOKEN_CDN      # the gateway's own environment, never the bottle's
-tcp:
-  - upstream.test:18080
-"#;
+const ROUTES: &str = include_str!("../egress-gateway/testdata/demo-routes.yaml");
 
 const CDN_TOKEN: &str = "cdn-secret-4f1d9c2a7b";
 

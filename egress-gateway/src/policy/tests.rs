@@ -27,23 +27,8 @@ fn decide_with<'r>(
     }
 }
 
-const ISSUE3_EXAMPLE: &str = r#"# demo-routes.yaml
-log: 1
-routes:
-  - host: api.upstream.test
-    matches:
-      - paths: [{type: prefix, value: /v1/}]
-        methods: [GET, POST]
-  - host: git.upstream.test
-    git: {fetch: true}
-  - host: "*.cdn.upstream.test"
-    matches:
-      - methods: [GET]
-    auth_scheme: Bearer
-    token_env: EGRESS_TOKEN_CDN      # the gateway's own environment, never the bottle's
-tcp:
-  - upstream.test:18080
-"#;
+/// The TLS/HTTP issue's example routes file, verbatim (the e2e tests use it too).
+const ISSUE3_EXAMPLE: &str = include_str!("../../testdata/demo-routes.yaml");
 
 #[test]
 fn issue_examples_parse_as_written() {
