@@ -4,8 +4,12 @@ use std::process::Command;
 
 use egress_e2e::{gateway_bin, stderr, stdout};
 
+static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn check(files: &[(&str, &str)]) -> std::process::Output {
-    let dir = std::env::temp_dir().join(format!("egress-cli-{}-{}", std::process::id(), files[0].1.len()));
+    // One directory per call: tests run in parallel.
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("egress-cli-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     for (name, text) in files {
