@@ -25,7 +25,8 @@ fn conversation(size: usize) -> String {
 fn bench(c: &mut Criterion) {
     let known =
         KnownSecrets::new([("EGRESS_TOKEN_0".to_string(), "bench-known-secret-value-0123456789".to_string())], 12);
-    let engine = Engine::new(known, Vec::new()).unwrap();
+    // Worst case: every message scanned every time (no per-message verdict cache).
+    let engine = Engine::new(known, Vec::new()).unwrap().without_message_cache();
     let safe = HashSet::<String>::new();
     let sel = Selection::from_names(None);
     let mut group = c.benchmark_group("dlp_scan");
@@ -46,6 +47,32 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+
+    // The realistic case: the next turn of a 1 MB conversation (its history seen clean
+    // before) with the per-message cache on; a fresh new message every iteration.
+    let cached = Engine::new(KnownSecrets::default(), Vec::new()).unwrap();
+    let history = conversation(1024 * 1024);
+    let prime = Request { host: "api.test", path: "/", query: "", headers: &[], body: history.as_bytes() };
+    cached.scan_request(&prime, sel, &safe);
+    let mut turn = 0u64;
+    let mut group = c.benchmark_group("dlp_conversation_turn");
+    group.measurement_time(Duration::from_secs(5)).sample_size(10);
+    group.throughput(Throughput::Bytes(history.len() as u64));
+    group.bench_function("next_turn_of_1MB", |b| {
+        b.iter_batched(
+            || {
+                turn += 1;
+                let new = format!(",{{\"role\":\"user\",\"content\":\"turn {turn}: what about the tests?\"}}]}}");
+                format!("{}{new}", &history[..history.len() - 2])
+            },
+            |body| {
+                let req = Request { host: "api.test", path: "/", query: "", headers: &[], body: body.as_bytes() };
+                black_box(cached.scan_request(&req, sel, &safe))
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
     group.finish();
 }
 

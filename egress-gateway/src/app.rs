@@ -105,7 +105,7 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let ca = CertificateAuthority::load_or_create(&config.state_dir).context("loading the interception CA")?;
     let upstream = proxy::upstream::Upstream::new(resolver.clone(), &config.upstream_ca_files)
         .context("building the upstream TLS client")?;
-    let dlp = Arc::new(build_dlp(&bottles)?);
+    let dlp = Arc::new(build_dlp(&config.dlp, &bottles)?);
     tracing::info!(known_secrets = dlp.known_secrets().len(), "dlp engine ready");
     let proxy = Arc::new(proxy::ProxyContext { resolver: resolver.clone(), dlp, ca: Arc::new(ca), upstream });
 
@@ -161,16 +161,21 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     Ok(())
 }
 
-/// The DLP engine: built-in rules, and as known secrets every `EGRESS_TOKEN_*` variable,
-/// every variable named by a route's `token_env`, and every variable whose name starts
-/// with a prefix in `BOT_BOTTLE_SENSITIVE_PREFIXES` (comma-separated), bot-bottle's knob.
-fn build_dlp(bottles: &HashMap<u32, Arc<BottleState>>) -> anyhow::Result<crate::dlp::Engine> {
+/// The DLP engine: built-in rules plus the configured rules file, and as known secrets
+/// every `EGRESS_TOKEN_*` variable, every variable named by a route's `token_env`, and
+/// every variable whose name starts with a prefix in `dlp.sensitive_prefixes` or in
+/// `BOT_BOTTLE_SENSITIVE_PREFIXES` (comma-separated), bot-bottle's knob.
+fn build_dlp(
+    config: &config::DlpConfig,
+    bottles: &HashMap<u32, Arc<BottleState>>,
+) -> anyhow::Result<crate::dlp::Engine> {
     let mut prefixes: Vec<String> = std::env::var("BOT_BOTTLE_SENSITIVE_PREFIXES")
         .unwrap_or_default()
         .split(',')
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
         .collect();
+    prefixes.extend(config.sensitive_prefixes.iter().cloned());
     for b in bottles.values() {
         for route in b.routes().routes() {
             if let Some(auth) = &route.auth {
@@ -178,9 +183,14 @@ fn build_dlp(bottles: &HashMap<u32, Arc<BottleState>>) -> anyhow::Result<crate::
             }
         }
     }
-    let known =
-        crate::dlp::KnownSecrets::from_env(std::env::vars(), &prefixes, crate::dlp::known::DEFAULT_PARTIAL_MIN_LEN);
-    crate::dlp::Engine::new(known, Vec::new()).context("building the DLP engine")
+    let partial = config.partial_min_len.unwrap_or(crate::dlp::known::DEFAULT_PARTIAL_MIN_LEN);
+    let known = crate::dlp::KnownSecrets::from_env(std::env::vars(), &prefixes, partial);
+    let rules = match &config.rules {
+        Some(path) => crate::dlp::cli::load_rules(path)?,
+        None => Vec::new(),
+    };
+    tracing::info!(user_rules = rules.len(), "dlp rules loaded");
+    crate::dlp::Engine::new(known, rules).context("building the DLP engine")
 }
 
 fn reload(gw: &Gateway) {

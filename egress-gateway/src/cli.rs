@@ -121,6 +121,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            if let Some(path) = &config.dlp.rules {
+                match crate::dlp::cli::load_rules(path) {
+                    Ok(rules) => println!("dlp rules: {}: ok, {} rules", path.display(), rules.len()),
+                    Err(e) => {
+                        eprintln!("egress-gateway: error: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
             Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
         }
         Command::Doctor(args) => {

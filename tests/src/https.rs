@@ -79,6 +79,8 @@ pub struct Recorded {
 #[derive(Default)]
 struct Seen {
     requests: Mutex<Vec<Recorded>>,
+    /// Data messages received on `/ws`, as text.
+    ws_messages: Mutex<Vec<String>>,
     connections: AtomicUsize,
 }
 
@@ -133,9 +135,18 @@ impl HttpsUpstream {
     pub fn requests(&self) -> Vec<Recorded> {
         self.seen.requests.lock().unwrap().clone()
     }
+
+    /// WebSocket data messages received, as text.
+    pub fn ws_messages(&self) -> Vec<String> {
+        self.seen.ws_messages.lock().unwrap().clone()
+    }
 }
 
-type Body = Full<Bytes>;
+type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into()).boxed()
+}
 
 async fn handle(
     req: Request<Incoming>,
@@ -153,7 +164,7 @@ async fn handle(
 
     if req.uri().path() == "/ws" && headers.get("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
         seen.requests.lock().unwrap().push(Recorded { method, path_and_query, version, headers, body: Vec::new() });
-        return Ok(websocket_echo(req));
+        return Ok(websocket_echo(req, seen));
     }
 
     let (parts, body) = req.into_parts();
@@ -166,6 +177,9 @@ async fn handle(
         body: body.clone(),
     });
 
+    if parts.uri.path() == "/sse" {
+        return Ok(event_stream(String::from_utf8_lossy(&body).into_owned()));
+    }
     if let (Some(root), Some(rest)) = (git_root, parts.uri.path().strip_prefix("/git")) {
         return Ok(git_backend(&root, &parts, rest, body).await);
     }
@@ -176,13 +190,10 @@ async fn handle(
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
     });
-    Ok(Response::builder()
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(echo.to_string())))
-        .unwrap())
+    Ok(Response::builder().header("content-type", "application/json").body(full(echo.to_string())).unwrap())
 }
 
-fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
+fn websocket_echo(mut req: Request<Incoming>, seen: Arc<Seen>) -> Response<Body> {
     let key = req.headers().get("sec-websocket-key").cloned().unwrap_or_else(|| "".parse().unwrap());
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     tokio::spawn(async move {
@@ -198,6 +209,7 @@ fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
         let (mut tx, mut rx) = ws.split();
         while let Some(Ok(msg)) = rx.next().await {
             if msg.is_text() || msg.is_binary() {
+                seen.ws_messages.lock().unwrap().push(String::from_utf8_lossy(&msg.clone().into_data()).into_owned());
                 if tx.send(msg).await.is_err() {
                     break;
                 }
@@ -211,7 +223,31 @@ fn websocket_echo(mut req: Request<Incoming>) -> Response<Body> {
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
         .header("sec-websocket-accept", accept)
-        .body(Full::new(Bytes::new()))
+        .body(full(Bytes::new()))
+        .unwrap()
+}
+
+/// `/sse`: the request body split at `|` and streamed back as LLM-style token deltas,
+/// one server-sent event per piece, a little apart (so they cross chunk boundaries).
+fn event_stream(text: String) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        for piece in text.split('|') {
+            let data =
+                serde_json::json!({"type": "content_block_delta", "delta": {"type": "text_delta", "text": piece}});
+            if tx.send(Bytes::from(format!("event: content_block_delta\ndata: {data}\n\n"))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        let _ = tx.send(Bytes::from_static(b"event: message_stop\ndata: {}\n\n")).await;
+    });
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b)), rx))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(http_body_util::StreamBody::new(frames).boxed())
         .unwrap()
 }
 
@@ -239,7 +275,7 @@ async fn git_backend(root: &Path, parts: &http::request::Parts, path_info: &str,
         cmd.env("GIT_PROTOCOL", proto.to_str().unwrap_or(""));
     }
     let Ok(mut child) = cmd.spawn() else {
-        return Response::builder().status(500).body(Full::new(Bytes::from("git http-backend failed"))).unwrap();
+        return Response::builder().status(500).body(full("git http-backend failed")).unwrap();
     };
     let mut stdin = child.stdin.take().unwrap();
     tokio::spawn(async move {
@@ -251,7 +287,7 @@ async fn git_backend(root: &Path, parts: &http::request::Parts, path_info: &str,
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
     let split = split.or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
     let Some((end, sep)) = split else {
-        return Response::builder().status(500).body(Full::new(Bytes::from("bad CGI output"))).unwrap();
+        return Response::builder().status(500).body(full("bad CGI output")).unwrap();
     };
     let mut resp = Response::builder();
     for line in String::from_utf8_lossy(&raw[..end]).lines() {
@@ -264,7 +300,7 @@ async fn git_backend(root: &Path, parts: &http::request::Parts, path_info: &str,
             }
         }
     }
-    resp.body(Full::new(Bytes::copy_from_slice(&raw[end + sep..]))).unwrap()
+    resp.body(full(Bytes::copy_from_slice(&raw[end + sep..]))).unwrap()
 }
 
 /// Creates a bare repository `name.git` under `root` with one commit, for clone tests.

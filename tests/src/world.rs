@@ -23,18 +23,29 @@ impl World {
 
     /// As `start`, with extra lines in the bottle's entry (indented by four spaces).
     pub fn start_with(test: &str, hosts: &[&str], routes: &str, gateway_env: &[(&str, &str)], bottle: &str) -> World {
+        Self::start_full(test, hosts, routes, gateway_env, bottle, "", &[])
+    }
+
+    /// As `start_with`, plus extra top-level gateway.yaml lines and files written next to
+    /// it (name, contents) before the gateway starts.
+    pub fn start_full(
+        test: &str,
+        hosts: &[&str],
+        routes: &str,
+        gateway_env: &[(&str, &str)],
+        bottle: &str,
+        config: &str,
+        files: &[(&str, &str)],
+    ) -> World {
         let ca = TestCa::new();
+        let extra_config = format!("upstream_ca_files: [test-ca.pem]\n{config}");
         let host_map: Vec<(&str, &str)> = hosts.iter().map(|h| (*h, "127.0.0.2")).collect();
-        let mut env = TestEnv::new(
-            test,
-            EnvSpec {
-                hosts: &host_map,
-                routes,
-                extra_config: "upstream_ca_files: [test-ca.pem]",
-                extra_bottle: bottle,
-            },
-        );
+        let mut env =
+            TestEnv::new(test, EnvSpec { hosts: &host_map, routes, extra_config: &extra_config, extra_bottle: bottle });
         env.write_file("test-ca.pem", &ca.pem);
+        for (name, contents) in files {
+            env.write_file(name, contents);
+        }
         let git_root = env.dir.join("repos");
         std::fs::create_dir_all(&git_root).unwrap();
         make_git_repo(&git_root, "repo");
@@ -78,5 +89,3 @@ pub fn curl_result(out: &Output) -> (String, String) {
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
     (code.to_string(), body.to_string())
 }
-
-impl World {}

@@ -44,6 +44,22 @@ struct RawConfig {
     upstream_ca_files: Vec<PathBuf>,
     #[serde(default)]
     bottles: Vec<RawBottle>,
+    #[serde(default)]
+    dlp: DlpConfig,
+}
+
+/// The gateway-wide `dlp:` block.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlpConfig {
+    /// A gitleaks-format TOML file of extra token rules (relative to this file).
+    pub rules: Option<PathBuf>,
+    /// Variables whose names start with one of these are known secrets (added to
+    /// `BOT_BOTTLE_SENSITIVE_PREFIXES` and `EGRESS_TOKEN_*`).
+    #[serde(default)]
+    pub sensitive_prefixes: Vec<String>,
+    /// Shortest fragment of a known secret that counts as a leak.
+    pub partial_min_len: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +93,7 @@ pub struct Config {
     /// Extra roots for upstream TLS, resolved against the config file's directory.
     pub upstream_ca_files: Vec<PathBuf>,
     pub bottles: Vec<Bottle>,
+    pub dlp: DlpConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -180,6 +197,14 @@ impl Config {
             problems.push("bottles", format!("at most {} bottles", egress_common::MAX_BOTTLES));
         }
 
+        if raw.dlp.partial_min_len.is_some_and(|n| n < 8) {
+            problems.push("dlp.partial_min_len", "must be at least 8 (shorter fragments match everywhere)");
+        }
+        if raw.dlp.sensitive_prefixes.iter().any(|p| p.is_empty()) {
+            problems.push("dlp.sensitive_prefixes", "an empty prefix would make every variable a secret");
+        }
+        let dlp = DlpConfig { rules: raw.dlp.rules.map(|r| base.join(r)), ..raw.dlp };
+
         problems.finish(Config {
             source: Some(path.to_path_buf()),
             listen,
@@ -190,6 +215,7 @@ impl Config {
             hosts,
             upstream_ca_files: raw.upstream_ca_files.into_iter().map(|p| base.join(p)).collect(),
             bottles,
+            dlp,
         })
     }
 

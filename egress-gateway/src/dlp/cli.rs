@@ -3,11 +3,8 @@
 //! when something was found. Also loads user rules in gitleaks' TOML format.
 use std::{io::Read, path::PathBuf, process::ExitCode};
 
+use super::{Engine, KnownSecrets, Location, Selection, gitleaks::UserRule, known::DEFAULT_PARTIAL_MIN_LEN};
 use anyhow::Context;
-use regex::Regex;
-use serde::Deserialize;
-
-use super::{Engine, KnownSecrets, Location, Selection, known::DEFAULT_PARTIAL_MIN_LEN};
 
 #[derive(Debug, clap::Args)]
 pub struct DlpArgs {
@@ -33,57 +30,10 @@ pub enum DlpCommand {
     },
 }
 
-/// A user rule, compiled.
-pub struct UserRule {
-    pub id: String,
-    pub regex: Regex,
-    pub keywords: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct GitleaksFile {
-    #[serde(default)]
-    rules: Vec<GitleaksRule>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct GitleaksRule {
-    id: String,
-    regex: Option<String>,
-    #[serde(default)]
-    keywords: Vec<String>,
-    #[allow(dead_code)]
-    description: Option<String>,
-    #[allow(dead_code)]
-    secret_group: Option<usize>,
-    #[allow(dead_code)]
-    entropy: Option<f64>,
-    #[allow(dead_code)]
-    allowlists: Option<toml::Value>,
-    #[allow(dead_code)]
-    allowlist: Option<toml::Value>,
-    #[allow(dead_code)]
-    tags: Option<Vec<String>>,
-    #[allow(dead_code)]
-    path: Option<String>,
-}
-
-/// Parses a gitleaks TOML rule file; errors name the rule id and why.
+/// Reads and compiles a gitleaks TOML rule file; errors name the file, the rule and why.
 pub fn load_rules(path: &std::path::Path) -> anyhow::Result<Vec<UserRule>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: GitleaksFile =
-        toml::from_str(&text).with_context(|| format!("{}: invalid rules file", path.display()))?;
-    let mut out = Vec::new();
-    for r in file.rules {
-        let pattern = r.regex.with_context(|| {
-            format!("{}: rule {}: no regex (path-only rules do not apply to traffic)", path.display(), r.id)
-        })?;
-        let regex =
-            Regex::new(&pattern).with_context(|| format!("{}: rule {}: invalid regex", path.display(), r.id))?;
-        out.push(UserRule { id: r.id, regex, keywords: r.keywords });
-    }
-    Ok(out)
+    Ok(super::gitleaks::parse(&path.display().to_string(), &text)?)
 }
 
 pub fn run(args: DlpArgs) -> anyhow::Result<ExitCode> {

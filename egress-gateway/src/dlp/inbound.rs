@@ -44,17 +44,30 @@ const WEAK: &[(&str, &str)] = &[
 static STRONG_SET: LazyLock<RegexSet> = LazyLock::new(|| RegexSet::new(STRONG.iter().map(|(r, _)| *r)).expect("valid"));
 static WEAK_SET: LazyLock<RegexSet> = LazyLock::new(|| RegexSet::new(WEAK.iter().map(|(r, _)| *r)).expect("valid"));
 
+/// The injection signals in one text (normalised first).
+pub struct Signals {
+    pub strong: Option<&'static str>,
+    pub weak: Vec<&'static str>,
+}
+
+pub fn signals(text: &str) -> Signals {
+    let text = normalize(text);
+    Signals {
+        strong: STRONG_SET.matches(&text).iter().next().map(|i| STRONG[i].1),
+        weak: WEAK_SET.matches(&text).iter().map(|i| WEAK[i].1).collect(),
+    }
+}
+
 /// Scans response text. Several weak signals together count as strong.
 pub fn scan_inbound(text: &str) -> InjectionVerdict {
-    let text = normalize(text);
-    if let Some(i) = STRONG_SET.matches(&text).iter().next() {
-        return InjectionVerdict::Block(format!("naive_injection_detection: {}", STRONG[i].1));
+    let s = signals(text);
+    if let Some(strong) = s.strong {
+        return InjectionVerdict::Block(format!("naive_injection_detection: {strong}"));
     }
-    let weak: Vec<&str> = WEAK_SET.matches(&text).iter().map(|i| WEAK[i].1).collect();
-    match weak.len() {
+    match s.weak.len() {
         0 => InjectionVerdict::Clean,
-        1 => InjectionVerdict::Warn(format!("naive_injection_detection: {}", weak[0])),
-        _ => InjectionVerdict::Block(format!("naive_injection_detection: {}", weak.join(", "))),
+        1 => InjectionVerdict::Warn(format!("naive_injection_detection: {}", s.weak[0])),
+        _ => InjectionVerdict::Block(format!("naive_injection_detection: {}", s.weak.join(", "))),
     }
 }
 

@@ -32,6 +32,9 @@ pub struct KnownSecrets {
     /// Letters and digits only, for the separator-insertion pass.
     projections: Option<AhoCorasick>,
     projection_owner: Vec<usize>,
+    /// Length of the longest encoded form: how much of a stream must be held back so no
+    /// occurrence is cut in two.
+    longest_form: usize,
 }
 
 impl std::fmt::Debug for KnownSecrets {
@@ -97,6 +100,7 @@ impl KnownSecrets {
             })
         };
         KnownSecrets {
+            longest_form: patterns.iter().map(String::len).max().unwrap_or(0),
             matcher: build(&patterns),
             projections: build(&projections),
             names,
@@ -112,6 +116,10 @@ impl KnownSecrets {
 
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
+    }
+
+    pub fn longest_form(&self) -> usize {
+        self.longest_form
     }
 
     /// Every occurrence in `text`.

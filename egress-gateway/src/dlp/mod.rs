@@ -3,10 +3,13 @@
 //! find prompt-injection text in responses. Pure: no I/O, no async.
 pub mod cli;
 pub mod decode;
+pub mod gitleaks;
 mod inbound;
 pub mod known;
 mod normalize;
 mod rules;
+mod segments;
+pub mod stream;
 
 use std::{collections::HashSet, fmt, sync::Arc};
 
@@ -67,6 +70,8 @@ pub enum Location {
     Query,
     Header(String),
     Body,
+    /// A client-to-server WebSocket message.
+    WebSocket,
 }
 
 impl fmt::Display for Location {
@@ -77,6 +82,7 @@ impl fmt::Display for Location {
             Location::Query => f.write_str("query"),
             Location::Header(h) => write!(f, "header {h}"),
             Location::Body => f.write_str("body"),
+            Location::WebSocket => f.write_str("websocket message"),
         }
     }
 }
@@ -118,11 +124,25 @@ impl Selection {
             },
         }
     }
+
+    /// A compact key for caches of per-selection verdicts.
+    fn bits(self) -> u8 {
+        self.token_patterns as u8 | (self.known_secrets as u8) << 1 | (self.entropy as u8) << 2
+    }
 }
 
 /// Values an operator approved; matches of them are skipped.
 pub trait SafeSet {
     fn contains(&self, value: &str) -> bool;
+}
+
+/// The empty safe set.
+pub struct NoneSafe;
+
+impl SafeSet for NoneSafe {
+    fn contains(&self, _: &str) -> bool {
+        false
+    }
 }
 
 impl SafeSet for HashSet<String> {
@@ -146,6 +166,32 @@ struct Rule {
     id: &'static str,
     name: &'static str,
     regex: Regex,
+    /// For user rules: gitleaks' `secretGroup`, `entropy` and allowlists.
+    secret_group: Option<usize>,
+    min_entropy: Option<f64>,
+    allowlists: Vec<gitleaks::Allowlist>,
+}
+
+impl Rule {
+    /// The secret in one match, unless the rule's own filters let it through.
+    fn secret<'t>(&self, caps: &regex::Captures<'t>, text: &'t str) -> Option<regex::Match<'t>> {
+        let m = match self.secret_group {
+            Some(g) => caps.get(g)?,
+            None => caps.get(1).or_else(|| caps.get(0))?,
+        };
+        if self.min_entropy.is_some_and(|min| shannon(m.as_str()) < min) {
+            return None;
+        }
+        if !self.allowlists.is_empty() {
+            let whole = caps.get(0).map_or("", |w| w.as_str());
+            let line_start = text[..m.start()].rfind('\n').map_or(0, |i| i + 1);
+            let line_end = text[m.end()..].find('\n').map_or(text.len(), |i| m.end() + i);
+            if self.allowlists.iter().any(|a| a.allows(m.as_str(), whole, &text[line_start..line_end])) {
+                return None;
+            }
+        }
+        Some(m)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,11 +208,14 @@ pub struct Engine {
     keyword_rule: Vec<usize>,
     always: Vec<usize>,
     known: KnownSecrets,
+    /// Conversation messages already seen clean; `None` scans every message every time
+    /// (benchmarks of the worst case).
+    clean: Option<segments::CleanCache>,
 }
 
 impl Engine {
     /// The built-in rules plus `extra` (user rules), and the known secrets.
-    pub fn new(known: KnownSecrets, extra: Vec<cli::UserRule>) -> Result<Engine, EngineError> {
+    pub fn new(known: KnownSecrets, extra: Vec<gitleaks::UserRule>) -> Result<Engine, EngineError> {
         let mut rules = Vec::new();
         let mut keyword_list: Vec<String> = Vec::new();
         let mut keyword_rule = Vec::new();
@@ -175,7 +224,14 @@ impl Engine {
             let regex =
                 Regex::new(def.regex).map_err(|e| EngineError::Rule { id: def.id.into(), reason: e.to_string() })?;
             let idx = rules.len();
-            rules.push(Rule { id: def.id, name: def.name, regex });
+            rules.push(Rule {
+                id: def.id,
+                name: def.name,
+                regex,
+                secret_group: None,
+                min_entropy: None,
+                allowlists: Vec::new(),
+            });
             if def.keywords.is_empty() {
                 always.push(idx);
             }
@@ -187,7 +243,14 @@ impl Engine {
         for user in extra {
             let idx = rules.len();
             let id: &'static str = Box::leak(user.id.into_boxed_str());
-            rules.push(Rule { id, name: id, regex: user.regex });
+            rules.push(Rule {
+                id,
+                name: id,
+                regex: user.regex,
+                secret_group: user.secret_group,
+                min_entropy: user.min_entropy,
+                allowlists: user.allowlists,
+            });
             if user.keywords.is_empty() {
                 always.push(idx);
             }
@@ -200,7 +263,13 @@ impl Engine {
             .ascii_case_insensitive(true)
             .build(&keyword_list)
             .map_err(|e| EngineError::Rule { id: "keywords".into(), reason: e.to_string() })?;
-        Ok(Engine { rules, keywords, keyword_rule, always, known })
+        Ok(Engine { rules, keywords, keyword_rule, always, known, clean: Some(segments::CleanCache::default()) })
+    }
+
+    /// The same engine without the per-message cache: every scan pays full price.
+    pub fn without_message_cache(mut self) -> Engine {
+        self.clean = None;
+        self
     }
 
     pub fn known_secrets(&self) -> &KnownSecrets {
@@ -230,22 +299,39 @@ impl Engine {
             self.scan_surface(value, Location::Header(name.clone()), sel, safe, &mut out);
         }
         let body = String::from_utf8_lossy(req.body);
-        self.scan_surface(&body, Location::Body, sel, safe, &mut out);
-        if sel.entropy {
-            for (start, end) in high_entropy_runs(&body) {
-                out.push(Finding {
-                    rule_id: "entropy".into(),
-                    reason: "entropy: high-entropy string".into(),
-                    location: Location::Body,
-                    span: (start, end),
-                    context: context(&body, start, end),
-                    severity: Severity::Warn,
-                    redactable: true,
-                    matched: Some(Secret::new(&body[start..end])),
-                });
+        self.scan_body(&body, sel, safe, &mut out);
+        out
+    }
+
+    /// Scans a body; a conversation body message by message, skipping the messages an
+    /// earlier request already showed to be clean (see `segments`).
+    fn scan_body(&self, body: &str, sel: Selection, safe: &dyn SafeSet, out: &mut Vec<Finding>) {
+        let Some(messages) = segments::conversation_messages(body) else {
+            self.scan_surface(body, Location::Body, sel, safe, out);
+            return;
+        };
+        let mut parts: Vec<(std::ops::Range<usize>, bool)> = messages.iter().map(|r| (r.clone(), true)).collect();
+        parts.extend(segments::gaps(body.len(), &messages).into_iter().map(|r| (r, false)));
+        for (range, is_message) in parts {
+            let text = &body[range.clone()];
+            let cache = self.clean.as_ref().filter(|_| is_message && segments::CleanCache::cacheable(text));
+            if cache.is_some_and(|c| c.is_clean(text, sel.bits())) {
+                continue;
+            }
+            // Scanned without the safe set, so only a text with no match at all is cached.
+            let mut found = Vec::new();
+            self.scan_surface(text, Location::Body, sel, &NoneSafe, &mut found);
+            if let Some(c) = cache.filter(|_| found.is_empty()) {
+                c.mark_clean(text, sel.bits());
+            }
+            for mut f in found {
+                if f.matched.as_ref().is_some_and(|m| safe.contains(m.expose())) {
+                    continue;
+                }
+                f.span = (f.span.0 + range.start, f.span.1 + range.start);
+                out.push(f);
             }
         }
-        out
     }
 
     /// Scans one text surface: as written, and normalised (Unicode evasion and encodings
@@ -292,7 +378,7 @@ impl Engine {
             for idx in candidates {
                 let rule = &self.rules[idx];
                 for caps in rule.regex.captures_iter(text) {
-                    let Some(m) = caps.get(1).or_else(|| caps.get(0)) else { continue };
+                    let Some(m) = rule.secret(&caps, text) else { continue };
                     let value = m.as_str();
                     if safe.contains(value) || rules::PLACEHOLDERS.contains(&value) {
                         continue;
@@ -324,6 +410,27 @@ impl Engine {
                     severity: Severity::Block,
                     redactable: redactable && hit.redactable,
                     matched: Some(hit.secret),
+                });
+            }
+        }
+        if sel.entropy {
+            for (start, end) in high_entropy_runs(text) {
+                if out.iter().any(|f| f.location == *loc && f.span.0 < end && start < f.span.1) {
+                    continue; // already a finding of a precise detector
+                }
+                let value = &text[start..end];
+                if safe.contains(value) {
+                    continue;
+                }
+                out.push(Finding {
+                    rule_id: "entropy".into(),
+                    reason: "entropy: high-entropy string".into(),
+                    location: loc.clone(),
+                    span: (start, end),
+                    context: context(text, start, end),
+                    severity: Severity::Warn,
+                    redactable,
+                    matched: Some(Secret::new(value)),
                 });
             }
         }

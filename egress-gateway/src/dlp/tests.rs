@@ -258,3 +258,42 @@ fn selection_follows_route_names() {
     );
     assert!(found.is_empty());
 }
+
+/// An LLM chat body: `turns` earlier messages, each long enough to be cached, then `last`.
+fn conversation(turns: usize, last: &str) -> String {
+    let mut messages: Vec<serde_json::Value> = (0..turns)
+        .map(|i| serde_json::json!({"role": "user", "content": format!("turn {i}: {}", "lorem ipsum ".repeat(30))}))
+        .collect();
+    messages.push(serde_json::json!({"role": "user", "content": last}));
+    serde_json::json!({"model": "m", "messages": messages}).to_string()
+}
+
+#[test]
+fn conversation_messages_seen_clean_are_skipped_but_new_secrets_are_caught() {
+    let engine = engine_with(&[]);
+    let none = HashSet::new();
+    assert!(scan_body(&engine, &conversation(5, "hello"), &none).is_empty());
+    // The same history plus a secret in the new message: caught, at the right offset.
+    let token = format!("ghp_{}", "aB3dE5fG7hJ9kL2mN4pQ6rS8tU1vW3xY5zA7");
+    let body = conversation(5, &format!("here {token}"));
+    let found = scan_body(&engine, &body, &none);
+    assert_eq!(found.len(), 1);
+    assert_eq!(&body[found[0].span.0..found[0].span.1], token);
+    // A secret inside an old, cached-looking message is still caught: a changed message
+    // is a different text.
+    let mut body: serde_json::Value = serde_json::from_str(&conversation(5, "hi")).unwrap();
+    body["messages"][2]["content"] = serde_json::Value::String(format!("{} {token}", "lorem ipsum ".repeat(30)));
+    assert_eq!(scan_body(&engine, &body.to_string(), &none).len(), 1);
+}
+
+#[test]
+fn a_message_clean_only_thanks_to_the_safe_set_is_not_cached() {
+    let engine = engine_with(&[]);
+    let token = format!("ghp_{}", "aB3dE5fG7hJ9kL2mN4pQ6rS8tU1vW3xY5zA7");
+    let body = conversation(0, &format!("{} {token}", "lorem ipsum ".repeat(30)));
+    let approved: HashSet<String> = [token.clone()].into();
+    assert!(scan_body(&engine, &body, &approved).is_empty());
+    // The approval was for that scan only (a `once` approval, say): without it the
+    // same message is caught again.
+    assert_eq!(scan_body(&engine, &body, &HashSet::new()).len(), 1);
+}

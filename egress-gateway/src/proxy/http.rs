@@ -11,7 +11,10 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Flow, ProxyContext, scan, serve_stream, upstream::Body};
+use super::{
+    Flow, ProxyContext, scan, serve_stream,
+    upstream::{Body, BoxError},
+};
 use crate::policy::{Decision, LogLevel, RequestHead, Route};
 use crate::{dlp::InjectionVerdict, supervise::HoldOutcome};
 
@@ -183,7 +186,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
             let reason = "egress: this connection cannot be upgraded";
             return deny(&flow, log_level, StatusCode::BAD_REQUEST, &host, &method, &path, reason);
         };
-        return websocket(&ctx, &flow, &host, uri, headers, client_upgrade, log_level).await;
+        return websocket(&ctx, &flow, &route, uri, headers, client_upgrade, log_level).await;
     }
     let client_h2 = parts.version == http::Version::HTTP_2;
     parts.uri = uri;
@@ -205,8 +208,10 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     if log_level >= LogLevel::Full {
         tracing::info!(host = %host, method = %method, path = %path, status = parts.status.as_u16(), "egress_response");
     }
-    if !scan::inbound_scannable(&route, &parts.headers) {
-        return Response::from_parts(parts, body.boxed());
+    match scan::inbound_mode(&route, &parts.headers) {
+        scan::InboundMode::Skip => return Response::from_parts(parts, body.map_err(Into::into).boxed()),
+        scan::InboundMode::Stream { sse } => return stream_response(&ctx, &flow, &host, &path, parts, body, sse),
+        scan::InboundMode::Buffer => {}
     }
     let data = match body.collect().await {
         Ok(c) => c.to_bytes(),
@@ -237,6 +242,92 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     }
 }
 
+/// A response too long or open-ended to buffer (server-sent events, chunked, large):
+/// decoded and scanned as it passes. A block cuts the stream (an SSE client first gets
+/// an `egress-blocked` event saying why) and is logged.
+fn stream_response(
+    ctx: &ProxyContext,
+    flow: &Flow,
+    host: &str,
+    path: &str,
+    mut parts: http::response::Parts,
+    mut body: Incoming,
+    sse: bool,
+) -> Response<Body> {
+    let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mut decoder = match crate::dlp::decode::StreamDecoder::new(encoding) {
+        Ok(d) => d,
+        Err(e) => {
+            let reason = format!("egress: response cannot be scanned: {e}");
+            return deny(flow, LogLevel::Blocks, StatusCode::BAD_GATEWAY, host, &Method::GET, path, &reason);
+        }
+    };
+    // Sent decoded, and chunked: redaction may change the length.
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut scanner = crate::dlp::stream::ResponseStream::new(ctx.dlp.clone(), sse);
+    let (bottle, host, path) = (flow.conn.bottle.config.name.clone(), host.to_string(), path.to_string());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, BoxError>>(8);
+    tokio::spawn(async move {
+        let cut = |reason: String| {
+            tracing::warn!(bottle = %bottle, host = %host, path = %path, decision = "deny", reason = %reason, "egress_block");
+            reason
+        };
+        let mut trailers = None;
+        let verdict = loop {
+            let data = match body.frame().await {
+                None => break scanner.finish(),
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => {
+                        trailers = frame.into_trailers().ok();
+                        continue;
+                    }
+                },
+            };
+            let decoded = match decoder.as_mut().map(|d| d.push(&data)) {
+                None => data.to_vec(),
+                Some(Ok(d)) => d,
+                Some(Err(e)) => break Err(crate::dlp::stream::Blocked(format!("response cannot be scanned: {e}"))),
+            };
+            match scanner.push(&decoded) {
+                Ok(out) if out.is_empty() => {}
+                Ok(out) => {
+                    if tx.send(Ok(hyper::body::Frame::data(Bytes::from(out)))).await.is_err() {
+                        return;
+                    }
+                }
+                Err(blocked) => break Err(blocked),
+            }
+            for w in scanner.warnings.drain(..) {
+                tracing::warn!(bottle = %bottle, host = %host, path = %path, reason = %w, "egress_inbound_warn");
+            }
+        };
+        match verdict {
+            Ok(rest) => {
+                let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from(rest)))).await;
+                if let Some(t) = trailers {
+                    let _ = tx.send(Ok(hyper::body::Frame::trailers(t))).await;
+                }
+            }
+            Err(crate::dlp::stream::Blocked(reason)) => {
+                let reason = cut(format!("egress: response blocked: {reason}"));
+                if sse {
+                    let event = format!("event: egress-blocked\ndata: {reason}\n\n");
+                    let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from(event)))).await;
+                }
+                let _ = tx.send(Err(reason.into())).await;
+            }
+        }
+    });
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    Response::from_parts(parts, http_body_util::StreamBody::new(frames).boxed())
+}
+
 /// Largest request body the gateway buffers; larger ones are refused (413).
 pub const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;
 
@@ -249,7 +340,7 @@ pub struct BufferedBody {
 impl BufferedBody {
     fn into_body(self) -> Body {
         let frames = [Some(hyper::body::Frame::data(self.data)), self.trailers.map(hyper::body::Frame::trailers)];
-        let stream = futures_util::stream::iter(frames.into_iter().flatten().map(Ok::<_, hyper::Error>));
+        let stream = futures_util::stream::iter(frames.into_iter().flatten().map(Ok::<_, BoxError>));
         http_body_util::StreamBody::new(stream).boxed()
     }
 }
@@ -359,7 +450,7 @@ async fn connect(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>
 async fn websocket(
     ctx: &ProxyContext,
     flow: &Flow,
-    host: &str,
+    route: &Route,
     uri: Uri,
     mut headers: HeaderMap,
     client_upgrade: hyper::upgrade::OnUpgrade,
@@ -367,6 +458,7 @@ async fn websocket(
 ) -> Response<Body> {
     let method = Method::GET;
     let path = uri.path().to_string();
+    let host = uri.host().unwrap_or_default();
     // Ask for the upgrade explicitly: the hop-by-hop copies were dropped above.
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -396,7 +488,7 @@ async fn websocket(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        return Response::from_parts(parts, body.boxed());
+        return Response::from_parts(parts, body.map_err(Into::into).boxed());
     }
     let mut client_resp = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
     for (name, value) in resp.headers() {
@@ -406,16 +498,21 @@ async fn websocket(
         }
     }
     let upstream_upgrade = hyper::upgrade::on(resp);
+    let scanning = super::websocket::Scanning {
+        engine: ctx.dlp.clone(),
+        selection: crate::dlp::Selection::from_names(route.dlp.outbound_detectors.as_deref()),
+        on_match: route.dlp.on_match,
+        inbound: scan::injection_detection_enabled(route),
+        bottle: flow.conn.bottle.clone(),
+        host: host.to_string(),
+        path: path.clone(),
+    };
     tokio::spawn(async move {
         let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
             tracing::debug!("websocket upgrade did not complete");
             return;
         };
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok((up, down)) => tracing::info!(bytes_up = up, bytes_down = down, "websocket closed"),
-            Err(e) => tracing::debug!(error = %e, "websocket ended with an error"),
-        }
+        super::websocket::relay(TokioIo::new(client), TokioIo::new(upstream), scanning).await;
     });
     tracing::info!(host = %host, path = %path, decision = "allow", "websocket upgraded");
     client_resp.body(empty()).expect("valid response")

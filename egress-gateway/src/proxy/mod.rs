@@ -11,6 +11,8 @@ mod scan;
 mod sniff;
 mod tls;
 pub mod upstream;
+mod websocket;
+mod ws_frame;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

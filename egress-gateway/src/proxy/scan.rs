@@ -163,23 +163,42 @@ fn redact(
     Outbound::Forward { path_and_query, headers: new_headers, body: Bytes::from(new_body.into_bytes()), warnings }
 }
 
-/// Largest response the inbound scan buffers; larger or streamed responses pass unscanned.
-pub const MAX_SCANNED_RESPONSE: u64 = 4 * 1024 * 1024;
+/// Largest response the inbound scan buffers whole (a block is then a clean 403);
+/// larger, chunked and event-stream responses are scanned as they stream.
+pub const MAX_BUFFERED_RESPONSE: u64 = 4 * 1024 * 1024;
 
-/// Whether a response is one the inbound scan reads: textual and of known, bounded size.
-pub fn inbound_scannable(route: &Route, headers: &HeaderMap) -> bool {
-    let enabled =
-        route.dlp.inbound_detectors.as_ref().is_none_or(|d| d.iter().any(|n| n == "naive_injection_detection"));
-    let textual = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
-        let ct = ct.to_ascii_lowercase();
+/// How the inbound phase reads a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundMode {
+    /// Not scanned: the route turned inbound detection off, or the body is binary.
+    Skip,
+    /// Read whole, then scanned.
+    Buffer,
+    /// Scanned as it passes; `sse` releases it event by event.
+    Stream { sse: bool },
+}
+
+pub fn inbound_mode(route: &Route, headers: &HeaderMap) -> InboundMode {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
+    // No content type: the agent will read it as text, so it is scanned as text.
+    let textual = content_type.as_deref().is_none_or(|ct| {
         ct.starts_with("text/") || ct.contains("json") || ct.contains("xml") || ct.contains("javascript")
     });
+    if !injection_detection_enabled(route) || !textual {
+        return InboundMode::Skip;
+    }
+    let sse = content_type.as_deref().is_some_and(|ct| ct.starts_with("text/event-stream"));
     let bounded = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n <= MAX_SCANNED_RESPONSE);
-    enabled && textual && bounded
+        .is_some_and(|n| n <= MAX_BUFFERED_RESPONSE);
+    if bounded && !sse { InboundMode::Buffer } else { InboundMode::Stream { sse } }
+}
+
+/// Whether the route runs `naive_injection_detection` on what comes back.
+pub fn injection_detection_enabled(route: &Route) -> bool {
+    route.dlp.inbound_detectors.as_ref().is_none_or(|d| d.iter().any(|n| n == "naive_injection_detection"))
 }
 
 /// What the inbound phase decided about a buffered response.

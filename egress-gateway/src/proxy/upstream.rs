@@ -24,7 +24,9 @@ use hyper_util::{
 
 use crate::resolve::{ResolveError, Resolver};
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, BoxError>;
+/// A body error: the upstream's, or the gateway cutting a stream it refused.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
