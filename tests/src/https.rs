@@ -247,7 +247,7 @@ fn event_stream(text: String) -> Response<Body> {
     });
     Response::builder()
         .header("content-type", "text/event-stream")
-        .body(http_body_util::StreamBody::new(frames).boxed())
+        .body(BodyExt::boxed(http_body_util::StreamBody::new(frames)))
         .unwrap()
 }
 

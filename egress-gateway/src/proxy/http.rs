@@ -243,8 +243,8 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
 }
 
 /// A response too long or open-ended to buffer (server-sent events, chunked, large):
-/// decoded and scanned as it passes. A block cuts the stream (an SSE client first gets
-/// an `egress-blocked` event saying why) and is logged.
+/// decoded and scanned as it passes. A block cuts the stream and is logged: an SSE
+/// client gets a last `egress-blocked` event saying why, other bodies end with an error.
 fn stream_response(
     ctx: &ProxyContext,
     flow: &Flow,
@@ -317,10 +317,13 @@ fn stream_response(
             Err(crate::dlp::stream::Blocked(reason)) => {
                 let reason = cut(format!("egress: response blocked: {reason}"));
                 if sse {
+                    // The event is the last thing the client gets; the stream then ends
+                    // (an error right after it could drop it unflushed).
                     let event = format!("event: egress-blocked\ndata: {reason}\n\n");
                     let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from(event)))).await;
+                } else {
+                    let _ = tx.send(Err(reason.into())).await;
                 }
-                let _ = tx.send(Err(reason.into())).await;
             }
         }
     });
