@@ -18,6 +18,7 @@ routes:
     auth_scheme: Bearer
     token_env: EGRESS_TOKEN_CRED
     dlp: {outbound_on_match: block}
+  - host: "*.cdn.upstream.test"
   - host: entropy.upstream.test
     dlp:
       outbound_on_match: block
@@ -297,4 +298,27 @@ fn user_rules_from_gateway_yaml_apply_and_check_reports_them() {
     let out = check(&w.env.config_path);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("rule broken: invalid regex"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_secret_in_a_host_name_is_refused_and_never_logged() {
+    let w = world("dlp-hostname");
+    // Allowed by the wildcard route, but the label is the injected credential.
+    let name = format!("{CRED}.cdn.upstream.test");
+    let resolve = format!("{name}:{}:127.0.0.2", w.up.port());
+    let out = w.run(&["curl", "-sS", "-m", "10", "--resolve", &resolve, &w.url(&name, "/x")]);
+    assert!(!out.status.success(), "TLS with that server name went through");
+    // Plain HTTP by address with the name in Host: 403 before any resolution.
+    let (code, reason) = w.curl(&["-H", &format!("Host: {name}"), "http://127.0.0.2:80/x"]);
+    assert_eq!(code, "403", "{reason}");
+    assert!(reason.contains("carries data"), "{reason}");
+    // And the bottle's DNS answers NXDOMAIN.
+    let py = format!(
+        "import socket\ntry:\n  socket.gethostbyname('{name}'); print('resolved')\nexcept OSError: print('nxdomain')"
+    );
+    let out = w.run(&["python3", "-c", &py]);
+    assert_eq!(egress_e2e::stdout(&out).trim(), "nxdomain");
+    assert!(w.up.requests().is_empty());
+    w.env.wait_for_log("carries data");
+    assert_never_logged(&w, &[CRED]);
 }

@@ -44,7 +44,8 @@ async fn answer(packet: &[u8], peer: SocketAddr, gw: &Gateway) -> Option<Vec<u8>
         Err(wire::ParseError::Malformed) => return wire::error_reply(packet, wire::Rcode::FormErr),
     };
     let Some(bottle) = gw.maps.dns_client_bottle(peer.port()).and_then(|id| gw.bottle_by_id(id)) else {
-        tracing::warn!(client = %peer, name = %query.name, "dns query from an unknown client refused");
+        let name = crate::dlp::hostname::loggable(&gw.proxy.dlp, &query.name);
+        tracing::warn!(client = %peer, name = %name, "dns query from an unknown client refused");
         return Some(wire::reply(&query, wire::Rcode::Refused, &[]));
     };
     if query.name == INTROSPECTION_NAME {
@@ -54,16 +55,17 @@ async fn answer(packet: &[u8], peer: SocketAddr, gw: &Gateway) -> Option<Vec<u8>
     }
     let allowed = bottle.routes().dns_name_allowed(&query.name);
     if !allowed {
-        tracing::info!(bottle = %bottle.config.name, name = %query.name, decision = "nxdomain", "dns query denied");
+        let name = crate::dlp::hostname::loggable(&gw.proxy.dlp, &query.name);
+        tracing::info!(bottle = %bottle.config.name, name = %name, decision = "nxdomain", "dns query denied");
         return Some(wire::reply(&query, wire::Rcode::NxDomain, &[]));
     }
-    if let Some(label) = tunnel_suspect(&query.name) {
+    if crate::dlp::hostname::carries_data(&gw.proxy.dlp, &query.name) {
         // The name is not logged: its labels may be the data being smuggled out.
         tracing::warn!(
             bottle = %bottle.config.name,
-            label_len = label.len(),
+            name_len = query.name.len(),
             decision = "nxdomain",
-            reason = "label looks like encoded data (DNS tunnelling)",
+            reason = "name looks like it carries data (DNS tunnelling or a secret)",
             "dns query denied"
         );
         return Some(wire::reply(&query, wire::Rcode::NxDomain, &[]));
@@ -85,53 +87,6 @@ async fn answer(packet: &[u8], peer: SocketAddr, gw: &Gateway) -> Option<Vec<u8>
         .collect();
     tracing::debug!(bottle = %bottle.config.name, name = %query.name, answers = wanted.len(), "dns query answered");
     Some(wire::reply(&query, wire::Rcode::NoError, &wanted))
-}
-
-/// Longest label a real host name in an allowed wildcard zone plausibly has; longer ones
-/// are how DNS tunnels carry data.
-const MAX_PLAIN_LABEL: usize = 40;
-/// Shannon entropy (bits per character) above which a long label looks like encoded data.
-const MAX_LABEL_ENTROPY: f64 = 4.0;
-const ENTROPY_MIN_LEN: usize = 20;
-
-/// A label of `name` that looks like smuggled data (very long, or long and random), if
-/// any. Wildcard routes allow any subdomain, so this is what stops `<secret>.cdn.example`.
-fn tunnel_suspect(name: &str) -> Option<&str> {
-    name.split('.').find(|label| {
-        label.len() > MAX_PLAIN_LABEL || (label.len() >= ENTROPY_MIN_LEN && entropy(label) > MAX_LABEL_ENTROPY)
-    })
-}
-
-fn entropy(s: &str) -> f64 {
-    let mut counts = [0u32; 256];
-    for b in s.bytes() {
-        counts[b as usize] += 1;
-    }
-    let len = s.len() as f64;
-    counts
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = c as f64 / len;
-            -p * p.log2()
-        })
-        .sum()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ordinary_names_pass_and_data_labels_are_caught() {
-        for ok in ["api.upstream.test", "files.pythonhosted.org", "us-east-1.s3.amazonaws.com", "x.cdn.upstream.test"] {
-            assert_eq!(tunnel_suspect(ok), None, "{ok}");
-        }
-        let long = format!("{}.cdn.upstream.test", "a".repeat(45));
-        assert!(tunnel_suspect(&long).is_some());
-        // base32 of a secret, short enough to pass the length check.
-        assert!(tunnel_suspect("mfrggzdfmztwq2lknnwg23tpobyxe43u.cdn.upstream.test").is_some());
-    }
 }
 
 /// DNS message encoding, just enough for single-question queries. Pure.

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod decode;
 pub mod gitleaks;
+pub mod hostname;
 mod inbound;
 pub mod known;
 mod normalize;

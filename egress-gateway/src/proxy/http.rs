@@ -79,6 +79,12 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
             .body(full(body))
             .expect("static response");
     }
+    if crate::dlp::hostname::carries_data(&ctx.dlp, &host) {
+        // Refused before any resolution (which would carry the name out), never logged.
+        let reason = "egress: request blocked: the host name looks like it carries data (a secret or an encoded label)";
+        let shown = crate::dlp::hostname::loggable(&ctx.dlp, &host);
+        return deny(&flow, log_level, StatusCode::FORBIDDEN, &shown, &method, &path, reason);
+    }
     if !ctx.resolver.is_address_of(&host, flow.dst.ip()).await {
         let reason = format!("egress: {} is not an address of {host}", flow.dst.ip());
         return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &method, &path, &reason);
@@ -420,6 +426,11 @@ async fn connect(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>
     if flow.connect_host.is_some() || flow.tls {
         let reason = "egress: nested CONNECT is not supported";
         return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &Method::CONNECT, &target, reason);
+    }
+    if crate::dlp::hostname::carries_data(&ctx.dlp, &host) {
+        let reason = "egress: CONNECT blocked: the host name looks like it carries data (a secret or an encoded label)";
+        let shown = crate::dlp::hostname::loggable(&ctx.dlp, &host);
+        return deny(&flow, log_level, StatusCode::FORBIDDEN, &shown, &Method::CONNECT, "-", reason);
     }
     if !routes.host_allowed(&host) {
         let reason = format!("egress: host {host} is not in the allowlist");

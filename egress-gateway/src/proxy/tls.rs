@@ -44,6 +44,11 @@ where
             return;
         }
     };
+    if sni.as_deref().is_some_and(|name| crate::dlp::hostname::carries_data(&ctx.dlp, name)) {
+        let reason = "the TLS server name looks like it carries data (a secret or an encoded label)";
+        tracing::warn!(decision = "deny", reason, "connection closed");
+        return;
+    }
     if let (Some(connect_host), Some(sni)) = (&flow.connect_host, &sni)
         && connect_host != sni
     {
