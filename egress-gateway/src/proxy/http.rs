@@ -260,6 +260,16 @@ fn stream_response(
     mut body: Incoming,
     sse: bool,
 ) -> Response<Body> {
+    match scan::inbound_headers(&parts.headers) {
+        InjectionVerdict::Block(reason) => {
+            let reason = format!("egress: response blocked: {reason}");
+            return deny(flow, LogLevel::Blocks, StatusCode::FORBIDDEN, host, &Method::GET, path, &reason);
+        }
+        InjectionVerdict::Warn(reason) => {
+            tracing::warn!(bottle = %flow.conn.bottle.config.name, host = %host, path = %path, reason = %reason, "egress_inbound_warn");
+        }
+        InjectionVerdict::Clean => {}
+    }
     let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mut decoder = match crate::dlp::decode::StreamDecoder::new(encoding) {
         Ok(d) => d,

@@ -201,6 +201,13 @@ pub fn injection_detection_enabled(route: &Route) -> bool {
     route.dlp.inbound_detectors.as_ref().is_none_or(|d| d.iter().any(|n| n == "naive_injection_detection"))
 }
 
+/// Prompt injection in the response headers.
+pub fn inbound_headers(headers: &HeaderMap) -> InjectionVerdict {
+    let text: String =
+        headers.iter().map(|(n, v)| format!("{}: {}\n", n, String::from_utf8_lossy(v.as_bytes()))).collect();
+    dlp::scan_inbound(&text)
+}
+
 /// What the inbound phase decided about a buffered response.
 pub struct Inbound {
     pub verdict: InjectionVerdict,
@@ -223,10 +230,8 @@ pub fn inbound(engine: &dlp::Engine, headers: &HeaderMap, body: &[u8]) -> Inboun
             };
         }
     };
-    let header_text: String =
-        headers.iter().map(|(n, v)| format!("{}: {}\n", n, String::from_utf8_lossy(v.as_bytes()))).collect();
     let text = String::from_utf8_lossy(&decoded);
-    let verdict = match dlp::scan_inbound(&header_text) {
+    let verdict = match inbound_headers(headers) {
         InjectionVerdict::Clean => dlp::scan_inbound(&text),
         other => other,
     };
