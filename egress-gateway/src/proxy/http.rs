@@ -527,7 +527,8 @@ async fn websocket(
         selection: crate::dlp::Selection::from_names(route.dlp.outbound_detectors.as_deref()),
         on_match: route.dlp.on_match,
         inbound: scan::injection_detection_enabled(route),
-        bottle: flow.conn.bottle.clone(),
+        safe: super::websocket::bottle_safe_set(&flow.conn.bottle),
+        bottle: flow.conn.bottle.config.name.clone(),
         host: host.to_string(),
         path: path.clone(),
     };
