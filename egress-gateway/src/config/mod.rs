@@ -319,4 +319,21 @@ bottles:
         assert_eq!(err.problems[0].field, "listen");
         assert_eq!(err.problems[0].position.map(|p| p.0), Some(1));
     }
+
+    #[test]
+    fn dlp_block_resolves_the_rules_path_and_checks_its_values() {
+        let text = "dlp:\n  rules: rules/acme.toml\n  sensitive_prefixes: [ACME_]\n  partial_min_len: 16\n";
+        let c = Config::parse(Path::new("/etc/eg/gateway.yaml"), text).unwrap();
+        assert_eq!(c.dlp.rules.as_deref(), Some(Path::new("/etc/eg/rules/acme.toml")));
+        assert_eq!(
+            (c.dlp.sensitive_prefixes.as_slice(), c.dlp.partial_min_len),
+            (&["ACME_".to_string()][..], Some(16))
+        );
+        let err =
+            Config::parse(Path::new("g.yaml"), "dlp:\n  partial_min_len: 4\n  sensitive_prefixes: ['']\n").unwrap_err();
+        let fields: Vec<_> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["dlp.partial_min_len", "dlp.sensitive_prefixes"]);
+        let err = Config::parse(Path::new("g.yaml"), "dlp:\n  rule: x.toml\n").unwrap_err();
+        assert!(err.to_string().contains("rule"), "{err}");
+    }
 }

@@ -242,3 +242,30 @@ pub fn inbound(engine: &dlp::Engine, headers: &HeaderMap, body: &[u8]) -> Inboun
     });
     Inbound { verdict, redacted }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap())).collect()
+    }
+
+    #[test]
+    fn inbound_mode_buffers_small_text_streams_the_rest_and_skips_binary() {
+        let text = "routes:\n  - host: a.test\n  - host: b.test\n    dlp: {inbound_detectors: false}\n";
+        let routes = crate::policy::Routes::parse(std::path::Path::new("r.yaml"), text).unwrap();
+        let (route, off) = (&routes.routes()[0], &routes.routes()[1]);
+        let mode = |pairs: &[(&str, &str)]| inbound_mode(route, &headers(pairs));
+        assert_eq!(mode(&[("content-type", "application/json"), ("content-length", "100")]), InboundMode::Buffer);
+        assert_eq!(mode(&[("content-type", "application/json")]), InboundMode::Stream { sse: false }, "chunked");
+        assert_eq!(
+            mode(&[("content-type", "text/plain"), ("content-length", "5000000")]),
+            InboundMode::Stream { sse: false }
+        );
+        assert_eq!(mode(&[("content-type", "text/event-stream")]), InboundMode::Stream { sse: true });
+        assert_eq!(mode(&[("content-length", "10")]), InboundMode::Buffer, "no content type is read as text");
+        assert_eq!(mode(&[("content-type", "image/png"), ("content-length", "10")]), InboundMode::Skip);
+        assert_eq!(inbound_mode(off, &headers(&[("content-type", "text/plain")])), InboundMode::Skip);
+    }
+}
