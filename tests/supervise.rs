@@ -22,15 +22,24 @@ fn token(tag: char) -> String {
 }
 
 fn world(test: &str, timeout_seconds: u64) -> (World, PathBuf) {
-    let w = World::start_with(
-        test,
-        &["api.upstream.test"],
-        ROUTES,
-        &[],
-        &format!("    supervise:\n      queue_dir: queue\n      timeout_seconds: {timeout_seconds}\n"),
-    );
+    let w = world_with(test, &format!("queue_dir: queue\n      timeout_seconds: {timeout_seconds}"));
     let queue = w.env.dir.join("queue");
     (w, queue)
+}
+
+/// A world whose bottle's `supervise:` block has `fields` (indented for inside it).
+fn world_with(test: &str, fields: &str) -> World {
+    World::start_with(test, &["api.upstream.test"], ROUTES, &[], &format!("    supervise:\n      {fields}\n"))
+}
+
+fn history(w: &World) -> Vec<serde_json::Value> {
+    let out = w.env.cli(&["supervise", "history", "--json"]);
+    assert!(out.status.success(), "supervise history: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("history --json is a JSON array")
+}
+
+fn id_of(p: &serde_json::Value) -> String {
+    p["id"].as_str().expect("a proposal has an id").to_string()
 }
 
 fn pending(w: &World) -> Vec<serde_json::Value> {
@@ -124,10 +133,115 @@ fn approve_releases_the_request_and_the_value_stays_approved() {
     let (code, body) = finish(held);
     assert_eq!(code, "403", "{body}");
     assert!(body.contains("not this one"), "{body}");
-    // Deciding twice is an error that changes nothing.
+    // Deciding twice, or an unknown id, is an error that changes nothing.
     let out = w.env.cli(&["supervise", "approve", &id, "--reason", "late"]);
     assert!(!out.status.success());
+    assert!(stderr(&out).contains("already decided"), "{}", stderr(&out));
+    let out = w.env.cli(&["supervise", "reject", "no-such-proposal"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unknown id"), "{}", stderr(&out));
+
+    // The history, derived from processed/: both decisions, with their reasons.
+    let h = history(&w);
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!((h[0]["status"].as_str(), h[0]["scope"].as_str()), (Some("approved"), Some("gateway")));
+    assert_eq!(h[0]["reason"], "deploy key for this service");
+    assert_eq!((h[1]["status"].as_str(), h[1]["reason"].as_str()), (Some("rejected"), Some("not this one")));
     assert_no_raw_value(&queue, &w, &[&first, &second]);
+}
+
+#[test]
+fn approve_once_releases_only_the_held_request() {
+    let (w, queue) = world("sup-once", 60);
+    let value = token('G');
+    let held = held_curl(&w, format!("key={value}"));
+    let id = id_of(&wait_pending(&w, 1)[0]);
+    let out = w.env.cli(&["supervise", "approve", &id, "--reason", "this upload only", "--scope", "once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, body) = finish(held);
+    assert_eq!(code, "200", "{body}");
+    assert!(String::from_utf8_lossy(&w.up.requests()[0].body).contains(&value));
+
+    // The same value again: held again, with a new proposal.
+    let again = held_curl(&w, format!("key={value}"));
+    let next = id_of(&wait_pending(&w, 1)[0]);
+    assert_ne!(next, id);
+    assert_eq!(w.up.requests().len(), 1, "the second request went through without a decision");
+    assert!(w.env.cli(&["supervise", "reject", &next]).status.success());
+    assert_eq!(finish(again).0, "403");
+    let h = history(&w);
+    assert_eq!(h[0]["scope"], "once", "{h:?}");
+    assert_no_raw_value(&queue, &w, &[&value]);
+}
+
+#[test]
+fn sqlite_is_the_default_store_with_an_audit_history() {
+    // No queue_dir and no db: SQLite in the state directory.
+    let w = world_with("sup-sqlite", "timeout_seconds: 60");
+    let state = w.env.dir.join("state");
+    let db = state.join("supervise.db");
+    assert!(db.exists(), "no database at {}", db.display());
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&db).unwrap().mode() & 0o777, 0o600);
+    assert!(!w.env.dir.join("queue").exists());
+
+    let value = token('H');
+    let held = held_curl(&w, format!("key={value}"));
+    let list = wait_pending(&w, 1);
+    assert_eq!((list[0]["bottle"].as_str(), list[0]["tool"].as_str()), (Some("e2e"), Some("egress-token-allow")));
+    let id = id_of(&list[0]);
+    let out = w.env.cli(&["supervise", "show", &id]);
+    assert!(out.status.success() && stdout(&out).contains("api.upstream.test"), "{}", stderr(&out));
+    let out = w.env.cli(&["supervise", "approve", &id, "--reason", "service credential"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(finish(held).0, "200");
+    // Remembered for the gateway's life.
+    let (code, _) = w.curl(&["-d", &format!("again={value}"), &w.url("api.upstream.test", "/v1/send")]);
+    assert_eq!(code, "200");
+    assert!(pending(&w).is_empty());
+
+    let h = history(&w);
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(h[0]["proposal_id"].as_str(), Some(id.as_str()));
+    assert_eq!((h[0]["status"].as_str(), h[0]["scope"].as_str()), (Some("approved"), Some("gateway")));
+    assert_eq!(h[0]["reason"], "service credential");
+    assert_eq!(h[0]["host"], "api.upstream.test");
+    assert!(h[0]["decided_by"].is_string() && h[0]["decided_at"].is_u64(), "{h:?}");
+    let out = w.env.cli(&["supervise", "history"]);
+    assert!(stdout(&out).contains("service credential"), "{}", stdout(&out));
+    assert!(!w.env.cli(&["supervise", "approve", &id, "--reason", "again"]).status.success());
+    assert_no_raw_value(&state, &w, &[&value]);
+}
+
+#[test]
+fn a_persisted_approval_survives_a_restart() {
+    let mut w = world_with("sup-persist", "allow_persist: true\n      timeout_seconds: 60");
+    let value = token('J');
+    let held = held_curl(&w, format!("key={value}"));
+    let id = id_of(&wait_pending(&w, 1)[0]);
+    let out = w.env.cli(&["supervise", "approve", &id, "--reason", "long-lived key", "--scope", "persist"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(finish(held).0, "200");
+
+    w.env.stop_gateway();
+    w.env.start_gateway();
+    let (code, body) = w.curl(&["-d", &format!("key={value}"), &w.url("api.upstream.test", "/v1/send")]);
+    assert_eq!(code, "200", "re-prompted after a restart: {body}");
+    assert!(pending(&w).is_empty());
+    assert_no_raw_value(&w.env.dir.join("state"), &w, &[&value]);
+}
+
+#[test]
+fn persist_needs_opt_in() {
+    let (w, _queue) = world("sup-no-persist", 60);
+    let held = held_curl(&w, token('K'));
+    let id = id_of(&wait_pending(&w, 1)[0]);
+    let out = w.env.cli(&["supervise", "approve", &id, "--reason", "keep", "--scope", "persist"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("allow_persist"), "{}", stderr(&out));
+    assert_eq!(pending(&w).len(), 1, "the refused approval changed something");
+    assert!(w.env.cli(&["supervise", "reject", &id]).status.success());
+    assert_eq!(finish(held).0, "403");
 }
 
 #[test]

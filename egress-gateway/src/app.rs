@@ -88,9 +88,8 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
         let routes = BottleState::load_routes(b)?;
         let supervisor = match &b.supervise {
             Some(s) => {
-                let queue = crate::supervise::QueueDir::new(s.queue_dir(&config.state_dir, &b.name));
-                let sup = crate::supervise::Supervisor::new(&b.name, queue, s.timeout())
-                    .with_context(|| format!("bottle {}: supervise queue", b.name))?;
+                let sup = crate::supervise::Supervisor::from_config(&b.name, s, &config.state_dir)
+                    .with_context(|| format!("bottle {}: supervise", b.name))?;
                 Some(Arc::new(sup))
             }
             None => None,

@@ -242,6 +242,13 @@ impl Config {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "(none: everything denied)".into());
             let _ = writeln!(out, "  bottle {} cgroup {} routes {}", b.name, b.cgroup.display(), routes);
+            if let Some(s) = &b.supervise {
+                let store = match s.store_spec(&self.state_dir) {
+                    crate::supervise::StoreSpec::Queue(q) => format!("queue directory {}", q.display()),
+                    crate::supervise::StoreSpec::Sqlite(d) => format!("SQLite {}", d.display()),
+                };
+                let _ = writeln!(out, "    supervise: {store}, timeout {} s", s.timeout().as_secs());
+            }
         }
         out
     }

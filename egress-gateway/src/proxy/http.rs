@@ -114,7 +114,8 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
         Err((status, reason)) => return deny(&flow, log_level, status, &host, &method, &path, &reason),
     };
     let supervisor = flow.conn.bottle.supervisor.clone();
-    let empty_safe = std::collections::HashSet::<String>::new();
+    // The bottle's approved values, plus those approved `once` for this request.
+    let mut safe = crate::supervise::RequestSafe::new(supervisor.as_deref());
     let (path_and_query, client_headers, body_data) = loop {
         let outgoing = scan::Outgoing {
             host: &host,
@@ -123,11 +124,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
             headers: &parts.headers,
             body: body.data.clone(),
         };
-        let safe: &dyn crate::dlp::SafeSet = match &supervisor {
-            Some(s) => s.safe_set(),
-            None => &empty_safe,
-        };
-        match scan::outbound(&ctx.dlp, &route, outgoing, safe, supervisor.is_some()) {
+        match scan::outbound(&ctx.dlp, &route, outgoing, &safe, supervisor.is_some()) {
             scan::Outbound::Forward { path_and_query, headers, body, warnings } => {
                 for w in warnings {
                     tracing::warn!(bottle = %flow.conn.bottle.config.name, host = %host, method = %method, path = %path, reason = %w, "egress_dlp_warn");
@@ -139,10 +136,12 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
             }
             scan::Outbound::Hold { payload, value } => {
                 let supervisor = supervisor.as_ref().expect("holds only when supervised");
-                match supervisor.hold(payload, &value).await {
+                let outcome = supervisor.hold(payload, &value).await;
+                safe.note(&outcome, &value);
+                match outcome {
                     // Approved: the value is in the safe set now; scan again, so a second
                     // secret in the same request is held on its own.
-                    HoldOutcome::Approved => continue,
+                    HoldOutcome::Approved { .. } => continue,
                     HoldOutcome::Rejected(notes) => {
                         let reason = format!("egress: rejected by the operator: {notes}");
                         return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &method, &path, &reason);

@@ -1,11 +1,13 @@
-//! `egress-gateway supervise`: the scriptable operator commands over every bottle's
-//! queue: list, show, approve (a reason is required), reject.
+//! `egress-gateway supervise`: without a subcommand, the console; with one, the
+//! scriptable forms over every bottle's store: list, show, approve (a reason is
+//! required), reject, history. Errors change nothing and exit non-zero.
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
-
-use super::queue::{self, QueueDir, Response, Status};
-use crate::{cli::ConfigArg, config::Config};
+use super::{
+    operator::Operator,
+    protocol::{self, Scope, Status},
+};
+use crate::cli::ConfigArg;
 
 #[derive(Debug, clap::Args)]
 pub struct SuperviseArgs {
@@ -30,12 +32,16 @@ pub enum SuperviseCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Approve: the value is allowed for the gateway's life.
+    /// Approve: the held request is released.
     Approve {
         id: String,
-        /// Why (required, recorded in the response notes).
+        /// Why (required, recorded in the response notes and the audit).
         #[arg(long)]
         reason: String,
+        /// once: only the held request; gateway: the value for the gateway's life;
+        /// persist: also across restarts (needs allow_persist).
+        #[arg(long, value_enum, default_value_t = Scope::Gateway)]
+        scope: Scope,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -47,82 +53,66 @@ pub enum SuperviseCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Every decision (who, when, reason, scope, status), oldest first.
+    History {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
-/// Every supervised bottle's queue.
-fn queues(config: &Config) -> Vec<(String, QueueDir)> {
-    config
-        .bottles
-        .iter()
-        .filter_map(|b| {
-            b.supervise.as_ref().map(|s| (b.name.clone(), QueueDir::new(s.queue_dir(&config.state_dir, &b.name))))
-        })
-        .collect()
-}
-
-fn pending(config: &Config) -> anyhow::Result<Vec<(QueueDir, queue::Proposal)>> {
-    let mut out = Vec::new();
-    for (bottle, q) in queues(config) {
-        let list = q.pending().with_context(|| format!("reading bottle {bottle}'s queue {}", q.path().display()))?;
-        out.extend(list.into_iter().map(|p| (q.clone(), p)));
-    }
-    out.sort_by_key(|(_, p)| std::cmp::Reverse(p.created_at));
-    Ok(out)
-}
-
-fn find(config: &Config, id: &str) -> anyhow::Result<(QueueDir, queue::Proposal)> {
-    pending(config)?
-        .into_iter()
-        .find(|(_, p)| p.id == id)
-        .with_context(|| format!("no pending proposal {id:?} (unknown, or already decided)"))
-}
-
-fn decide(config: &Config, id: &str, status: Status, reason: &str) -> anyhow::Result<()> {
-    let (q, _) = find(config, id)?;
-    let who = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "operator".into());
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).ok();
-    q.write_response(id, &Response { status, notes: reason.to_string(), decided_by: Some(who), decided_at: now })?;
-    Ok(())
+fn operator(config: &ConfigArg) -> anyhow::Result<Operator> {
+    Ok(Operator::open(&config.load()?)?)
 }
 
 pub fn run(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
     let Some(command) = args.command else {
-        bail!(
-            "the interactive console is not available in this version: use `supervise list`, `show`, `approve`, `reject`"
-        );
+        return super::console::run(&args.config.load()?);
     };
     match command {
         SuperviseCommand::List { json, config } => {
-            let list = pending(&config.load()?)?;
-            if json {
-                let items: Vec<&queue::Proposal> = list.iter().map(|(_, p)| p).collect();
-                println!("{}", serde_json::to_string_pretty(&items)?);
-            } else if list.is_empty() {
-                println!("no pending proposals");
-            } else {
-                for (_, p) in &list {
-                    println!(
-                        "{}  {}  {} {} {}  {}",
-                        p.id, p.bottle, p.payload.method, p.payload.host, p.payload.path, p.payload.reason
-                    );
-                }
-            }
+            let now = protocol::now();
+            print_list(json, &operator(&config)?.pending()?, "no pending proposals", |p| {
+                format!("{}  {}", p.id, p.summary(now))
+            })?;
         }
         SuperviseCommand::Show { id, config } => {
-            let (_, p) = find(&config.load()?, &id)?;
+            let (_, p) = operator(&config)?.find(&id)?;
             println!("{}", serde_json::to_string_pretty(&p)?);
         }
-        SuperviseCommand::Approve { id, reason, config } => {
-            if reason.trim().is_empty() {
-                bail!("approving needs a reason (--reason TEXT): it is recorded with the decision");
-            }
-            decide(&config.load()?, &id, Status::Approved, &reason)?;
-            println!("approved {id}");
+        SuperviseCommand::Approve { id, reason, scope, config } => {
+            let p = operator(&config)?.decide(&id, Status::Approved, &reason, Some(scope))?;
+            println!("approved {id} (bottle {}, {}, scope {scope})", p.bottle, p.payload.host);
         }
         SuperviseCommand::Reject { id, reason, config } => {
-            decide(&config.load()?, &id, Status::Rejected, &reason)?;
-            println!("rejected {id}");
+            let p = operator(&config)?.decide(&id, Status::Rejected, &reason, None)?;
+            println!("rejected {id} (bottle {}, {})", p.bottle, p.payload.host);
+        }
+        SuperviseCommand::History { json, config } => {
+            print_list(json, &operator(&config)?.history()?, "no decisions yet", |e| {
+                format!("{}  ({})", e.summary(), e.proposal_id)
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A JSON array, or one line per item (`empty` when there are none).
+fn print_list<T: serde::Serialize>(
+    json: bool,
+    items: &[T],
+    empty: &str,
+    line: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(items)?);
+    } else if items.is_empty() {
+        println!("{empty}");
+    } else {
+        for item in items {
+            println!("{}", line(item));
+        }
+    }
+    Ok(())
 }

@@ -1,134 +1,50 @@
-//! The supervise queue protocol (the seeds' directory of JSON files): proposal and
-//! response records, and the directory store. Files are written atomically (temp file,
-//! fsync, rename); decided proposals move to `processed/` with their responses.
+//! The seeds' queue directory: `<id>.json` proposals, `<id>.response.json` responses,
+//! both moved to `processed/` once the hold ends. Every file is written atomically (temp
+//! file, fsync, rename; a response by link, so two operators cannot both decide).
 use std::{
     fs,
     io::Write,
-    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use super::{
+    protocol::{self, AuditEntry, Proposal, Response},
+    store::{self, Store, StoreError},
+};
 
-pub const TOOL: &str = "egress-token-allow";
-const JUSTIFICATION: &str = "The agent's request contains a value that looks like a secret. Approve only if \
-    sending this value to this host is intended (for example a credential meant for this service); the value \
-    is then allowed for the rest of the gateway's life. Reject if unsure.";
-
-/// What the operator sees: never the raw value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payload {
-    pub host: String,
-    pub method: String,
-    pub path: String,
-    pub reason: String,
-    /// The surroundings of the match, the match replaced by `********`.
-    pub context: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proposal {
-    pub id: String,
-    pub bottle: String,
-    pub tool: String,
-    pub payload: Payload,
-    pub justification: String,
-    /// SHA-256 of the payload's JSON, so a response can be tied to what was shown.
-    pub payload_hash: String,
-    /// Seconds since the Unix epoch.
-    pub created_at: u64,
-}
-
-impl Proposal {
-    pub fn new(bottle: &str, payload: Payload) -> Proposal {
-        let hash = hex::encode(Sha256::digest(serde_json::to_vec(&payload).unwrap_or_default()));
-        Proposal {
-            id: uuid::Uuid::new_v4().to_string(),
-            bottle: bottle.to_string(),
-            tool: TOOL.to_string(),
-            payload,
-            justification: JUSTIFICATION.to_string(),
-            payload_hash: hash,
-            created_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Approved,
-    Modified,
-    Rejected,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response {
-    pub status: Status,
-    #[serde(default)]
-    pub notes: String,
-    #[serde(default)]
-    pub decided_by: Option<String>,
-    #[serde(default)]
-    pub decided_at: Option<u64>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("queue {path}: {reason}")]
-    Io { path: PathBuf, reason: String },
-    #[error("response {path} is not a valid response (status approved|modified|rejected): {reason}")]
-    Malformed { path: PathBuf, reason: String },
-    #[error("queue directory {path} is unsafe: {reason}")]
-    Unsafe { path: PathBuf, reason: String },
-    #[error("no pending proposal {0}")]
-    UnknownId(String),
-}
-
-/// Parses a response file's contents; anything but a known status is an error.
-pub fn parse_response(path: &Path, bytes: &[u8]) -> Result<Response, QueueError> {
-    serde_json::from_slice(bytes).map_err(|e| QueueError::Malformed { path: path.to_path_buf(), reason: e.to_string() })
-}
-
-/// The seeds' queue directory: `<id>.json`, `<id>.response.json`, `processed/`.
 #[derive(Debug, Clone)]
 pub struct QueueDir {
     dir: PathBuf,
 }
 
 impl QueueDir {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        QueueDir { dir: dir.into() }
+    /// Creates the directory (0700) and `processed/` if missing, and refuses one a bottle
+    /// could write to. The gateway's way in.
+    pub fn prepare(dir: impl Into<PathBuf>) -> Result<QueueDir, StoreError> {
+        let q = QueueDir { dir: dir.into() };
+        store::prepare_private_dir(&q.dir)?;
+        fs::create_dir_all(q.processed()).map_err(|e| q.io(&q.processed(), e))?;
+        Ok(q)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.dir
+    /// An existing queue, checked but not created: the operator's way in. A missing
+    /// directory is `None` (nothing was ever proposed).
+    pub fn open_existing(dir: impl Into<PathBuf>) -> Result<Option<QueueDir>, StoreError> {
+        let q = QueueDir { dir: dir.into() };
+        if !q.dir.exists() {
+            return Ok(None);
+        }
+        store::check_private_dir(&q.dir)?;
+        Ok(Some(q))
     }
 
-    /// Creates the directory (0700) if missing and refuses one a bottle could write to:
-    /// group- or world-writable, or owned by another user.
-    pub fn prepare(&self) -> Result<(), QueueError> {
-        let io = |e: std::io::Error| QueueError::Io { path: self.dir.clone(), reason: e.to_string() };
-        if !self.dir.exists() {
-            fs::create_dir_all(&self.dir).map_err(io)?;
-            fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
-        }
-        fs::create_dir_all(self.dir.join("processed")).map_err(io)?;
-        let meta = fs::metadata(&self.dir).map_err(io)?;
-        if meta.mode() & 0o022 != 0 {
-            return Err(QueueError::Unsafe {
-                path: self.dir.clone(),
-                reason: "it is group- or world-writable (chmod 700 it)".into(),
-            });
-        }
-        if meta.uid() != nix::unistd::geteuid().as_raw() {
-            return Err(QueueError::Unsafe { path: self.dir.clone(), reason: "it is owned by another user".into() });
-        }
-        Ok(())
+    fn io(&self, path: &Path, e: std::io::Error) -> StoreError {
+        StoreError::Io { path: path.to_path_buf(), reason: e.to_string() }
+    }
+
+    fn processed(&self) -> PathBuf {
+        self.dir.join("processed")
     }
 
     fn proposal_path(&self, id: &str) -> PathBuf {
@@ -139,144 +55,173 @@ impl QueueDir {
         self.dir.join(format!("{id}.response.json"))
     }
 
-    pub fn write_proposal(&self, p: &Proposal) -> Result<(), QueueError> {
-        write_atomic(&self.proposal_path(&p.id), &serde_json::to_vec_pretty(p).unwrap_or_default())
+    fn archived(&self, path: &Path) -> PathBuf {
+        self.processed().join(path.file_name().expect("has a name"))
     }
 
-    pub fn write_response(&self, id: &str, r: &Response) -> Result<(), QueueError> {
-        if !self.proposal_path(id).exists() {
-            return Err(QueueError::UnknownId(id.to_string()));
-        }
-        if self.response_path(id).exists() {
-            return Err(QueueError::Io { path: self.response_path(id), reason: "already decided".into() });
-        }
-        write_atomic(&self.response_path(id), &serde_json::to_vec_pretty(r).unwrap_or_default())
-    }
-
-    /// The response to `id`, if one was written.
-    pub fn read_response(&self, id: &str) -> Result<Option<Response>, QueueError> {
-        let path = self.response_path(id);
-        match fs::read(&path) {
-            Ok(bytes) => parse_response(&path, &bytes).map(Some),
+    fn read_proposal_file(&self, path: &Path) -> Result<Option<Proposal>, StoreError> {
+        match fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Io { path: path.to_path_buf(), reason: format!("not a proposal: {e}") }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(QueueError::Io { path, reason: e.to_string() }),
+            Err(e) => Err(self.io(path, e)),
         }
     }
 
-    pub fn read_proposal(&self, id: &str) -> Result<Proposal, QueueError> {
-        let path = self.proposal_path(id);
-        let bytes = fs::read(&path).map_err(|_| QueueError::UnknownId(id.to_string()))?;
-        serde_json::from_slice(&bytes).map_err(|e| QueueError::Io { path, reason: e.to_string() })
+    fn read_response_file(&self, id: &str, path: &Path) -> Result<Option<Response>, StoreError> {
+        match fs::read(path) {
+            Ok(bytes) => protocol::parse_response(&bytes)
+                .map(Some)
+                .map_err(|reason| StoreError::Malformed { id: id.to_string(), reason }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io(path, e)),
+        }
     }
 
-    /// Proposals without a response, oldest first.
-    pub fn pending(&self) -> Result<Vec<Proposal>, QueueError> {
-        let entries =
-            fs::read_dir(&self.dir).map_err(|e| QueueError::Io { path: self.dir.clone(), reason: e.to_string() })?;
+    /// Ids of the `<id>.json` proposals in `dir`.
+    fn proposal_ids(&self, dir: &Path) -> Result<Vec<String>, StoreError> {
+        let entries = fs::read_dir(dir).map_err(|e| self.io(dir, e))?;
+        Ok(entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".json")
+                    .filter(|id| !id.ends_with(".response") && !id.starts_with('.'))
+                    .map(str::to_string)
+            })
+            .collect())
+    }
+}
+
+impl Store for QueueDir {
+    fn location(&self) -> &Path {
+        &self.dir
+    }
+
+    fn write_proposal(&self, p: &Proposal) -> Result<(), StoreError> {
+        let path = self.proposal_path(&p.id);
+        let tmp = write_temp(&path, &serde_json::to_vec_pretty(p).unwrap_or_default())?;
+        fs::rename(&tmp, &path).map_err(|e| self.io(&path, e))
+    }
+
+    fn pending(&self) -> Result<Vec<Proposal>, StoreError> {
         let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(id) = name.strip_suffix(".json").filter(|id| !id.ends_with(".response") && !id.starts_with('.'))
-            else {
-                continue;
-            };
-            if self.response_path(id).exists() {
+        for id in self.proposal_ids(&self.dir)? {
+            if self.response_path(&id).exists() {
                 continue;
             }
-            if let Ok(p) = self.read_proposal(id) {
+            // A half-written or foreign file is not a proposal; skip it.
+            if let Ok(Some(p)) = self.read_proposal_file(&self.proposal_path(&id)) {
                 out.push(p);
             }
         }
-        out.sort_by_key(|p| p.created_at);
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
     }
 
-    /// Moves a decided (or abandoned) proposal and its response to `processed/`.
-    pub fn archive(&self, id: &str) -> Result<(), QueueError> {
-        for path in [self.proposal_path(id), self.response_path(id)] {
+    fn proposal(&self, id: &str) -> Result<Option<Proposal>, StoreError> {
+        let path = self.proposal_path(id);
+        match self.read_proposal_file(&path)? {
+            Some(p) => Ok(Some(p)),
+            None => self.read_proposal_file(&self.archived(&path)),
+        }
+    }
+
+    fn write_response(&self, id: &str, r: &Response) -> Result<(), StoreError> {
+        let (proposal, response) = (self.proposal_path(id), self.response_path(id));
+        if !proposal.exists() {
+            return Err(if self.archived(&response).exists() {
+                StoreError::AlreadyDecided(id.to_string())
+            } else if self.archived(&proposal).exists() {
+                StoreError::Closed(id.to_string())
+            } else {
+                StoreError::UnknownId(id.to_string())
+            });
+        }
+        let tmp = write_temp(&response, &serde_json::to_vec_pretty(r).unwrap_or_default())?;
+        // A link fails if the response exists: the first decision wins, atomically.
+        let linked = fs::hard_link(&tmp, &response);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(StoreError::AlreadyDecided(id.to_string())),
+            Err(e) => Err(self.io(&response, e)),
+        }
+    }
+
+    fn read_response(&self, id: &str) -> Result<Option<Response>, StoreError> {
+        self.read_response_file(id, &self.response_path(id))
+    }
+
+    fn archive(&self, id: &str) -> Result<(), StoreError> {
+        // The response first: a proposal in processed/ without its response reads as
+        // "closed without a decision".
+        for path in [self.response_path(id), self.proposal_path(id)] {
             if path.exists() {
-                let dest = self.dir.join("processed").join(path.file_name().expect("has a name"));
-                fs::rename(&path, &dest).map_err(|e| QueueError::Io { path: path.clone(), reason: e.to_string() })?;
+                fs::rename(&path, self.archived(&path)).map_err(|e| self.io(&path, e))?;
             }
         }
         Ok(())
     }
+
+    /// Derived from the responses, in `processed/` and not yet archived.
+    fn history(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = Vec::new();
+        for dir in [self.processed(), self.dir.clone()] {
+            if !dir.exists() {
+                continue;
+            }
+            for id in self.proposal_ids(&dir)? {
+                let Ok(Some(p)) = self.read_proposal_file(&dir.join(format!("{id}.json"))) else { continue };
+                // A malformed response was no decision.
+                if let Ok(Some(r)) = self.read_response_file(&id, &dir.join(format!("{id}.response.json"))) {
+                    out.push(AuditEntry::new(&p, &r));
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.decided_at, &a.proposal_id).cmp(&(b.decided_at, &b.proposal_id)));
+        Ok(out)
+    }
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> Result<(), QueueError> {
-    let err = |e: std::io::Error| QueueError::Io { path: path.to_path_buf(), reason: e.to_string() };
-    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("x")));
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
+/// Writes `data` to a hidden temporary file (0600, fsynced) next to `path`.
+fn write_temp(path: &Path, data: &[u8]) -> Result<PathBuf, StoreError> {
+    let err = |e: std::io::Error| StoreError::Io { path: path.to_path_buf(), reason: e.to_string() };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("x");
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", rand::random::<u32>()));
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err)?;
     f.write_all(data).map_err(err)?;
     f.sync_all().map_err(err)?;
-    fs::rename(&tmp, path).map_err(err)
+    Ok(tmp)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
+    use crate::supervise::store::tests::{protocol_suite, temp_dir};
 
-    fn temp() -> QueueDir {
-        let dir = std::env::temp_dir().join(format!("egress-queue-{}-{}", std::process::id(), rand::random::<u32>()));
-        let q = QueueDir::new(dir);
-        q.prepare().unwrap();
-        q
-    }
-
-    fn payload() -> Payload {
-        Payload {
-            host: "api.test".into(),
-            method: "POST".into(),
-            path: "/v1/x".into(),
-            reason: "token_patterns: GitHub personal access token".into(),
-            context: "key ********".into(),
+    #[test]
+    fn queue_directory_passes_the_protocol_suite() {
+        let dir = temp_dir("queue");
+        let q = QueueDir::prepare(&dir).unwrap();
+        protocol_suite(&q, &|id, status| {
+            fs::write(dir.join(format!("{id}.response.json")), format!("{{\"status\": \"{status}\"}}")).unwrap()
+        });
+        // Every file is private.
+        for e in fs::read_dir(dir.join("processed")).unwrap().flatten() {
+            assert_eq!(e.metadata().unwrap().permissions().mode() & 0o077, 0, "{:?}", e.path());
         }
     }
 
     #[test]
-    fn proposal_response_archive_round_trip() {
-        let q = temp();
-        let p = Proposal::new("demo", payload());
-        q.write_proposal(&p).unwrap();
-        assert_eq!(q.pending().unwrap(), vec![p.clone()]);
-        assert_eq!(q.read_response(&p.id).unwrap(), None);
-        q.write_response(
-            &p.id,
-            &Response { status: Status::Approved, notes: "ok".into(), decided_by: None, decided_at: None },
-        )
-        .unwrap();
-        assert!(q.pending().unwrap().is_empty());
-        assert_eq!(q.read_response(&p.id).unwrap().unwrap().status, Status::Approved);
-        assert!(
-            q.write_response(
-                &p.id,
-                &Response { status: Status::Rejected, notes: String::new(), decided_by: None, decided_at: None }
-            )
-            .is_err()
-        );
-        q.archive(&p.id).unwrap();
-        assert!(q.path().join("processed").join(format!("{}.json", p.id)).exists());
-        assert!(matches!(
-            q.write_response(
-                "nope",
-                &Response { status: Status::Rejected, notes: String::new(), decided_by: None, decided_at: None }
-            ),
-            Err(QueueError::UnknownId(_))
-        ));
-    }
-
-    #[test]
-    fn malformed_and_unknown_status_responses_are_errors() {
-        for bad in [&b"not json"[..], br#"{"status": "maybe"}"#, br#"{"notes": "x"}"#] {
-            assert!(parse_response(Path::new("r.json"), bad).is_err());
-        }
-        assert_eq!(parse_response(Path::new("r"), br#"{"status":"modified"}"#).unwrap().status, Status::Modified);
-    }
-
-    #[test]
-    fn refuses_a_writable_queue_directory() {
-        let q = temp();
-        fs::set_permissions(q.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        assert!(matches!(q.prepare(), Err(QueueError::Unsafe { .. })));
+    fn refuses_a_writable_queue_directory_and_reads_a_missing_one_as_empty() {
+        let dir = temp_dir("queue-perm");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(QueueDir::prepare(&dir), Err(StoreError::Unsafe { .. })));
+        assert!(matches!(QueueDir::open_existing(&dir), Err(StoreError::Unsafe { .. })));
+        assert!(QueueDir::open_existing(dir.join("never-created")).unwrap().is_none());
     }
 }

@@ -1,0 +1,113 @@
+//! The operator's side over every supervised bottle's store: what the scriptable
+//! commands and the console share (list, find, decide, history). Nothing is created:
+//! a store that does not exist yet has nothing pending.
+use std::sync::Arc;
+
+use super::{
+    protocol::{AuditEntry, Proposal, Response, Scope, Status},
+    store::{Store, StoreError},
+};
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("approving needs a non-empty reason: it is recorded with the decision")]
+    ReasonRequired,
+    #[error("no proposal {0:?} in any bottle's store (unknown id)")]
+    UnknownId(String),
+    #[error("bottle {bottle}: {source}")]
+    Store {
+        bottle: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// One supervised bottle's store.
+pub struct BottleStore {
+    pub bottle: String,
+    pub allow_persist: bool,
+    /// `None`: the store does not exist yet (the gateway never ran with it).
+    pub store: Option<Arc<dyn Store>>,
+}
+
+pub struct Operator {
+    pub bottles: Vec<BottleStore>,
+}
+
+impl Operator {
+    /// Opens every supervised bottle's store; one that is unreadable or unsafe is an error.
+    pub fn open(config: &Config) -> Result<Operator, OperatorError> {
+        let mut bottles = Vec::new();
+        for b in &config.bottles {
+            let Some(s) = &b.supervise else { continue };
+            let store = s
+                .open_store(&config.state_dir, &b.name)
+                .map_err(|source| OperatorError::Store { bottle: b.name.clone(), source })?;
+            bottles.push(BottleStore { bottle: b.name.clone(), allow_persist: s.allow_persist, store });
+        }
+        Ok(Operator { bottles })
+    }
+
+    fn stores(&self) -> impl Iterator<Item = (&BottleStore, &dyn Store)> {
+        self.bottles.iter().filter_map(|b| b.store.as_deref().map(|s| (b, s)))
+    }
+
+    /// Every store's `read`, concatenated.
+    fn gather<T>(&self, read: impl Fn(&dyn Store) -> Result<Vec<T>, StoreError>) -> Result<Vec<T>, OperatorError> {
+        let mut out = Vec::new();
+        for (b, s) in self.stores() {
+            out.extend(read(s).map_err(|source| OperatorError::Store { bottle: b.bottle.clone(), source })?);
+        }
+        Ok(out)
+    }
+
+    /// Pending proposals of every bottle, newest first.
+    pub fn pending(&self) -> Result<Vec<Proposal>, OperatorError> {
+        let mut out = self.gather(|s| s.pending())?;
+        out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        Ok(out)
+    }
+
+    /// The proposal `id` (pending or not) and its bottle's store.
+    pub fn find(&self, id: &str) -> Result<(&BottleStore, Proposal), OperatorError> {
+        for (b, s) in self.stores() {
+            if let Some(p) =
+                s.proposal(id).map_err(|source| OperatorError::Store { bottle: b.bottle.clone(), source })?
+            {
+                return Ok((b, p));
+            }
+        }
+        Err(OperatorError::UnknownId(id.to_string()))
+    }
+
+    /// Approves (a reason is required; `scope` defaults to `gateway`) or rejects. Every
+    /// check happens before anything is written.
+    pub fn decide(
+        &self,
+        id: &str,
+        status: Status,
+        reason: &str,
+        scope: Option<Scope>,
+    ) -> Result<Proposal, OperatorError> {
+        if status != Status::Rejected && reason.trim().is_empty() {
+            return Err(OperatorError::ReasonRequired);
+        }
+        let (b, p) = self.find(id)?;
+        let err = |source| OperatorError::Store { bottle: b.bottle.clone(), source };
+        let scope = if status == Status::Rejected { None } else { Some(scope.unwrap_or_default()) };
+        if scope == Some(Scope::Persist) && !b.allow_persist {
+            return Err(err(StoreError::PersistNotAllowed));
+        }
+        let store = b.store.as_deref().expect("found in an existing store");
+        store.write_response(id, &Response::by_operator(status, reason.trim(), scope)).map_err(err)?;
+        Ok(p)
+    }
+
+    /// Every bottle's decisions, oldest first.
+    pub fn history(&self) -> Result<Vec<AuditEntry>, OperatorError> {
+        let mut out = self.gather(|s| s.history())?;
+        out.sort_by(|a, b| (a.decided_at, &a.proposal_id).cmp(&(b.decided_at, &b.proposal_id)));
+        Ok(out)
+    }
+}

@@ -1,0 +1,280 @@
+//! The supervise protocol's records, shared by every store: a proposal (what the
+//! operator sees, never the raw value), a response (the decision, with its scope) and an
+//! audit entry (a decision as `supervise history` prints it). Pure: no I/O.
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const TOOL: &str = "egress-token-allow";
+const JUSTIFICATION: &str = "The agent's request contains a value that looks like a secret. Approve only if \
+    sending this value to this host is intended (for example a credential meant for this service). Scope \
+    `gateway` allows the value for the rest of the gateway's life, `once` releases only the held request, \
+    `persist` remembers it across restarts. Reject if unsure.";
+
+/// What the operator sees: never the raw value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    pub host: String,
+    pub method: String,
+    pub path: String,
+    pub reason: String,
+    /// The surroundings of the match, the match replaced by `********`.
+    pub context: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub id: String,
+    pub bottle: String,
+    pub tool: String,
+    pub payload: Payload,
+    pub justification: String,
+    /// SHA-256 of the payload's JSON, so a response can be tied to what was shown.
+    pub payload_hash: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+impl Proposal {
+    pub fn new(bottle: &str, payload: Payload) -> Proposal {
+        let hash = hex::encode(Sha256::digest(serde_json::to_vec(&payload).unwrap_or_default()));
+        Proposal {
+            id: uuid::Uuid::new_v4().to_string(),
+            bottle: bottle.to_string(),
+            tool: TOOL.to_string(),
+            payload,
+            justification: JUSTIFICATION.to_string(),
+            payload_hash: hash,
+            created_at: now(),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Approved,
+    Modified,
+    Rejected,
+}
+
+/// How long an approval lasts. Absent from a response means `gateway` (the seeds'
+/// semantics), so tools that predate scopes keep working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Only the held request(s) of this proposal; the next request with the value is held again.
+    Once,
+    /// The value joins the bottle's safe set for the gateway's life (in memory).
+    #[default]
+    Gateway,
+    /// As `gateway`, and a keyed hash of the value is persisted so a restart does not re-prompt.
+    Persist,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Gateway, Scope::Once, Scope::Persist];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Once => "once",
+            Scope::Gateway => "gateway",
+            Scope::Persist => "persist",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scope::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| format!("unknown scope {s:?}"))
+    }
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Approved => "approved",
+            Status::Modified => "modified",
+            Status::Rejected => "rejected",
+        }
+    }
+}
+
+impl FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Status::Approved, Status::Modified, Status::Rejected]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown status {s:?} (approved|modified|rejected)"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub status: Status,
+    #[serde(default)]
+    pub notes: String,
+    /// Absent: `gateway`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Scope>,
+    #[serde(default)]
+    pub decided_by: Option<String>,
+    #[serde(default)]
+    pub decided_at: Option<u64>,
+}
+
+impl Response {
+    /// A decision by the current operator, now.
+    pub fn by_operator(status: Status, notes: &str, scope: Option<Scope>) -> Response {
+        Response { status, notes: notes.to_string(), scope, decided_by: Some(operator_name()), decided_at: Some(now()) }
+    }
+
+    pub fn scope(&self) -> Scope {
+        self.scope.unwrap_or_default()
+    }
+}
+
+/// Who is deciding: the sudo user behind root, else the login name.
+pub fn operator_name() -> String {
+    std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "operator".into())
+}
+
+/// Parses a response's JSON; anything but a known status (and scope) is an error.
+pub fn parse_response(bytes: &[u8]) -> Result<Response, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+/// One decision, as `supervise history` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub proposal_id: String,
+    pub bottle: String,
+    pub host: String,
+    pub method: String,
+    pub path: String,
+    pub status: Status,
+    pub scope: Scope,
+    /// The operator's reason (the response's notes).
+    pub reason: String,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<u64>,
+}
+
+impl Proposal {
+    /// One line: age, bottle, request, detector reason.
+    pub fn summary(&self, now: u64) -> String {
+        format!(
+            "{:>4}  {:<12} {} {}{}  {}",
+            format_age(now, self.created_at),
+            self.bottle,
+            self.payload.method,
+            self.payload.host,
+            self.payload.path,
+            self.payload.reason
+        )
+    }
+}
+
+impl AuditEntry {
+    /// One line: when, bottle, status, scope, who, request, reason.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}  {:<12} {:<8} {:<7} by {:<10} {} {}{}  {}",
+            self.decided_at.map(format_time).unwrap_or_else(|| "-".into()),
+            self.bottle,
+            self.status.as_str(),
+            self.scope.as_str(),
+            self.decided_by.as_deref().unwrap_or("-"),
+            self.method,
+            self.host,
+            self.path,
+            if self.reason.is_empty() { "(no reason given)" } else { &self.reason }
+        )
+    }
+
+    pub fn new(p: &Proposal, r: &Response) -> AuditEntry {
+        AuditEntry {
+            proposal_id: p.id.clone(),
+            bottle: p.bottle.clone(),
+            host: p.payload.host.clone(),
+            method: p.payload.method.clone(),
+            path: p.payload.path.clone(),
+            status: r.status,
+            scope: r.scope(),
+            reason: r.notes.clone(),
+            decided_by: r.decided_by.clone(),
+            decided_at: r.decided_at,
+        }
+    }
+}
+
+/// `2026-01-02T03:04:05Z` for an epoch time.
+pub fn format_time(secs: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| secs.to_string())
+}
+
+/// `42s`, `5m`, `3h`, `2d`: how long ago.
+pub fn format_age(now: u64, then: u64) -> String {
+    let s = now.saturating_sub(then);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_and_unknown_status_responses_are_errors() {
+        for bad in [
+            &b"not json"[..],
+            br#"{"status": "maybe"}"#,
+            br#"{"notes": "x"}"#,
+            br#"{"status":"approved","scope":"forever"}"#,
+        ] {
+            assert!(parse_response(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(parse_response(br#"{"status":"modified"}"#).unwrap().status, Status::Modified);
+    }
+
+    #[test]
+    fn an_absent_scope_means_gateway_and_is_not_written() {
+        let r = parse_response(br#"{"status":"approved","notes":"ok"}"#).unwrap();
+        assert_eq!(r.scope(), Scope::Gateway);
+        let r = Response { scope: None, ..r };
+        assert!(!serde_json::to_string(&r).unwrap().contains("scope"));
+        let once = parse_response(br#"{"status":"approved","scope":"once"}"#).unwrap();
+        assert_eq!(once.scope(), Scope::Once);
+    }
+
+    #[test]
+    fn status_and_scope_round_trip_as_text() {
+        for s in Scope::ALL {
+            assert_eq!(s.as_str().parse::<Scope>().unwrap(), s);
+        }
+        assert!("perhaps".parse::<Status>().is_err());
+        assert_eq!(format_age(100, 40), "1m");
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,235 @@
+//! Approved values. The bottle's safe set holds only keyed hashes (HMAC-SHA256) of the
+//! values, never the values; with `allow_persist`, hashes approved with scope `persist`
+//! are appended to `<state_dir>/supervise-safe/<bottle>.hmac` under a per-gateway random
+//! key (`<state_dir>/supervise.key`, 0600) and loaded at start, so a restart does not
+//! re-prompt. A value approved `once` lives only in its request's `RequestSafe`.
+use std::{
+    collections::HashSet,
+    fs,
+    io::{Read, Write},
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    sync::RwLock,
+};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::{
+    HoldOutcome,
+    protocol::Scope,
+    store::{self, StoreError},
+};
+use crate::{
+    dlp::{SafeSet, Secret},
+    supervise::Supervisor,
+};
+
+pub const KEY_FILE: &str = "supervise.key";
+pub const SAFE_DIR: &str = "supervise-safe";
+
+type Digest = [u8; 32];
+
+/// The per-gateway HMAC key.
+#[derive(Clone)]
+pub struct Key([u8; 32]);
+
+impl Key {
+    /// A key for this process only (nothing is persisted).
+    pub fn ephemeral() -> Key {
+        Key(rand::random())
+    }
+
+    /// Loads `<state_dir>/supervise.key`, creating it (32 random bytes, 0600) if missing;
+    /// refuses one a bottle could read or write.
+    pub fn load_or_create(state_dir: &Path) -> Result<Key, StoreError> {
+        store::prepare_private_dir(state_dir)?;
+        let path = state_dir.join(KEY_FILE);
+        let err = |e: std::io::Error| StoreError::Io { path: path.clone(), reason: e.to_string() };
+        match fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+            Ok(mut f) => {
+                let key: [u8; 32] = rand::random();
+                f.write_all(&key).map_err(err)?;
+                f.sync_all().map_err(err)?;
+                return Ok(Key(key));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err(e)),
+        }
+        store::check_private_file(&path)?;
+        if fs::metadata(&path).map_err(err)?.mode() & 0o077 != 0 {
+            let reason = "the key is readable by others (chmod 600 it)".into();
+            return Err(StoreError::Unsafe { path: path.clone(), reason });
+        }
+        let mut key = [0u8; 32];
+        fs::File::open(&path).and_then(|mut f| f.read_exact(&mut key)).map_err(err)?;
+        Ok(Key(key))
+    }
+
+    fn digest(&self, value: &str) -> Digest {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(value.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// The file of persisted hashes, one hex HMAC a line.
+pub fn persisted_path(state_dir: &Path, bottle: &str) -> PathBuf {
+    state_dir.join(SAFE_DIR).join(format!("{bottle}.hmac"))
+}
+
+/// A bottle's approved values, as keyed hashes.
+pub struct SafeValues {
+    key: Key,
+    hashes: RwLock<HashSet<Digest>>,
+    /// Where `persist` approvals go; `None` unless `allow_persist`.
+    persist_to: Option<PathBuf>,
+}
+
+impl SafeValues {
+    /// In memory only: `persist` approvals are refused.
+    pub fn in_memory() -> SafeValues {
+        SafeValues { key: Key::ephemeral(), hashes: RwLock::default(), persist_to: None }
+    }
+
+    /// With a persisted list at `file` (loaded now; created on the first `persist`).
+    pub fn persisted(key: Key, file: PathBuf) -> Result<SafeValues, StoreError> {
+        let err = |e: std::io::Error| StoreError::Io { path: file.clone(), reason: e.to_string() };
+        let mut hashes = HashSet::new();
+        if file.exists() {
+            store::check_private_file(&file)?;
+            for (n, line) in fs::read_to_string(&file).map_err(err)?.lines().enumerate() {
+                let mut digest = [0u8; 32];
+                hex::decode_to_slice(line.trim(), &mut digest).map_err(|e| StoreError::Io {
+                    path: file.clone(),
+                    reason: format!("line {}: not a hex HMAC-SHA256: {e}", n + 1),
+                })?;
+                hashes.insert(digest);
+            }
+        }
+        Ok(SafeValues { key, hashes: RwLock::new(hashes), persist_to: Some(file) })
+    }
+
+    pub fn allows_persist(&self) -> bool {
+        self.persist_to.is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.hashes.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records an approval of `value` with `scope` (`once` records nothing here).
+    pub fn approve(&self, value: &Secret, scope: Scope) -> Result<(), StoreError> {
+        let digest = self.key.digest(value.expose());
+        match scope {
+            Scope::Once => return Ok(()),
+            Scope::Gateway => {}
+            Scope::Persist => {
+                let Some(file) = &self.persist_to else { return Err(StoreError::PersistNotAllowed) };
+                append_line(file, &hex::encode(digest))?;
+            }
+        }
+        self.hashes.write().unwrap_or_else(|e| e.into_inner()).insert(digest);
+        Ok(())
+    }
+}
+
+impl SafeSet for SafeValues {
+    fn contains(&self, value: &str) -> bool {
+        let digest = self.key.digest(value);
+        self.hashes.read().unwrap_or_else(|e| e.into_inner()).contains(&digest)
+    }
+}
+
+fn append_line(file: &Path, line: &str) -> Result<(), StoreError> {
+    let err = |e: std::io::Error| StoreError::Io { path: file.to_path_buf(), reason: e.to_string() };
+    if let Some(dir) = file.parent() {
+        store::prepare_private_dir(dir)?;
+    }
+    let mut f = fs::OpenOptions::new().append(true).create(true).mode(0o600).open(file).map_err(err)?;
+    f.write_all(format!("{line}\n").as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)
+}
+
+/// The safe set one request is scanned with: its bottle's, plus the values approved
+/// `once` for this request.
+pub struct RequestSafe<'a> {
+    bottle: Option<&'a SafeValues>,
+    once: HashSet<String>,
+}
+
+impl<'a> RequestSafe<'a> {
+    pub fn new(supervisor: Option<&'a Supervisor>) -> Self {
+        RequestSafe { bottle: supervisor.map(Supervisor::safe_set), once: HashSet::new() }
+    }
+
+    /// After a hold: a value approved `once` is allowed for the rest of this request
+    /// (other scopes are already in the bottle's set).
+    pub fn note(&mut self, outcome: &HoldOutcome, value: &Secret) {
+        if let HoldOutcome::Approved { scope: Scope::Once } = outcome {
+            self.once.insert(value.expose().to_string());
+        }
+    }
+}
+
+impl SafeSet for RequestSafe<'_> {
+    fn contains(&self, value: &str) -> bool {
+        self.once.contains(value) || self.bottle.is_some_and(|b| b.contains(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervise::store::tests::temp_dir;
+
+    #[test]
+    fn persisted_approvals_survive_a_restart_as_keyed_hashes_only() {
+        let state = temp_dir("safe");
+        let file = persisted_path(&state, "demo");
+        let value = Secret::new("ghp_persistedvalue0123456789");
+        {
+            let key = Key::load_or_create(&state).unwrap();
+            let safe = SafeValues::persisted(key, file.clone()).unwrap();
+            safe.approve(&value, Scope::Persist).unwrap();
+            safe.approve(&Secret::new("gateway-only-value"), Scope::Gateway).unwrap();
+            assert!(safe.contains(value.expose()) && safe.contains("gateway-only-value"));
+        }
+        let text = fs::read_to_string(&file).unwrap();
+        assert!(!text.contains("persistedvalue"), "the raw value was persisted");
+        assert_eq!(text.lines().count(), 1);
+        // "Restart": the same key file, a fresh set.
+        let safe = SafeValues::persisted(Key::load_or_create(&state).unwrap(), file.clone()).unwrap();
+        assert!(safe.contains(value.expose()));
+        assert!(!safe.contains("gateway-only-value"), "a gateway-scope approval outlived the gateway");
+        // Another gateway's key does not recognise it.
+        let other = SafeValues::persisted(Key::ephemeral(), file).unwrap();
+        assert!(!other.contains(value.expose()));
+    }
+
+    #[test]
+    fn once_is_per_request_and_persist_needs_opt_in() {
+        let safe = SafeValues::in_memory();
+        let v = Secret::new("value-approved-once");
+        safe.approve(&v, Scope::Once).unwrap();
+        assert!(!safe.contains(v.expose()));
+        assert!(safe.approve(&v, Scope::Persist).unwrap_err().to_string().contains("allow_persist"));
+        let mut req = RequestSafe { bottle: Some(&safe), once: HashSet::new() };
+        req.note(&HoldOutcome::Approved { scope: Scope::Once }, &v);
+        assert!(req.contains(v.expose()));
+        assert!(!RequestSafe { bottle: Some(&safe), once: HashSet::new() }.contains(v.expose()));
+    }
+
+    #[test]
+    fn a_readable_key_is_refused() {
+        let state = temp_dir("safe-key");
+        Key::load_or_create(&state).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(state.join(KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(Key::load_or_create(&state).is_err());
+    }
+}

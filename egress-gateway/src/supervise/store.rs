@@ -1,0 +1,199 @@
+//! One protocol, two stores: the seeds' queue directory (`queue.rs`) and SQLite
+//! (`sqlite.rs`). Both implement `Store`, and both pass the same protocol suite
+//! (`tests::protocol_suite`). A store is scoped to one bottle.
+use std::{
+    fs,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use super::protocol::{AuditEntry, Proposal, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("supervise queue {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error("supervise database {path}: {reason}")]
+    Db { path: PathBuf, reason: String },
+    #[error("malformed response to proposal {id} (expected status approved|modified|rejected): {reason}")]
+    Malformed { id: String, reason: String },
+    #[error("{path} is unsafe for the supervise store: {reason}")]
+    Unsafe { path: PathBuf, reason: String },
+    #[error("no proposal {0:?} (unknown id)")]
+    UnknownId(String),
+    #[error("proposal {0} is already decided")]
+    AlreadyDecided(String),
+    #[error("approval scope persist is not allowed for this bottle (set allow_persist: true in its supervise block)")]
+    PersistNotAllowed,
+    #[error("proposal {0} is no longer pending (its hold ended without a decision: timeout or gateway stop)")]
+    Closed(String),
+}
+
+/// Where a bottle's proposals and responses live.
+pub trait Store: Send + Sync {
+    /// The queue directory or database file, for messages.
+    fn location(&self) -> &Path;
+    fn write_proposal(&self, p: &Proposal) -> Result<(), StoreError>;
+    /// Proposals without a response whose hold has not ended, oldest first.
+    fn pending(&self) -> Result<Vec<Proposal>, StoreError>;
+    /// A proposal, pending or not; `None` if this store never had it.
+    fn proposal(&self, id: &str) -> Result<Option<Proposal>, StoreError>;
+    /// Records the decision (and its audit entry). Unknown id, already decided, or a
+    /// hold that already ended: an error, and nothing is written.
+    fn write_response(&self, id: &str, r: &Response) -> Result<(), StoreError>;
+    /// The response to `id`, if one was written; a malformed one is an error.
+    fn read_response(&self, id: &str) -> Result<Option<Response>, StoreError>;
+    /// Ends the hold: the proposal (and its response, if any) is no longer pending.
+    /// The waiting gateway calls it.
+    fn archive(&self, id: &str) -> Result<(), StoreError>;
+    /// Every decision, oldest first.
+    fn history(&self) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// Refuses a directory a bottle could write to: group- or world-writable, or owned by
+/// another user than the gateway's.
+pub fn check_private_dir(dir: &Path) -> Result<(), StoreError> {
+    check_owner_and_mode(dir, "chmod 700 it")
+}
+
+/// The same check for a file (the SQLite database).
+pub fn check_private_file(file: &Path) -> Result<(), StoreError> {
+    check_owner_and_mode(file, "chmod 600 it")
+}
+
+fn check_owner_and_mode(path: &Path, fix: &str) -> Result<(), StoreError> {
+    let meta =
+        fs::metadata(path).map_err(|e| StoreError::Unsafe { path: path.to_path_buf(), reason: e.to_string() })?;
+    if meta.mode() & 0o022 != 0 {
+        return Err(StoreError::Unsafe {
+            path: path.to_path_buf(),
+            reason: format!("it is group- or world-writable, so a bottle could write to it ({fix})"),
+        });
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(StoreError::Unsafe {
+            path: path.to_path_buf(),
+            reason: format!("it is owned by uid {}, not by the gateway's user (chown it)", meta.uid()),
+        });
+    }
+    Ok(())
+}
+
+/// Creates `dir` (0700) if missing, then checks it.
+pub fn prepare_private_dir(dir: &Path) -> Result<(), StoreError> {
+    if !dir.exists() {
+        let io = |e: std::io::Error| StoreError::Io { path: dir.to_path_buf(), reason: e.to_string() };
+        fs::create_dir_all(dir).map_err(io)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+    }
+    check_private_dir(dir)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! The protocol suite every store must pass.
+    use super::*;
+    use crate::supervise::protocol::{Payload, Scope, Status};
+
+    pub fn payload(host: &str) -> Payload {
+        Payload {
+            host: host.into(),
+            method: "POST".into(),
+            path: "/v1/x".into(),
+            reason: "token_patterns: GitHub personal access token".into(),
+            context: "key ********".into(),
+        }
+    }
+
+    pub fn temp_dir(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("egress-sup-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        dir
+    }
+
+    fn response(status: Status, notes: &str, scope: Option<Scope>) -> Response {
+        Response { status, notes: notes.into(), scope, decided_by: Some("alice".into()), decided_at: Some(1000) }
+    }
+
+    /// `inject_raw(id, text)` writes a response the way a foreign tool might, bypassing
+    /// the store's validation (for the malformed case).
+    pub fn protocol_suite(store: &dyn Store, inject_raw: &dyn Fn(&str, &str)) {
+        // A proposal is pending until decided, and can be read back.
+        let mut first = Proposal::new("demo", payload("a.test"));
+        first.created_at = 100;
+        let mut second = Proposal::new("demo", payload("b.test"));
+        second.created_at = 200;
+        store.write_proposal(&second).unwrap();
+        store.write_proposal(&first).unwrap();
+        assert_eq!(store.pending().unwrap(), vec![first.clone(), second.clone()], "oldest first");
+        assert_eq!(store.proposal(&first.id).unwrap(), Some(first.clone()));
+        assert_eq!(store.read_response(&first.id).unwrap(), None);
+
+        // A decision: read back with its scope; no longer pending.
+        store.write_response(&first.id, &response(Status::Approved, "deploy key", Some(Scope::Once))).unwrap();
+        let r = store.read_response(&first.id).unwrap().unwrap();
+        assert_eq!((r.status, r.scope(), r.notes.as_str()), (Status::Approved, Scope::Once, "deploy key"));
+        assert_eq!(store.pending().unwrap(), vec![second.clone()]);
+
+        // Deciding twice, or an unknown id: errors that change nothing.
+        assert!(matches!(
+            store.write_response(&first.id, &response(Status::Rejected, "late", None)),
+            Err(StoreError::AlreadyDecided(_))
+        ));
+        assert_eq!(store.read_response(&first.id).unwrap().unwrap().status, Status::Approved);
+        assert!(matches!(
+            store.write_response("no-such-id", &response(Status::Rejected, "", None)),
+            Err(StoreError::UnknownId(_))
+        ));
+        assert!(store.proposal("no-such-id").unwrap().is_none());
+
+        // The waiting gateway archives; the decision stays readable in the history.
+        store.archive(&first.id).unwrap();
+        assert_eq!(store.proposal(&first.id).unwrap(), Some(first.clone()));
+        assert!(matches!(
+            store.write_response(&first.id, &response(Status::Rejected, "late", None)),
+            Err(StoreError::AlreadyDecided(_))
+        ));
+
+        // A hold that ended without a decision (timeout): closed, not decidable.
+        store.archive(&second.id).unwrap();
+        assert!(store.pending().unwrap().is_empty());
+        assert!(matches!(
+            store.write_response(&second.id, &response(Status::Approved, "late", None)),
+            Err(StoreError::Closed(_))
+        ));
+
+        // A rejection without a scope is audited as gateway, with who and when.
+        let third = Proposal::new("demo", payload("c.test"));
+        store.write_proposal(&third).unwrap();
+        store
+            .write_response(&third.id, &Response { decided_at: Some(2000), ..response(Status::Rejected, "", None) })
+            .unwrap();
+        let history = store.history().unwrap();
+        assert_eq!(history.len(), 2, "{history:?}");
+        assert_eq!(history[0], AuditEntry::new(&first, &r));
+        assert_eq!(
+            (history[1].status, history[1].scope, history[1].host.as_str()),
+            (Status::Rejected, Scope::Gateway, "c.test")
+        );
+        assert_eq!(history[1].decided_by.as_deref(), Some("alice"));
+
+        // A foreign tool's malformed response: an error for the waiting gateway.
+        let fourth = Proposal::new("demo", payload("d.test"));
+        store.write_proposal(&fourth).unwrap();
+        inject_raw(&fourth.id, "perhaps");
+        assert!(matches!(store.read_response(&fourth.id), Err(StoreError::Malformed { .. })));
+    }
+
+    #[test]
+    fn refuses_writable_or_missing_locations() {
+        let dir = temp_dir("perm");
+        check_private_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o770)).unwrap();
+        let err = check_private_dir(&dir).unwrap_err();
+        assert!(err.to_string().contains("group- or world-writable"), "{err}");
+        assert!(check_private_file(&dir.join("missing.db")).is_err());
+    }
+}
