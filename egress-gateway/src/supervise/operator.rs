@@ -15,12 +15,9 @@ pub enum OperatorError {
     ReasonRequired,
     #[error("no proposal {0:?} in any bottle's store (unknown id)")]
     UnknownId(String),
-    #[error("bottle {bottle}: {source}")]
-    Store {
-        bottle: String,
-        #[source]
-        source: StoreError,
-    },
+    /// Displays its cause itself (no `source`), so `{:#}` does not repeat it.
+    #[error("bottle {bottle}: {error}")]
+    Store { bottle: String, error: StoreError },
 }
 
 /// One supervised bottle's store.
@@ -43,7 +40,7 @@ impl Operator {
             let Some(s) = &b.supervise else { continue };
             let store = s
                 .open_store(&config.state_dir, &b.name)
-                .map_err(|source| OperatorError::Store { bottle: b.name.clone(), source })?;
+                .map_err(|error| OperatorError::Store { bottle: b.name.clone(), error })?;
             bottles.push(BottleStore { bottle: b.name.clone(), allow_persist: s.allow_persist, store });
         }
         Ok(Operator { bottles })
@@ -57,7 +54,7 @@ impl Operator {
     fn gather<T>(&self, read: impl Fn(&dyn Store) -> Result<Vec<T>, StoreError>) -> Result<Vec<T>, OperatorError> {
         let mut out = Vec::new();
         for (b, s) in self.stores() {
-            out.extend(read(s).map_err(|source| OperatorError::Store { bottle: b.bottle.clone(), source })?);
+            out.extend(read(s).map_err(|error| OperatorError::Store { bottle: b.bottle.clone(), error })?);
         }
         Ok(out)
     }
@@ -72,9 +69,7 @@ impl Operator {
     /// The proposal `id` (pending or not) and its bottle's store.
     pub fn find(&self, id: &str) -> Result<(&BottleStore, Proposal), OperatorError> {
         for (b, s) in self.stores() {
-            if let Some(p) =
-                s.proposal(id).map_err(|source| OperatorError::Store { bottle: b.bottle.clone(), source })?
-            {
+            if let Some(p) = s.proposal(id).map_err(|error| OperatorError::Store { bottle: b.bottle.clone(), error })? {
                 return Ok((b, p));
             }
         }
@@ -94,7 +89,7 @@ impl Operator {
             return Err(OperatorError::ReasonRequired);
         }
         let (b, p) = self.find(id)?;
-        let err = |source| OperatorError::Store { bottle: b.bottle.clone(), source };
+        let err = |error| OperatorError::Store { bottle: b.bottle.clone(), error };
         let scope = if status == Status::Rejected { None } else { Some(scope.unwrap_or_default()) };
         if scope == Some(Scope::Persist) && !b.allow_persist {
             return Err(err(StoreError::PersistNotAllowed));
