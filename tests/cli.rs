@@ -58,3 +58,82 @@ fn unknown_bottle_and_missing_command_are_clear_errors() {
     let out = Command::new(gateway_bin()).args(["exec", "--bottle", "default"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "clap usage error");
 }
+
+/// The issue's supervise example (its queue directory moved into the test's directory)
+/// with one pending proposal, as the gateway writes it.
+fn supervise_dir() -> std::path::PathBuf {
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("egress-cli-sup-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let queue = dir.join("queue/demo");
+    std::fs::create_dir_all(&queue).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&queue, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let gateway = format!(
+        "bottles:\n  - name: demo\n    cgroup: egress/demo\n    routes: demo-routes.yaml\n    supervise:\n      \
+         queue_dir: {}\n      timeout_seconds: 300     # EGRESS_TOKEN_ALLOW_TIMEOUT_SECONDS when absent\n",
+        queue.display()
+    );
+    std::fs::write(dir.join("gateway.yaml"), gateway).unwrap();
+    let routes = "routes:\n  - host: api.upstream.test\n    dlp:\n      outbound_on_match: supervise\n";
+    std::fs::write(dir.join("demo-routes.yaml"), routes).unwrap();
+    let proposal = r#"{"id": "p-1", "bottle": "demo", "tool": "egress-token-allow",
+        "payload": {"host": "api.upstream.test", "method": "POST", "path": "/v1/send",
+                    "reason": "token_patterns: GitHub personal access token in body", "context": "key=********"},
+        "justification": "approve if intended", "payload_hash": "00", "created_at": 1795000000}"#;
+    std::fs::write(queue.join("p-1.json"), proposal).unwrap();
+    dir
+}
+
+fn supervise(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(gateway_bin())
+        .arg("supervise")
+        .args(args)
+        .arg("--config")
+        .arg(dir.join("gateway.yaml"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn supervise_list_json_prints_the_pending_proposals() {
+    let dir = supervise_dir();
+    let out = supervise(&dir, &["list", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON array");
+    let p = &list.as_array().expect("an array")[0];
+    assert_eq!((p["id"].as_str(), p["bottle"].as_str()), (Some("p-1"), Some("demo")));
+    assert_eq!(p["tool"], "egress-token-allow");
+    assert_eq!(p["payload"]["host"], "api.upstream.test");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn supervise_errors_are_clear_and_change_nothing() {
+    let dir = supervise_dir();
+    let queue = dir.join("queue/demo");
+    let files = || std::fs::read_dir(&queue).unwrap().count();
+    let before = files();
+    for (args, says) in [
+        (&["approve", "nope", "--reason", "x"][..], "unknown id"),
+        (&["approve", "p-1", "--reason", "  "][..], "non-empty reason"),
+        (&["approve", "p-1", "--reason", "x", "--scope", "persist"][..], "allow_persist"),
+    ] {
+        let out = supervise(&dir, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        assert_eq!(files(), before, "{args:?} changed the queue");
+    }
+    let out = supervise(&dir, &["reject", "p-1", "--reason", "not expected"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = supervise(&dir, &["approve", "p-1", "--reason", "late"]);
+    assert!(stderr(&out).contains("already decided"), "{}", stderr(&out));
+    assert!(stdout(&supervise(&dir, &["history"])).contains("not expected"));
+    // A queue a bottle could write to is refused, not read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&queue, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = supervise(&dir, &["list"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("group- or world-writable"), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -429,6 +429,35 @@ mod tests {
         assert!(state.join(DEFAULT_DB).exists(), "SQLite is the default store");
     }
 
+    #[tokio::test]
+    async fn notifications_get_the_proposal_and_their_failure_releases_nothing() {
+        let state = temp_dir("notify-hold");
+        let out = state.join("notified.json");
+        let value = Secret::new("ghp_notifiedvalue0123456789abcdef");
+        let argv = |cmd: String| Some(vec!["sh".to_string(), "-c".to_string(), cmd]);
+        let config = SuperviseConfig {
+            notify_command: argv(format!("cat > {}.tmp && mv {0}.tmp {0}", out.display())),
+            timeout_seconds: Some(1),
+            ..Default::default()
+        };
+        let s = Supervisor::from_config("demo", &config, &state).unwrap();
+        let outcome = s.hold(payload("n.test"), &value).await;
+        assert!(matches!(outcome, HoldOutcome::Failed(_)), "{outcome:?}");
+        // The notification runs in the background; the hold's second is usually enough.
+        while !out.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let text = std::fs::read_to_string(&out).unwrap();
+        let got: Proposal = serde_json::from_str(&text).unwrap();
+        assert_eq!((got.bottle.as_str(), got.payload.host.as_str()), ("demo", "n.test"));
+        assert!(!text.contains("notifiedvalue"));
+
+        let failing = SuperviseConfig { notify_command: argv("exit 3".into()), timeout_seconds: Some(1), ..config };
+        let s = Supervisor::from_config("demo", &failing, &state).unwrap();
+        let outcome = s.hold(payload("n.test"), &value).await;
+        assert!(matches!(&outcome, HoldOutcome::Failed(why) if why.contains("no operator decision")), "{outcome:?}");
+    }
+
     #[test]
     fn the_issue_example_parses_and_naming_both_stores_is_an_error() {
         let example = "bottles:\n  - name: demo\n    cgroup: egress/demo\n    routes: demo-routes.yaml\n    \

@@ -102,7 +102,8 @@ impl Operator {
     /// Every bottle's decisions, oldest first.
     pub fn history(&self) -> Result<Vec<AuditEntry>, OperatorError> {
         let mut out = self.gather(|s| s.history())?;
-        out.sort_by(|a, b| (a.decided_at, &a.proposal_id).cmp(&(b.decided_at, &b.proposal_id)));
+        // Stable: each store's own order (finer than decided_at's seconds) is kept.
+        out.sort_by_key(|e| e.decided_at);
         Ok(out)
     }
 }

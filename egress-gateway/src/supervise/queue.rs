@@ -174,14 +174,17 @@ impl Store for QueueDir {
             }
             for id in self.proposal_ids(&dir)? {
                 let Ok(Some(p)) = self.read_proposal_file(&dir.join(format!("{id}.json"))) else { continue };
+                let path = dir.join(format!("{id}.response.json"));
                 // A malformed response was no decision.
-                if let Ok(Some(r)) = self.read_response_file(&id, &dir.join(format!("{id}.response.json"))) {
-                    out.push(AuditEntry::new(&p, &r));
+                if let Ok(Some(r)) = self.read_response_file(&id, &path) {
+                    // decided_at has a second's resolution: the file's time orders ties.
+                    let written = fs::metadata(&path).and_then(|m| m.modified()).ok();
+                    out.push((r.decided_at, written, AuditEntry::new(&p, &r)));
                 }
             }
         }
-        out.sort_by(|a, b| (a.decided_at, &a.proposal_id).cmp(&(b.decided_at, &b.proposal_id)));
-        Ok(out)
+        out.sort_by_key(|(at, written, _)| (*at, *written));
+        Ok(out.into_iter().map(|(_, _, e)| e).collect())
     }
 }
 
