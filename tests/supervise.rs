@@ -1,7 +1,9 @@
 //! Supervise end to end: a request carrying a token waits for the operator; approve
-//! releases it and remembers the value; reject, timeout, a malformed response and a
-//! broken queue each give 403; other requests keep flowing meanwhile; no raw value is
-//! written to the queue or the logs.
+//! releases it and remembers the value (scope `gateway`), or releases only that request
+//! (`once`), or remembers it across a restart (`persist`, opt-in); reject, timeout, a
+//! malformed response and a broken queue each give 403; other requests keep flowing
+//! meanwhile; SQLite is the default store and `supervise history` shows every decision;
+//! no raw value is written to the store, the state directory or the logs.
 #![cfg(feature = "root-tests")]
 
 use std::{
