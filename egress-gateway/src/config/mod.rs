@@ -76,6 +76,8 @@ struct RawBottle {
     cgroup: PathBuf,
     routes: Option<PathBuf>,
     supervise: Option<SuperviseConfig>,
+    #[serde(default)]
+    mounts: Vec<PathBuf>,
 }
 
 /// A validated gateway configuration.
@@ -106,6 +108,9 @@ pub struct Bottle {
     /// Resolved against the config file's directory; `None` allows nothing.
     pub routes: Option<PathBuf>,
     pub supervise: Option<SuperviseConfig>,
+    /// Host paths the bottle can see (bind-mounted into it: its workspace, say). The
+    /// gateway's state and every supervise store must be outside all of them.
+    pub mounts: Vec<PathBuf>,
 }
 
 impl Config {
@@ -175,6 +180,11 @@ impl Config {
                     problems.push(format!("{field}.supervise"), msg);
                 }
             }
+            for (j, m) in b.mounts.iter().enumerate() {
+                if !m.is_absolute() || m.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                    problems.push(format!("{field}.mounts[{j}]"), "must be an absolute path without '..'");
+                }
+            }
             let id = egress_common::bottle_id(b.name.as_bytes());
             if bottles.iter().any(|o| o.id == id && o.name != b.name) {
                 problems.push(format!("{field}.name"), "its id collides with another bottle's: rename it");
@@ -191,10 +201,24 @@ impl Config {
                 cgroup: b.cgroup,
                 routes: b.routes.map(|r| base.join(r)),
                 supervise,
+                mounts: b.mounts,
             });
         }
         if bottles.len() as u32 > egress_common::MAX_BOTTLES {
             problems.push("bottles", format!("at most {} bottles", egress_common::MAX_BOTTLES));
+        }
+        let state_dir = raw.state_dir.map(|p| base.join(p)).unwrap_or_else(|| DEFAULT_STATE_DIR.into());
+        for (field, path, what) in kept_from_bottles(&state_dir, &bottles) {
+            if let Some((bottle, mount)) = bottle_mount_holding(&bottles, &path) {
+                problems.push(
+                    field,
+                    format!(
+                        "{what} {} is inside bottle {bottle}'s mount {}: the bottle could reach it",
+                        path.display(),
+                        mount.display()
+                    ),
+                );
+            }
         }
 
         if raw.dlp.partial_min_len.is_some_and(|n| n < 8) {
@@ -209,7 +233,7 @@ impl Config {
             source: Some(path.to_path_buf()),
             listen,
             dns_listen,
-            state_dir: raw.state_dir.map(|p| base.join(p)).unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            state_dir,
             bpffs_dir: raw.bpffs_dir.unwrap_or_else(|| DEFAULT_BPFFS_DIR.into()),
             cgroup_root: raw.cgroup_root,
             hosts,
@@ -252,6 +276,28 @@ impl Config {
         }
         out
     }
+}
+
+/// What must stay out of every bottle's reach: (field, path, what it is).
+fn kept_from_bottles(state_dir: &Path, bottles: &[Bottle]) -> Vec<(String, PathBuf, &'static str)> {
+    let mut out = vec![("state_dir".to_string(), state_dir.to_path_buf(), "the state directory (CA key)")];
+    for (i, b) in bottles.iter().enumerate() {
+        if let Some(s) = &b.supervise {
+            let (path, what) = match s.store_spec(state_dir) {
+                crate::supervise::StoreSpec::Queue(dir) => (dir, "the supervise queue directory"),
+                crate::supervise::StoreSpec::Sqlite(db) => (db, "the supervise database"),
+            };
+            out.push((format!("bottles[{i}].supervise"), path, what));
+        }
+    }
+    out
+}
+
+/// The bottle and mount whose tree holds `path` (or lies inside it), compared as written.
+fn bottle_mount_holding<'a>(bottles: &'a [Bottle], path: &Path) -> Option<(&'a str, &'a Path)> {
+    bottles.iter().find_map(|b| {
+        b.mounts.iter().find(|m| path.starts_with(m) || m.starts_with(path)).map(|m| (b.name.as_str(), m.as_path()))
+    })
 }
 
 fn is_bottle_name(name: &str) -> bool {
@@ -342,5 +388,20 @@ bottles:
         assert_eq!(fields, ["dlp.partial_min_len", "dlp.sensitive_prefixes"]);
         let err = Config::parse(Path::new("g.yaml"), "dlp:\n  rule: x.toml\n").unwrap_err();
         assert!(err.to_string().contains("rule"), "{err}");
+    }
+
+    #[test]
+    fn stores_and_state_inside_a_bottle_mount_are_refused() {
+        let text = "state_dir: /srv/eg\nbottles:\n  - name: a\n    cgroup: egress/a\n    mounts: [/home/agent]\n    \
+                    supervise: {queue_dir: /home/agent/queue}\n  - name: b\n    cgroup: egress/b\n    mounts: [/srv]\n";
+        let err = Config::parse(Path::new("/etc/eg/gateway.yaml"), text).unwrap_err();
+        let fields: Vec<_> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["state_dir", "bottles[0].supervise"]);
+        assert!(err.to_string().contains("inside bottle b's mount /srv"), "{err}");
+        assert!(err.to_string().contains("inside bottle a's mount /home/agent"), "{err}");
+        let ok = "bottles:\n  - {name: a, cgroup: egress/a, mounts: [/home/agent], supervise: {queue_dir: /var/q}}\n";
+        assert!(Config::parse(Path::new("/etc/eg/gateway.yaml"), ok).is_ok());
+        let relative = "bottles:\n  - {name: a, cgroup: egress/a, mounts: [work]}\n";
+        assert!(Config::parse(Path::new("g.yaml"), relative).unwrap_err().to_string().contains("mounts[0]"));
     }
 }
