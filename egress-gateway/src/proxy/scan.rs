@@ -105,7 +105,13 @@ pub fn outbound(
                     ),
                 );
             }
-            redact(req.path_and_query, req.headers, &decoded, &header_pairs, &blocking, warnings)
+            let rescan = |text: &str, loc: Location| {
+                let mut found = Vec::new();
+                engine.scan_surface(text, loc, selection, safe, &mut found);
+                found.retain(|f| f.severity == Severity::Block);
+                found
+            };
+            redact(req.path_and_query, req.headers, &decoded, &header_pairs, &blocking, rescan, warnings)
         }
     }
 }
@@ -117,6 +123,7 @@ fn redact(
     body: &[u8],
     header_pairs: &[(String, String)],
     findings: &[&Finding],
+    rescan: impl Fn(&str, Location) -> Vec<Finding>,
     warnings: Vec<String>,
 ) -> Outbound {
     let (path, query) = path_and_query.split_once('?').map(|(p, q)| (p, Some(q))).unwrap_or((path_and_query, None));
@@ -136,14 +143,26 @@ fn redact(
     let new_query = query.map(|q| redact_surface(Location::Query, q));
     let body_text = String::from_utf8_lossy(body);
     let new_body = redact_surface(Location::Body, &body_text);
+    // A finding names its header, not which value of a repeated one: each value of a
+    // named header is scanned again on its own, and all of them are kept, in order.
     let mut new_headers = headers.clone();
-    for (name, value) in header_pairs {
-        let loc = Location::Header(name.clone());
-        if findings.iter().any(|f| f.location == loc) {
-            let replaced = redact_surface(loc, value);
-            match HeaderValue::from_str(&replaced) {
+    let mut names: Vec<&str> = findings
+        .iter()
+        .filter_map(|f| match &f.location {
+            Location::Header(name) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    names.dedup();
+    for name in names {
+        let header_name = http::HeaderName::from_bytes(name.as_bytes()).expect("came from a header");
+        new_headers.remove(&header_name);
+        for (_, value) in header_pairs.iter().filter(|(n, _)| n == name) {
+            let own = rescan(value, Location::Header(name.to_string()));
+            let spans: Vec<&str> = own.iter().filter_map(|f| value.get(f.span.0..f.span.1)).collect();
+            match HeaderValue::from_str(&dlp::redact_text(value, &spans)) {
                 Ok(v) => {
-                    new_headers.insert(http::HeaderName::from_bytes(name.as_bytes()).expect("came from a header"), v);
+                    new_headers.append(&header_name, v);
                 }
                 Err(_) => {
                     return Outbound::Refuse(
@@ -249,6 +268,30 @@ mod tests {
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         pairs.iter().map(|(k, v)| (http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap())).collect()
+    }
+
+    #[test]
+    fn redaction_keeps_every_value_of_a_repeated_header() {
+        let routes = crate::policy::Routes::parse(
+            std::path::Path::new("r.yaml"),
+            "routes:\n  - host: a.test\n    dlp: {outbound_on_match: redact}\n",
+        )
+        .unwrap();
+        let engine = dlp::Engine::new(dlp::KnownSecrets::default(), Vec::new()).unwrap();
+        let token = "ghp_aB3dE5fG7hJ9kL2mN4pQ6rS8tU1vW3xY5zA7";
+        for order in [["plain-value", token], [token, "plain-value"]] {
+            let h = headers(&[("x-key", order[0]), ("x-key", order[1]), ("x-other", "kept")]);
+            let req = Outgoing { host: "a.test", method: "GET", path_and_query: "/", headers: &h, body: Bytes::new() };
+            let Outbound::Forward { headers: out, .. } =
+                outbound(&engine, &routes.routes()[0], req, &dlp::NoneSafe, false)
+            else {
+                panic!("not forwarded")
+            };
+            let values: Vec<&str> = out.get_all("x-key").iter().map(|v| v.to_str().unwrap()).collect();
+            let want: Vec<&str> = order.iter().map(|v| if *v == token { "********" } else { *v }).collect();
+            assert_eq!(values, want);
+            assert_eq!(out["x-other"], "kept");
+        }
     }
 
     #[test]
