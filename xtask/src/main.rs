@@ -35,6 +35,11 @@ enum Task {
     },
     /// Run a benchmark: `dlp` or `proxy`.
     Bench { name: String },
+    /// Print the DLP accuracy report (recall per provider family and format, benign
+    /// false positives) over the corpus in egress-gateway/testdata/dlp-corpus.
+    DlpReport,
+    /// Rewrite the DLP corpus files from their generator.
+    DlpCorpus,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +81,15 @@ fn main() -> anyhow::Result<()> {
                 argv.extend(args.iter().map(String::as_str));
             }
             cargo_test_with_summary(&argv)
+        }
+        Task::DlpReport => {
+            bootstrap::run()?;
+            cargo(&["test", "-p", "egress-gateway", "--test", "dlp_corpus", "--", "accuracy_report", "--nocapture"])
+        }
+        Task::DlpCorpus => {
+            bootstrap::run()?;
+            let args = ["test", "-p", "egress-gateway", "--test", "dlp_corpus", "--", "committed_corpus"];
+            cargo_with_env(&args, &[("DLP_CORPUS_WRITE", "1")])
         }
         Task::Bench { name } => {
             bootstrap::run()?;
@@ -150,9 +164,14 @@ fn cargo_test_with_summary(args: &[&str]) -> anyhow::Result<()> {
 
 /// Runs cargo with `args` and fails if it does.
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_with_env(args, &[])
+}
+
+/// Runs cargo with `args` and extra environment variables, and fails if it does.
+fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(cargo).args(args).status().context("running cargo")?;
+    let status = Command::new(cargo).args(args).envs(env.iter().copied()).status().context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }

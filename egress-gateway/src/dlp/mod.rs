@@ -8,6 +8,7 @@ pub mod hostname;
 mod inbound;
 pub mod known;
 mod normalize;
+pub mod properties;
 mod rules;
 mod segments;
 pub mod stream;
@@ -222,8 +223,8 @@ impl Engine {
         let mut keyword_rule = Vec::new();
         let mut always = Vec::new();
         for def in rules::BUILTIN {
-            let regex =
-                Regex::new(def.regex).map_err(|e| EngineError::Rule { id: def.id.into(), reason: e.to_string() })?;
+            let regex = Regex::new(&rules::expand(def.regex))
+                .map_err(|e| EngineError::Rule { id: def.id.into(), reason: e.to_string() })?;
             let idx = rules.len();
             rules.push(Rule {
                 id: def.id,
@@ -381,7 +382,7 @@ impl Engine {
                 for caps in rule.regex.captures_iter(text) {
                     let Some(m) = rule.secret(&caps, text) else { continue };
                     let value = m.as_str();
-                    if safe.contains(value) || rules::PLACEHOLDERS.contains(&value) {
+                    if safe.contains(value) || rules::rejected(rule.id, value) {
                         continue;
                     }
                     out.push(Finding {

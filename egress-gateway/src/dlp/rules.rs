@@ -27,12 +27,19 @@ pub const BUILTIN: &[RuleDef] = &[
         ["AKIA", "ASIA", "ABIA", "ACCA"]
     ),
     rule!("gcp-api-key", "Google API key", r"\b(AIza[0-9A-Za-z_\-]{35})\b", ["AIza"]),
+    rule!("google-oauth-access-token", "Google OAuth access token", r"\b(ya29\.[A-Za-z0-9_\-]{30,})", ["ya29."]),
     rule!("gcp-oauth-client-secret", "Google OAuth client secret", r"\b(GOCSPX-[A-Za-z0-9_\-]{28})\b", ["GOCSPX-"]),
     rule!(
         "azure-storage-connection-string",
         "Azure storage account key",
         r"AccountKey=([A-Za-z0-9+/]{86}==)",
         ["AccountKey="]
+    ),
+    rule!(
+        "azure-ad-client-secret",
+        "Azure AD client secret",
+        r"(?:^|\\[nrt]|[^A-Za-z0-9_~.\-])([A-Za-z0-9_~.]{3}[0-9]Q~[A-Za-z0-9_~.\-]{31,34})(?:$|[^A-Za-z0-9_~.\-])",
+        ["Q~"]
     ),
     rule!("alibaba-access-key-id", "Alibaba Cloud access key id", r"\b(LTAI[A-Za-z0-9]{20})\b", ["LTAI"]),
     rule!("digitalocean-token", "DigitalOcean token", r"\b(do[opr]_v1_[a-f0-9]{64})\b", ["_v1_"]),
@@ -48,6 +55,19 @@ pub const BUILTIN: &[RuleDef] = &[
     ),
     rule!("pulumi-token", "Pulumi access token", r"\b(pul-[a-f0-9]{40})\b", ["pul-"]),
     rule!("doppler-token", "Doppler token", r"\b(dp\.(?:pt|st|sa|ct|scim|audit)\.[A-Za-z0-9]{40,44})\b", ["dp."]),
+    rule!(
+        "tailscale-key",
+        "Tailscale key",
+        r"\b(tskey-(?:api|auth|client|scim|webhook)-[A-Za-z0-9]{6,}-[A-Za-z0-9]{20,})",
+        ["tskey-"]
+    ),
+    rule!("supabase-token", "Supabase access token", r"\b(sbp_[a-f0-9]{40})\b", ["sbp_"]),
+    rule!(
+        "planetscale-token",
+        "PlanetScale token",
+        r"\b(pscale_(?:tkn|pw|oauth)_[A-Za-z0-9_\-.=]{32,64})",
+        ["pscale_"]
+    ),
     // Source hosting and CI
     rule!("github-pat", "GitHub personal access token", r"\b(ghp_[A-Za-z0-9]{36})\b", ["ghp_"]),
     rule!("github-oauth", "GitHub OAuth token", r"\b(gho_[A-Za-z0-9]{36})\b", ["gho_"]),
@@ -63,8 +83,22 @@ pub const BUILTIN: &[RuleDef] = &[
     rule!("gitlab-runner-token", "GitLab runner token", r"\b(glrt-[A-Za-z0-9_\-]{20,})\b", ["glrt-"]),
     rule!("gitlab-deploy-token", "GitLab deploy token", r"\b(gldt-[A-Za-z0-9_\-]{20,})\b", ["gldt-"]),
     rule!("atlassian-api-token", "Atlassian API token", r"\b(ATATT3[A-Za-z0-9_\-=]{186})", ["ATATT3"]),
+    rule!("bitbucket-app-password", "Bitbucket app password", r"\b(ATBB[A-Za-z0-9_\-=.]{32,})", ["ATBB"]),
+    rule!(
+        "sourcegraph-token",
+        "Sourcegraph access token",
+        r"\b(sgp_(?:[a-f0-9]{16}_|local_)?[a-f0-9]{40})\b",
+        ["sgp_"]
+    ),
+    rule!("buildkite-token", "Buildkite API token", r"\b(bkua_[a-f0-9]{40})\b", ["bkua_"]),
     // Chat and collaboration
     rule!("slack-token", "Slack token", r"\b(xox[abposr]-[0-9]{6,}-[A-Za-z0-9\-]{10,})", ["xox"]),
+    rule!(
+        "slack-app-token",
+        "Slack app-level token",
+        r"\b(xapp-[0-9]-[A-Z0-9]{9,12}-[0-9]{10,14}-[a-f0-9]{32,80})\b",
+        ["xapp-"]
+    ),
     rule!(
         "slack-webhook",
         "Slack webhook URL",
@@ -83,6 +117,12 @@ pub const BUILTIN: &[RuleDef] = &[
         r"(discord(?:app)?\.com/api/webhooks/[0-9]{17,20}/[A-Za-z0-9_\-]{60,70})",
         ["/api/webhooks/"]
     ),
+    rule!(
+        "teams-webhook",
+        "Microsoft Teams webhook URL",
+        r"(webhook\.office\.com/webhookb2/[a-f0-9\-]{36}@[a-f0-9\-]{36}/IncomingWebhook/[a-f0-9]{32}/[a-f0-9\-]{36})",
+        ["webhookb2/"]
+    ),
     rule!("telegram-bot-token", "Telegram bot token", r"\b([0-9]{8,10}:AA[A-Za-z0-9_\-]{33})\b", [":AA"]),
     rule!("linear-api-key", "Linear API key", r"\b(lin_api_[A-Za-z0-9]{40})\b", ["lin_api_"]),
     rule!(
@@ -92,14 +132,16 @@ pub const BUILTIN: &[RuleDef] = &[
         ["secret_", "ntn_"]
     ),
     rule!("postman-api-key", "Postman API key", r"\b(PMAK-[a-f0-9]{24}-[a-f0-9]{34})\b", ["PMAK-"]),
+    rule!("figma-token", "Figma access token", r"\b(figd_[A-Za-z0-9_\-]{40,})", ["figd_"]),
     // Payments and commerce
-    rule!("stripe-secret-key", "Stripe live key", r"\b((?:sk|rk)_live_[A-Za-z0-9]{24,99})\b", ["_live_"]),
-    rule!("stripe-test-key", "Stripe test key", r"\b((?:sk|rk)_test_[A-Za-z0-9]{24,99})\b", ["_test_"]),
+    rule!("stripe-secret-key", "Stripe live key", r"\b((?:sk|rk)_live_[A-Za-z0-9]{24,247})\b", ["_live_"]),
+    rule!("stripe-test-key", "Stripe test key", r"\b((?:sk|rk)_test_[A-Za-z0-9]{24,247})\b", ["_test_"]),
+    rule!("stripe-webhook-secret", "Stripe webhook signing secret", r"\b(whsec_[A-Za-z0-9+/]{32,})", ["whsec_"]),
     rule!(
         "square-token",
         "Square access token",
-        r"\b((?:EAAA[A-Za-z0-9_\-]{60})|(?:sq0csp-[A-Za-z0-9_\-]{43}))\b",
-        ["EAAA", "sq0csp-"]
+        r"\b((?:EAAA[A-Za-z0-9_\-]{60})|(?:sq0csp-[A-Za-z0-9_\-]{43})|(?:sq0atp-[A-Za-z0-9_\-]{22}))\b",
+        ["EAAA", "sq0csp-", "sq0atp-"]
     ),
     rule!(
         "shopify-token",
@@ -137,6 +179,11 @@ pub const BUILTIN: &[RuleDef] = &[
     rule!("xai-api-key", "xAI API key", r"\b(xai-[A-Za-z0-9]{80})\b", ["xai-"]),
     rule!("replicate-token", "Replicate API token", r"\b(r8_[A-Za-z0-9]{37})\b", ["r8_"]),
     rule!("perplexity-api-key", "Perplexity API key", r"\b(pplx-[A-Za-z0-9]{48})\b", ["pplx-"]),
+    rule!("openrouter-api-key", "OpenRouter API key", r"\b(sk-or-v1-[a-f0-9]{64})\b", ["sk-or-v1-"]),
+    rule!("langsmith-api-key", "LangSmith API key", r"\b(lsv2_(?:pt|sk)_[a-f0-9]{32}_[a-f0-9]{10})\b", ["lsv2_"]),
+    rule!("pinecone-api-key", "Pinecone API key", r"\b(pcsk_[A-Za-z0-9]{4,8}_[A-Za-z0-9]{40,80})\b", ["pcsk_"]),
+    rule!("tavily-api-key", "Tavily API key", r"\b(tvly-(?:dev-|prod-)?[A-Za-z0-9]{32})\b", ["tvly-"]),
+    rule!("nvidia-api-key", "NVIDIA API key", r"\b(nvapi-[A-Za-z0-9_\-]{64})\b", ["nvapi-"]),
     rule!("databricks-token", "Databricks token", r"\b(dapi[a-f0-9]{32}(?:-[0-9])?)\b", ["dapi"]),
     // Package registries
     rule!("npm-token", "npm access token", r"\b(npm_[A-Za-z0-9]{36})\b", ["npm_"]),
@@ -144,6 +191,14 @@ pub const BUILTIN: &[RuleDef] = &[
     rule!("dockerhub-pat", "Docker Hub access token", r"\b(dckr_pat_[A-Za-z0-9_\-]{27})\b", ["dckr_pat_"]),
     rule!("rubygems-api-key", "RubyGems API key", r"\b(rubygems_[a-f0-9]{48})\b", ["rubygems_"]),
     rule!("crates-io-token", "crates.io API token", r"\b(cio[A-Za-z0-9]{32})\b", ["cio"]),
+    rule!("nuget-api-key", "NuGet API key", r"\b(oy2[a-z0-9]{43})\b", ["oy2"]),
+    rule!(
+        "artifactory-token",
+        "JFrog Artifactory token",
+        r"\b(AKCp[A-Za-z0-9]{69}|cmVmdGtuOjAxOj[A-Za-z0-9]{50,})\b",
+        ["AKCp", "cmVmdGtuOjAxOj"]
+    ),
+    rule!("clojars-token", "Clojars deploy token", r"\b(CLOJARS_[a-z0-9]{60})\b", ["CLOJARS_"]),
     // Observability
     rule!(
         "grafana-token",
@@ -153,12 +208,13 @@ pub const BUILTIN: &[RuleDef] = &[
     ),
     rule!("newrelic-api-key", "New Relic API key", r"\b(NRAK-[A-Z0-9]{27})\b", ["NRAK-"]),
     rule!("sentry-token", "Sentry auth token", r"\b(sntry[su]_[A-Za-z0-9+/=_]{60,})", ["sntrys_", "sntryu_"]),
+    rule!("dynatrace-token", "Dynatrace API token", r"\b(dt0c01\.[A-Z0-9]{24}\.[A-Z0-9]{64})\b", ["dt0c01."]),
     // Keys, credentials in structure
     rule!(
         "private-key",
         "private key",
-        r"(-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----)",
-        ["PRIVATE KEY"]
+        r"(-----BEGIN[ +](?:(?:RSA|EC|DSA|OPENSSH|ENCRYPTED|PGP)[ +])?PRIVATE[ +]KEY(?:[ +]BLOCK)?-----(?s:.*?-----END[ +][A-Z +]{0,20}PRIVATE[ +]KEY(?:[ +]BLOCK)?-----)?)",
+        ["PRIVATE KEY", "PRIVATE+KEY"]
     ),
     rule!(
         "age-secret-key",
@@ -170,8 +226,14 @@ pub const BUILTIN: &[RuleDef] = &[
     rule!(
         "connection-string-password",
         "password in a connection string",
-        r"(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql)://[^:\s/@]{1,64}:([^@\s/]{3,128})@",
+        r"(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql)://[^:\s/@]{0,64}:([^@\s/]{3,128})@",
         ["://"]
+    ),
+    rule!(
+        "connection-string-password-field",
+        "password in a connection string",
+        r"(?i:(?:server|data source|host)=[^;]{1,200};(?:[^;]{0,200};){0,10}?\s*(?:password|pwd)=)([^;'\x22\s]{3,128})",
+        ["password=", "pwd="]
     ),
     rule!(
         "url-basic-credentials",
@@ -179,7 +241,7 @@ pub const BUILTIN: &[RuleDef] = &[
         r"https?://[A-Za-z0-9._%\-]{1,64}:([^@\s/:]{3,128})@[A-Za-z0-9.\-]",
         ["://"]
     ),
-    rule!("authorization-basic", "Basic credentials", r"(?i:basic)\s+([A-Za-z0-9+/]{16,}={0,2})", ["asic"]),
+    rule!("authorization-basic", "Basic credentials", r"(?i:basic)(?:\s|\+)+([A-Za-z0-9+/]{16,}={0,2})", ["asic"]),
     rule!("bearer-token", "Generic Bearer JWT", r"(?i:bearer)\s+([A-Za-z0-9._\-]{50,})", ["earer"]),
 ];
 
@@ -189,4 +251,78 @@ pub const PLACEHOLDERS: &[&str] = &[
     "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
     "sk_test_4eC39HqLyjWDarjtT1zdp7dc",
     "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
+    // jwt.io's example token.
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
 ];
+
+/// A built-in regex as compiled. Rules say `\b` at their edges; in JSON text a value
+/// often follows an escape (`\n`, `\t`), where `\b` does not hold (`n` is a word
+/// character), so a leading `\b` also accepts one; a trailing `\b` also accepts a value
+/// that ends in `-` (base64url) followed by any non-token character.
+pub fn expand(regex: &str) -> String {
+    let mut re = regex.to_string();
+    if let Some(rest) = re.strip_prefix(r"\b") {
+        re = format!(r"(?:\b|\\[nrt]){rest}");
+    }
+    if let Some(head) = re.strip_suffix(r"\b") {
+        re = format!(r"{head}(?:\b|$|[^0-9A-Za-z_\-])");
+    }
+    re
+}
+
+/// True when a match of rule `id` is not a credential: a published placeholder, a
+/// template (`xxxx`, `<password>`, `${VAR}`), or a value that fails the format's own
+/// structure (a Discord id that is not a number, Basic credentials that are not
+/// `user:password`).
+pub fn rejected(id: &str, value: &str) -> bool {
+    if PLACEHOLDERS.contains(&value) || value.contains("EXAMPLE") {
+        return true;
+    }
+    let lower = value.to_ascii_lowercase();
+    if ["xxxx", "****", "<", ">", "${", "{{", "your_", "your-"].iter().any(|p| lower.contains(p)) {
+        return true;
+    }
+    match id {
+        "discord-bot-token" => !discord_id_is_numeric(value),
+        "authorization-basic" => !basic_is_user_password(value),
+        "private-key" => private_key_is_elided(value),
+        "connection-string-password" | "connection-string-password-field" | "url-basic-credentials" => {
+            is_placeholder_password(value)
+        }
+        _ => false,
+    }
+}
+
+/// A Discord bot token starts with the bot's numeric id in base64.
+fn discord_id_is_numeric(value: &str) -> bool {
+    use base64::Engine as _;
+    let id = value.split('.').next().unwrap_or_default();
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let decoded = engine.decode(id.trim_end_matches('=')).unwrap_or_default();
+    (17..=20).contains(&decoded.len()) && decoded.iter().all(u8::is_ascii_digit)
+}
+
+/// `Basic` credentials are base64 of `user:password` in printable text.
+fn basic_is_user_password(value: &str) -> bool {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD_NO_PAD;
+    let Ok(decoded) = engine.decode(value.trim_end_matches('=')) else { return false };
+    let Ok(text) = std::str::from_utf8(&decoded) else { return false };
+    text.split_once(':').is_some_and(|(user, pass)| !user.is_empty() && !pass.is_empty())
+        && text.chars().all(|c| !c.is_control())
+}
+
+/// A complete key block with hardly any key material (`...` in documentation).
+fn private_key_is_elided(value: &str) -> bool {
+    let Some(end) = value.find("-----END") else { return false };
+    let body = value[..end].split("-----").nth(2).unwrap_or_default();
+    body.bytes().filter(u8::is_ascii_alphanumeric).count() < 32
+}
+
+/// Passwords that documentation writes where the real one goes.
+fn is_placeholder_password(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    value.starts_with(['$', '%', '[', '{'])
+        || ["password", "passwd", "pass", "pwd", "secret", "mypassword", "changeme", "token", "pw"]
+            .contains(&lower.as_str())
+}

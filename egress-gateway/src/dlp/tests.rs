@@ -41,7 +41,8 @@ pub(super) fn samples() -> Vec<(&'static str, String)> {
         ("atlassian-api-token", format!("ATATT3{}", a(186))),
         ("slack-token", format!("xoxb-123456789012-{}", a(24))),
         ("slack-webhook", format!("https://hooks.slack.com/services/T{}/B{}/{}", up(8), up(9), a(24))),
-        ("discord-bot-token", format!("M{}.{}.{}", a(23), a(6), a(27))),
+        // The first part is a numeric id in base64 ("123456789012345678").
+        ("discord-bot-token", format!("MTIzNDU2Nzg5MDEyMzQ1Njc4.{}.{}", a(6), a(27))),
         ("discord-webhook", format!("https://discord.com/api/webhooks/123456789012345678/{}", a(68))),
         ("telegram-bot-token", format!("123456789:AA{}", a(33))),
         ("linear-api-key", format!("lin_api_{}", a(40))),
