@@ -184,6 +184,7 @@ pub const BUILTIN: &[RuleDef] = &[
     rule!("pinecone-api-key", "Pinecone API key", r"\b(pcsk_[A-Za-z0-9]{4,8}_[A-Za-z0-9]{40,80})\b", ["pcsk_"]),
     rule!("tavily-api-key", "Tavily API key", r"\b(tvly-(?:dev-|prod-)?[A-Za-z0-9]{32})\b", ["tvly-"]),
     rule!("nvidia-api-key", "NVIDIA API key", r"\b(nvapi-[A-Za-z0-9_\-]{64})\b", ["nvapi-"]),
+    rule!("deepseek-api-key", "DeepSeek API key", r"\b(sk-[a-f0-9]{32})\b", ["sk-"]),
     rule!("databricks-token", "Databricks token", r"\b(dapi[a-f0-9]{32}(?:-[0-9])?)\b", ["dapi"]),
     // Package registries
     rule!("npm-token", "npm access token", r"\b(npm_[A-Za-z0-9]{36})\b", ["npm_"]),

@@ -210,7 +210,13 @@ pub fn all() -> Vec<Format> {
         "llm", "pinecone-api-key", |r| same(format!("pcsk_{}_{}", r.alnum(6), r.alnum(63)));
         "llm", "tavily-api-key", |r| same(format!("tvly-{}{}", r.pick(&["", "dev-", "prod-"]), r.alnum(32)));
         "llm", "nvidia-api-key", |r| same(format!("nvapi-{}", r.chars(rng::B64URL, 64)));
+        "llm", "deepseek-api-key", |r| same(format!("sk-{}", r.hex(32)));
         "llm", "databricks-token", |r| same(format!("dapi{}", r.hex(32)));
+        // No fixed shape: reported, not counted (see SHAPELESS in main.rs)
+        "shapeless", "aws-secret-access-key", |r| same(r.chars(rng::B64, 40));
+        "shapeless", "azure-openai-key", |r| same(r.hex(32));
+        "shapeless", "mistral-api-key", |r| same(r.alnum(32));
+        "shapeless", "datadog-api-key", |r| same(r.hex(32));
         // Package registries
         "registries", "npm-token", |r| same(format!("npm_{}", r.alnum(36)));
         "registries", "pypi-token", |r| same(format!("pypi-AgEIcHlwaS5vcmc{}", r.chars_between(rng::B64URL, 120, 180)));
