@@ -260,6 +260,7 @@ fn report(samples: &[Sample]) -> Report {
     let engine = Engine::new(KnownSecrets::default(), Vec::new()).expect("default rules");
     let mut by_family: BTreeMap<&str, Tally> = BTreeMap::new();
     let mut by_format: BTreeMap<(&str, &str), Tally> = BTreeMap::new();
+    let mut by_context: BTreeMap<&str, Tally> = BTreeMap::new();
     let mut by_category: BTreeMap<&str, (Tally, usize)> = BTreeMap::new();
     let (mut all, mut benign_all) = (Tally::default(), Tally::default());
     for s in samples {
@@ -273,6 +274,7 @@ fn report(samples: &[Sample]) -> Report {
             by_format.entry((&s.family, &s.format)).or_default().add(outcome.hit, missed);
             if s.family != SHAPELESS {
                 all.add(outcome.hit, String::new);
+                by_context.entry(&s.context).or_default().add(outcome.hit, String::new);
             }
         } else {
             let entry = by_category.entry(&s.family).or_default();
@@ -299,6 +301,10 @@ fn report(samples: &[Sample]) -> Report {
     let formats = by_format.keys().filter(|(f, _)| shaped(f)).count();
     writeln!(t, "| **all but {SHAPELESS}** | {formats} | {} | {} | **{}** |", all.total, all.hits, pct(all.rate()))
         .unwrap();
+    writeln!(t, "\n| context | samples | detected | recall |\n| --- | ---: | ---: | ---: |").unwrap();
+    for (context, tally) in &by_context {
+        writeln!(t, "| {context} | {} | {} | {} |", tally.total, tally.hits, pct(tally.rate())).unwrap();
+    }
     writeln!(t, "\n| format | family | samples | recall | missed in |\n| --- | --- | ---: | ---: | --- |").unwrap();
     for ((family, format), tally) in &by_format {
         let missed = if tally.notes.is_empty() { String::new() } else { tally.notes.join("; ") };
