@@ -35,6 +35,10 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|&n| (format!("conversation_{}KB", n / 1024), conversation(n)))
         .collect();
+    // Non-ASCII text (accents, emoji) is common in conversations; Unicode-aware regex
+    // features can fall back to slower engines on it.
+    let utf8 = conversation(100 * 1024).replace("empty object", "objet vide 😀 — déjà vu");
+    bodies.push(("conversation_100KB_utf8".into(), utf8));
     let image: Vec<u8> = (0..768 * 1024).map(|i| (i * 7919 % 251) as u8).collect();
     bodies.push(("base64_1MB".into(), base64::engine::general_purpose::STANDARD.encode(image)));
     for (name, body) in &bodies {

@@ -141,7 +141,7 @@ impl KnownSecrets {
         if let Some(p) = &self.projections {
             // Letters and digits of the text; hits are rare, so positions in the
             // original text are recovered only for them.
-            let projected: String = text.chars().filter(char::is_ascii_alphanumeric).collect();
+            let projected = alphanumeric_bytes(text);
             for found in p.find_iter(&projected) {
                 let (start, end) = original_span(text, found.start(), found.end());
                 if hits.iter().any(|h| h.start < end && start < h.end) {
@@ -160,6 +160,20 @@ impl KnownSecrets {
         }
         hits
     }
+}
+
+/// The ASCII letters and digits of `text` (each is one byte), copied without a branch
+/// per byte: this runs over every request, and a filtering iterator is several times
+/// slower.
+fn alphanumeric_bytes(text: &str) -> Vec<u8> {
+    let mut out = vec![0u8; text.len() + 1];
+    let mut n = 0;
+    for &b in text.as_bytes() {
+        out[n] = b;
+        n += usize::from(b.is_ascii_alphanumeric());
+    }
+    out.truncate(n);
+    out
 }
 
 /// Byte span in `text` of the `start..end` range of its letters-and-digits projection.

@@ -261,7 +261,10 @@ impl Engine {
                 keyword_rule.push(idx);
             }
         }
+        // A DFA: the overlapping keyword search runs over every byte of every request, and
+        // the DFA steps through bytes several times faster than the default NFA.
         let keywords = AhoCorasick::builder()
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
             .ascii_case_insensitive(true)
             .build(&keyword_list)
             .map_err(|e| EngineError::Rule { id: "keywords".into(), reason: e.to_string() })?;
