@@ -2,7 +2,7 @@
 //! sends it (mostly pasted into LLM conversations). A detector that flags these costs the
 //! user a blocked request for nothing.
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::json;
 
 use super::contexts::{PROSE, anthropic_body, json_post, post};
@@ -27,6 +27,7 @@ pub fn all() -> Vec<Category> {
         Category { id: "source-code", count: 20, make: source_code },
         Category { id: "public-keys", count: 20, make: public_keys },
         Category { id: "prose-about-credentials", count: 20, make: prose },
+        Category { id: "random-blobs", count: 20, make: blobs },
     ]
 }
 
@@ -399,5 +400,24 @@ fn prose(r: &mut Rng) -> String {
         post("forms.data-hub.net", "/submit", "application/x-www-form-urlencoded", &body)
     } else {
         json_post("api.anthropic.com", "/v1/messages", &anthropic_body(r, &content))
+    }
+}
+
+/// Encrypted payloads and signatures: random base64 and hex, the text most likely to
+/// contain a token-shaped run by chance.
+fn blobs(r: &mut Rng) -> String {
+    let size = *r.pick(&[512, 2_048, 8_192, 16_384]);
+    let body = json!({
+        "alg": "A256GCM",
+        "iv": r.hex(24),
+        "ciphertext": STANDARD.encode(r.bytes(size)),
+        "tag": STANDARD.encode(r.bytes(16)),
+        "signature": r.hex(128),
+        "nonce": URL_SAFE_NO_PAD.encode(r.bytes(32)),
+    });
+    if r.below(2) == 0 {
+        json_post("vault-proxy.acme-systems.dev", "/v1/envelopes", &body)
+    } else {
+        chat(r, &serde_json::to_string_pretty(&body).unwrap())
     }
 }
