@@ -21,7 +21,9 @@ fn fold_fullwidth(c: char) -> char {
 /// True when `normalize` would return the text unchanged (the common case), checked
 /// without allocating.
 pub fn is_plain(text: &str) -> bool {
-    text.is_ascii() && !text.contains('%') && !text.contains("\\u")
+    !text.contains('%')
+        && !text.contains("\\u")
+        && (text.is_ascii() || !text.chars().any(|c| is_invisible(c) || fold_fullwidth(c) != c))
 }
 
 /// The text as a pattern should see it.
@@ -110,6 +112,14 @@ mod tests {
         assert_eq!(normalize("gh\u{200B}p_ab\u{202E}c"), "ghp_abc");
         assert_eq!(normalize("ｇｈｐ＿"), "ghp_");
         assert_eq!(normalize("a\u{E0041}b"), "ab");
+    }
+
+    #[test]
+    fn non_ascii_text_without_evasion_is_plain() {
+        assert!(is_plain("déjà vu 😀 — ok"));
+        assert!(!is_plain("gh\u{200B}p_"));
+        assert!(!is_plain("ｇｈｐ"));
+        assert!(!is_plain("a\u{3000}b"));
     }
 
     #[test]
