@@ -210,9 +210,8 @@ pub struct Engine {
     keyword_rule: Vec<usize>,
     always: Vec<usize>,
     known: KnownSecrets,
-    /// Conversation messages already seen clean; `None` scans every message every time
-    /// (benchmarks of the worst case).
-    clean: Option<segments::CleanCache>,
+    /// Conversation messages already seen clean.
+    clean: segments::CleanCache,
 }
 
 impl Engine {
@@ -268,12 +267,13 @@ impl Engine {
             .ascii_case_insensitive(true)
             .build(&keyword_list)
             .map_err(|e| EngineError::Rule { id: "keywords".into(), reason: e.to_string() })?;
-        Ok(Engine { rules, keywords, keyword_rule, always, known, clean: Some(segments::CleanCache::default()) })
+        Ok(Engine { rules, keywords, keyword_rule, always, known, clean: segments::CleanCache::default() })
     }
 
-    /// The same engine without the per-message cache: every scan pays full price.
+    /// The same engine with a per-message cache that never remembers: every scan pays
+    /// the price of a body seen for the first time (benchmarks of the worst case).
     pub fn without_message_cache(mut self) -> Engine {
-        self.clean = None;
+        self.clean = segments::CleanCache::disabled();
         self
     }
 
@@ -315,27 +315,41 @@ impl Engine {
             self.scan_surface(body, Location::Body, sel, safe, out);
             return;
         };
-        let mut parts: Vec<(std::ops::Range<usize>, bool)> = messages.iter().map(|r| (r.clone(), true)).collect();
-        parts.extend(segments::gaps(body.len(), &messages).into_iter().map(|r| (r, false)));
-        for (range, is_message) in parts {
-            let text = &body[range.clone()];
-            let cache = self.clean.as_ref().filter(|_| is_message && segments::CleanCache::cacheable(text));
-            if cache.is_some_and(|c| c.is_clean(text, sel.bits())) {
-                continue;
-            }
-            // Scanned without the safe set, so only a text with no match at all is cached.
+        // Each message's cache key (`None`: too short to be worth one), and whether it is
+        // known clean.
+        let keys: Vec<Option<segments::Key>> = messages
+            .iter()
+            .map(|r| {
+                let text = &body[r.clone()];
+                segments::CleanCache::cacheable(text).then(|| self.clean.key(text, sel.bits()))
+            })
+            .collect();
+        let cached: Vec<bool> = keys.iter().map(|k| k.is_some_and(|k| self.clean.is_clean(k))).collect();
+        let skipped = messages.iter().zip(&cached).filter(|(_, c)| **c).map(|(r, _)| r.clone());
+        for run in segments::runs_without(body.len(), skipped) {
+            // Scanned without the safe set, so only a message with no match at all is
+            // cached (an approval never leaks into the cache).
             let mut found = Vec::new();
-            self.scan_surface(text, Location::Body, sel, &NoneSafe, &mut found);
-            if let Some(c) = cache.filter(|_| found.is_empty()) {
-                c.mark_clean(text, sel.bits());
+            self.scan_surface(&body[run.clone()], Location::Body, sel, &NoneSafe, &mut found);
+            for f in &mut found {
+                f.span = (f.span.0 + run.start, f.span.1 + run.start);
             }
-            for mut f in found {
-                if f.matched.as_ref().is_some_and(|m| safe.contains(m.expose())) {
-                    continue;
+            // A finding from the normalised text has no span in this text: then no
+            // message of the run can be called clean.
+            if found.iter().all(|f| f.redactable) {
+                // Messages are sorted: those of this run start at the first at or after it.
+                let first = messages.partition_point(|m| m.start < run.start);
+                for ((m, was_cached), key) in messages[first..].iter().zip(&cached[first..]).zip(&keys[first..]) {
+                    if m.start >= run.end {
+                        break;
+                    }
+                    let overlaps = found.iter().any(|f| f.span.0 < m.end && m.start < f.span.1);
+                    if let Some(key) = key.filter(|_| !was_cached && !overlaps) {
+                        self.clean.mark_clean(key);
+                    }
                 }
-                f.span = (f.span.0 + range.start, f.span.1 + range.start);
-                out.push(f);
             }
+            out.extend(found.into_iter().filter(|f| !f.matched.as_ref().is_some_and(|m| safe.contains(m.expose()))));
         }
     }
 
