@@ -396,6 +396,9 @@ impl Engine {
             candidates.dedup();
             for idx in candidates {
                 let rule = &self.rules[idx];
+                if rules::required_literal(rule.id).is_some_and(|lit| !text.contains(lit)) {
+                    continue;
+                }
                 for caps in rule.regex.captures_iter(text) {
                     let Some(m) = rule.secret(&caps, text) else { continue };
                     let value = m.as_str();

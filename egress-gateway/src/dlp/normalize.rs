@@ -21,9 +21,26 @@ fn fold_fullwidth(c: char) -> char {
 /// True when `normalize` would return the text unchanged (the common case), checked
 /// without allocating.
 pub fn is_plain(text: &str) -> bool {
-    !text.contains('%')
-        && !text.contains("\\u")
-        && (text.is_ascii() || !text.chars().any(|c| is_invisible(c) || fold_fullwidth(c) != c))
+    !text.contains('%') && !text.contains("\\u") && (text.is_ascii() || !has_evasion_chars(text))
+}
+
+/// Whether `text` has a character `normalize` removes or folds. Only characters whose
+/// UTF-8 starts with one of a few lead bytes can be one (U+00AD, U+180E, U+20xx, U+3000,
+/// U+FExx/FFxx, tags): the rest of the text, accented letters and emoji included, is
+/// skipped byte by byte without decoding.
+fn has_evasion_chars(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(offset) = bytes[i..].iter().position(|b| matches!(b, 0xC2 | 0xE1 | 0xE2 | 0xE3 | 0xEF | 0xF3)) {
+        let at = i + offset;
+        // A lead byte is never a continuation byte, so `at` starts a character.
+        let c = text[at..].chars().next().expect("a lead byte starts a character");
+        if is_invisible(c) || fold_fullwidth(c) != c {
+            return true;
+        }
+        i = at + 1;
+    }
+    false
 }
 
 /// The text as a pattern should see it.
@@ -112,6 +129,14 @@ mod tests {
         assert_eq!(normalize("gh\u{200B}p_ab\u{202E}c"), "ghp_abc");
         assert_eq!(normalize("ｇｈｐ＿"), "ghp_");
         assert_eq!(normalize("a\u{E0041}b"), "ab");
+    }
+
+    #[test]
+    fn the_lead_byte_shortcut_agrees_with_the_definition_for_every_character() {
+        for c in (0x80..=0x10FFFFu32).filter_map(char::from_u32) {
+            let changed = is_invisible(c) || fold_fullwidth(c) != c;
+            assert_eq!(has_evasion_chars(&format!("é{c}x")), changed, "U+{:04X}", c as u32);
+        }
     }
 
     #[test]

@@ -273,6 +273,16 @@ pub fn expand(regex: &str) -> String {
     re
 }
 
+/// A literal every match of a keyword-less rule contains: text without it skips the
+/// rule, whose regex would otherwise crawl every run of token characters (a base64 body
+/// is one long run).
+pub fn required_literal(id: &str) -> Option<&'static str> {
+    match id {
+        "discord-bot-token" => Some("."),
+        _ => None,
+    }
+}
+
 /// True when a match of rule `id` is not a credential: a published placeholder, a
 /// template (`xxxx`, `<password>`, `${VAR}`), or a value that fails the format's own
 /// structure (a Discord id that is not a number, Basic credentials that are not
