@@ -64,6 +64,9 @@ fn block_route_refuses_a_token_and_the_upstream_sees_nothing() {
     assert_eq!(code, "403");
     let (code, _) = w.curl(&["-H", &format!("X-Api-Key: {token}"), &w.url("block.upstream.test", "/h")]);
     assert_eq!(code, "403");
+    // In the path, which every log line of the request names.
+    let (code, _) = w.curl(&[&w.url("block.upstream.test", &format!("/p/{token}/x"))]);
+    assert_eq!(code, "403");
     assert!(w.up.requests().is_empty(), "a refused request reached the upstream");
     w.env.wait_for_log("egress_block");
     assert_never_logged(&w, &[&token]);

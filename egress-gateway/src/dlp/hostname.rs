@@ -29,10 +29,10 @@ pub fn carries_data(engine: &Engine, name: &str) -> bool {
 
 /// `name` as it may be logged: withheld when it may carry data.
 pub fn loggable(engine: &Engine, name: &str) -> String {
-    if carries_data(engine, name) {
+    if suspicious_label(name).is_some() {
         format!("(withheld: {} characters that may carry data)", name.len())
     } else {
-        name.to_string()
+        engine.scrub(name, Location::Host).into_owned()
     }
 }
 
@@ -58,6 +58,8 @@ mod tests {
         let engine = Engine::new(KnownSecrets::new([("EGRESS_TOKEN_A".into(), secret.into())], 12), vec![]).unwrap();
         assert_eq!(loggable(&engine, "api.upstream.test"), "api.upstream.test");
         assert!(!loggable(&engine, &format!("{secret}.evil.test")).contains("hunter2"));
+        assert_eq!(engine.scrub("/repos/x", Location::Path), "/repos/x");
+        assert_eq!(engine.scrub(&format!("/repos/{secret}/x"), Location::Path), "/repos/********/x");
         assert!(loggable(&engine, "mfrggzdfmztwq2lknnwg23tpobyxe43u.evil.test").starts_with("(withheld"));
         assert!(carries_data(&engine, &format!("{secret}.cdn.upstream.test")), "a known secret, low entropy");
         assert!(!carries_data(&engine, "x.cdn.upstream.test"));

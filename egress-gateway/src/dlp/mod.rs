@@ -281,6 +281,23 @@ impl Engine {
         &self.known
     }
 
+    /// `text` as it may be logged or shown to an operator: every token and known secret
+    /// replaced by `********`, or the whole text withheld when a match cannot be cut out
+    /// (found only after normalisation).
+    pub fn scrub<'t>(&self, text: &'t str, loc: Location) -> std::borrow::Cow<'t, str> {
+        let mut findings = Vec::new();
+        let all = Selection { token_patterns: true, known_secrets: true, entropy: false };
+        self.scan_surface(text, loc, all, &NoneSafe, &mut findings);
+        if findings.is_empty() {
+            return std::borrow::Cow::Borrowed(text);
+        }
+        if findings.iter().any(|f| !f.redactable) {
+            return format!("(withheld: {} characters that may carry data)", text.len()).into();
+        }
+        let values: Vec<&str> = findings.iter().filter_map(|f| text.get(f.span.0..f.span.1)).collect();
+        redact_text(text, &values).into()
+    }
+
     /// Every finding in `req`, structural checks included; approved values are skipped
     /// and scanning goes on past them.
     pub fn scan_request(&self, req: &Request<'_>, sel: Selection, safe: &dyn SafeSet) -> Vec<Finding> {

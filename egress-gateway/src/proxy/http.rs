@@ -58,7 +58,8 @@ where
 async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>) -> Response<Body> {
     let routes = flow.conn.bottle.routes().clone();
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // The path as logs and refusals show it: a secret in it never reaches a log line.
+    let path = ctx.dlp.scrub(req.uri().path(), crate::dlp::Location::Path).into_owned();
     let log_level = routes.log_level();
 
     if method == Method::CONNECT {
@@ -402,13 +403,13 @@ fn identify(req: &Request<Incoming>, flow: &Flow) -> Result<String, (StatusCode,
     if let Some(sni) = flow.sni.as_ref().filter(|sni| **sni != host) {
         return Err((
             StatusCode::MISDIRECTED_REQUEST,
-            format!("egress: Host {host} does not match the TLS server name {sni}"),
+            format!("egress: Host does not match the TLS server name {sni}"),
         ));
     }
     if let Some(target) = flow.connect_host.as_ref().filter(|t| **t != host) {
         return Err((
             StatusCode::MISDIRECTED_REQUEST,
-            format!("egress: Host {host} does not match the CONNECT target {target}"),
+            format!("egress: Host does not match the CONNECT target {target}"),
         ));
     }
     Ok(host)
@@ -432,14 +433,14 @@ async fn connect(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>
     let target = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
     let host = host_of(&target);
     let port = req.uri().port_u16().unwrap_or(443);
-    if flow.connect_host.is_some() || flow.tls {
-        let reason = "egress: nested CONNECT is not supported";
-        return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &Method::CONNECT, &target, reason);
-    }
     if crate::dlp::hostname::carries_data(&ctx.dlp, &host) {
         let reason = "egress: CONNECT blocked: the host name looks like it carries data (a secret or an encoded label)";
         let shown = crate::dlp::hostname::loggable(&ctx.dlp, &host);
         return deny(&flow, log_level, StatusCode::FORBIDDEN, &shown, &Method::CONNECT, "-", reason);
+    }
+    if flow.connect_host.is_some() || flow.tls {
+        let reason = "egress: nested CONNECT is not supported";
+        return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &Method::CONNECT, &target, reason);
     }
     if !routes.host_allowed(&host) {
         let reason = format!("egress: host {host} is not in the allowlist");

@@ -88,7 +88,8 @@ pub fn outbound(
                 payload: crate::supervise::Payload {
                     host: req.host.to_string(),
                     method: req.method.to_string(),
-                    path: path.to_string(),
+                    // The held value may be in the path: the proposal never carries it.
+                    path: engine.scrub(path, Location::Path).into_owned(),
                     reason: format!("{} in {}", first.reason, first.location),
                     context: first.context.clone(),
                 },
