@@ -4,7 +4,7 @@
 use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine as _;
 
-use super::Secret;
+use super::{Secret, alnum, literals::LiteralSet};
 
 /// Shortest value treated as a secret (shorter ones would match everywhere).
 const MIN_SECRET_LEN: usize = 8;
@@ -35,6 +35,66 @@ pub struct KnownSecrets {
     /// Length of the longest encoded form: how much of a stream must be held back so no
     /// occurrence is cut in two.
     longest_form: usize,
+    /// Prefilter over a text's letters and digits (see `Gate`); `None`: always search.
+    gate: Option<Gate>,
+}
+
+/// Every form of every value, and every separator-inserted spelling, leaves the letters
+/// and digits of some piece of the value in the letters-and-digits projection of the
+/// text. So one search of that projection says whether the two precise searches can
+/// find anything: on a clean text (nearly every text) they are skipped. A value with too
+/// few ASCII letters and digits for that (mostly symbols or non-ASCII) turns the gate off.
+struct Gate {
+    literals: LiteralSet,
+    /// Projected bytes carried from one chunk to the next: longest pattern - 1.
+    carry: usize,
+}
+
+/// Gate patterns shorter than this would fire on ordinary text.
+const GATE_MIN_LEN: usize = 8;
+/// Projection chunk: small enough to stay in cache.
+const GATE_CHUNK: usize = 16 * 1024;
+
+impl Gate {
+    /// `forms[i]`: the whole-value forms of value `i` and its fragments.
+    fn new(forms: &[(Vec<String>, Vec<String>)]) -> Option<Gate> {
+        let mut patterns = Vec::new();
+        for (idx, (whole, fragments)) in forms.iter().enumerate() {
+            for form in whole {
+                patterns.push((alphanumeric_bytes(form), idx));
+            }
+            // Each fragment's projection is a window of the value's projection at least
+            // `shortest` long: it contains one of the value's projected windows of
+            // `GATE_MIN_LEN` taken every `shortest - GATE_MIN_LEN + 1` bytes.
+            let Some(shortest) = fragments.iter().map(|f| alphanumeric_bytes(f).len()).min() else { continue };
+            if shortest < GATE_MIN_LEN {
+                return None;
+            }
+            let projected = alphanumeric_bytes(whole.first()?);
+            for start in (0..=projected.len() - GATE_MIN_LEN).step_by(shortest - GATE_MIN_LEN + 1) {
+                patterns.push((projected[start..start + GATE_MIN_LEN].to_vec(), idx));
+            }
+        }
+        if patterns.iter().any(|(p, _)| p.len() < GATE_MIN_LEN) {
+            return None;
+        }
+        let carry = patterns.iter().map(|(p, _)| p.len()).max()? - 1;
+        Some(Gate { literals: LiteralSet::new(patterns), carry })
+    }
+
+    /// Whether `text` may hold a known secret; false means it certainly does not.
+    fn may_match(&self, text: &str) -> bool {
+        let mut buf = Vec::with_capacity(GATE_CHUNK + self.carry + 8);
+        for chunk in text.as_bytes().chunks(GATE_CHUNK) {
+            alnum::project_into(chunk, &mut buf);
+            if self.literals.is_match(&buf) {
+                return true;
+            }
+            let kept = self.carry.min(buf.len());
+            buf.drain(..buf.len() - kept);
+        }
+        false
+    }
 }
 
 impl std::fmt::Debug for KnownSecrets {
@@ -64,12 +124,15 @@ impl KnownSecrets {
         let mut variant = Vec::new();
         let mut projections = Vec::new();
         let mut projection_owner = Vec::new();
+        let mut gate_forms = Vec::new();
         for (name, value) in secrets {
             if value.len() < MIN_SECRET_LEN || values.iter().any(|v: &Secret| v.expose() == value) {
                 continue;
             }
             let idx = values.len();
+            let (mut whole, mut fragments) = (Vec::new(), Vec::new());
             for (form, text) in encodings(&value) {
+                whole.push(text.clone());
                 if !patterns.contains(&text) {
                     patterns.push(text);
                     variant.push((idx, form));
@@ -78,9 +141,9 @@ impl KnownSecrets {
             let min = partial_min_len.max(MIN_SECRET_LEN);
             if value.len() > min {
                 for start in 0..=value.len() - min {
-                    if let Some(fragment) = value.get(start..start + min)
-                        && !patterns.iter().any(|p| p == fragment)
-                    {
+                    let Some(fragment) = value.get(start..start + min) else { continue };
+                    fragments.push(fragment.to_string());
+                    if !patterns.iter().any(|p| p == fragment) {
                         patterns.push(fragment.to_string());
                         variant.push((idx, "fragment"));
                     }
@@ -93,6 +156,7 @@ impl KnownSecrets {
             }
             names.push(name);
             values.push(Secret::new(&value));
+            gate_forms.push((whole, fragments));
         }
         let build = |p: &[String]| {
             (!p.is_empty()).then(|| {
@@ -107,6 +171,7 @@ impl KnownSecrets {
             values,
             variant,
             projection_owner,
+            gate: Gate::new(&gate_forms),
         }
     }
 
@@ -125,6 +190,9 @@ impl KnownSecrets {
     /// Every occurrence in `text`.
     pub fn find(&self, text: &str) -> Vec<KnownHit> {
         let mut hits = Vec::new();
+        if self.gate.as_ref().is_some_and(|g| !g.may_match(text)) {
+            return hits;
+        }
         if let Some(m) = &self.matcher {
             for found in m.find_iter(text) {
                 let (idx, form) = self.variant[found.pattern().as_usize()];
@@ -143,7 +211,7 @@ impl KnownSecrets {
             // original text are recovered only for them.
             let projected = alphanumeric_bytes(text);
             for found in p.find_iter(&projected) {
-                let (start, end) = original_span(text, found.start(), found.end());
+                let (start, end) = alnum::original_span(text, found.start(), found.end());
                 if hits.iter().any(|h| h.start < end && start < h.end) {
                     continue;
                 }
@@ -162,37 +230,11 @@ impl KnownSecrets {
     }
 }
 
-/// The ASCII letters and digits of `text` (each is one byte), copied without a branch
-/// per byte: this runs over every request, and a filtering iterator is several times
-/// slower.
+/// The letters-and-digits projection of `text`.
 fn alphanumeric_bytes(text: &str) -> Vec<u8> {
-    let mut out = vec![0u8; text.len() + 1];
-    let mut n = 0;
-    for &b in text.as_bytes() {
-        out[n] = b;
-        n += usize::from(b.is_ascii_alphanumeric());
-    }
-    out.truncate(n);
+    let mut out = Vec::new();
+    alnum::project_into(text.as_bytes(), &mut out);
     out
-}
-
-/// Byte span in `text` of the `start..end` range of its letters-and-digits projection.
-fn original_span(text: &str, start: usize, end: usize) -> (usize, usize) {
-    let mut n = 0;
-    let (mut first, mut last) = (0, text.len());
-    for (i, c) in text.char_indices() {
-        if c.is_ascii_alphanumeric() {
-            if n == start {
-                first = i;
-            }
-            if n == end - 1 {
-                last = i + 1;
-                break;
-            }
-            n += 1;
-        }
-    }
-    (first, last)
 }
 
 /// The value and its common encodings, labelled.
@@ -228,4 +270,58 @@ fn encodings(value: &str) -> Vec<(&'static str, String)> {
     out.push(("JSON-escaped", json.trim_matches('"').to_string()));
     out.retain(|(form, v)| *form == "raw" || v != value);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spans(known: &KnownSecrets, text: &str) -> Vec<(usize, usize, &'static str)> {
+        known.find(text).into_iter().map(|h| (h.start, h.end, h.form)).collect()
+    }
+
+    /// The gate only skips work: with and without it, `find` gives the same hits, for
+    /// every form, fragment and separated spelling, wherever a chunk boundary falls.
+    #[test]
+    fn the_gate_never_hides_a_hit() {
+        let secrets = [
+            ("EGRESS_TOKEN_A", "gate-test-secret-0123456789abcdef"),
+            ("EGRESS_TOKEN_B", "s3cr3t/with+symbols=and_more!!xyz"),
+            ("EGRESS_TOKEN_C", "pa55-w0rd_with.SOME~ascii-0123456789"),
+        ];
+        let gated = KnownSecrets::new(secrets.iter().map(|(n, v)| (n.to_string(), v.to_string())), 12);
+        assert!(gated.gate.is_some(), "these values have a gate");
+        let mut ungated = KnownSecrets::new(secrets.iter().map(|(n, v)| (n.to_string(), v.to_string())), 12);
+        ungated.gate = None;
+        let mut needles: Vec<String> = Vec::new();
+        for (_, value) in secrets {
+            needles.extend(encodings(value).into_iter().map(|(_, text)| text));
+            // Every fragment of the shortest length found: the tightest case for the gate.
+            needles.extend((0..=value.len() - 12).filter_map(|i| value.get(i..i + 12)).map(str::to_string));
+            needles.push(value.chars().map(|c| format!("{c}-")).collect());
+        }
+        let filler = "prose, code and JSON {\"k\": [1, 2]} ".repeat(GATE_CHUNK / 8);
+        for needle in &needles {
+            for offset in [0, 1, GATE_CHUNK - 20, GATE_CHUNK - 3, GATE_CHUNK, GATE_CHUNK + 5, 3 * GATE_CHUNK - 7] {
+                let mut at = offset.min(filler.len());
+                while !filler.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let text = format!("{}{needle}{}", &filler[..at], &filler[at..]);
+                let expected = spans(&ungated, &text);
+                assert!(!expected.is_empty(), "{needle:?} is found at all");
+                assert_eq!(spans(&gated, &text), expected, "{needle:?} at {offset}");
+            }
+        }
+        assert!(gated.find(&filler).is_empty());
+    }
+
+    #[test]
+    fn values_of_few_ascii_letters_have_no_gate_and_are_still_found() {
+        for value in ["!!--__a1--__!!%%", "ünïcödé-sécret-välue"] {
+            let known = KnownSecrets::new([("EGRESS_TOKEN_S".to_string(), value.to_string())], 12);
+            assert!(known.gate.is_none(), "{value}");
+            assert_eq!(known.find(&format!("x {value} y")).len(), 1, "{value}");
+        }
+    }
 }
