@@ -35,11 +35,20 @@ enum Task {
     },
     /// Run a benchmark: `dlp` or `proxy`.
     Bench { name: String },
-    /// Print the DLP accuracy report (recall per provider family and format, benign
-    /// false positives) over the corpus in egress-gateway/testdata/dlp-corpus.
+    /// Print the DLP accuracy reports (recall per provider family and format, benign
+    /// false positives) over the generated corpus in egress-gateway/testdata/dlp-corpus
+    /// and the independent one (other scanners' rule examples) in testdata/dlp-independent.
     DlpReport,
     /// Rewrite the DLP corpus files from their generator.
     DlpCorpus,
+    /// Re-extract the independent DLP corpus from Nosey Parker's and Kingfisher's rule
+    /// files (local clones or git directories; their `HEAD` is read).
+    DlpIndependent {
+        #[arg(long)]
+        noseyparker: PathBuf,
+        #[arg(long)]
+        kingfisher: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -84,7 +93,21 @@ fn main() -> anyhow::Result<()> {
         }
         Task::DlpReport => {
             bootstrap::run()?;
-            cargo(&["test", "-p", "egress-gateway", "--test", "dlp_corpus", "--", "accuracy_report", "--nocapture"])
+            // Both reports: `accuracy_report` (generated corpus), `independent_report`.
+            let args = ["test", "-p", "egress-gateway", "--test", "dlp_corpus", "--", "report", "--nocapture"];
+            cargo(&[&args[..], &["--test-threads", "1"]].concat())
+        }
+        Task::DlpIndependent { noseyparker, kingfisher } => {
+            bootstrap::run()?;
+            let path = |p: PathBuf| -> anyhow::Result<String> {
+                let abs = std::path::absolute(&p)?;
+                abs.to_str().map(str::to_string).with_context(|| format!("{} is not UTF-8", p.display()))
+            };
+            let (np, kf) = (path(noseyparker)?, path(kingfisher)?);
+            let args = ["test", "-p", "egress-gateway", "--test", "dlp_corpus", "--", "--exact"];
+            let args = [&args[..], &["independent::independent_corpus_matches_its_manifest", "--nocapture"]].concat();
+            let env = [("DLP_INDEPENDENT_NOSEYPARKER", np.as_str()), ("DLP_INDEPENDENT_KINGFISHER", kf.as_str())];
+            cargo_with_env(&args, &env)
         }
         Task::DlpCorpus => {
             bootstrap::run()?;

@@ -95,12 +95,12 @@ pub fn form_encode(v: &str) -> String {
         .collect()
 }
 
-fn chat_json(v: &str, r: &mut Rng) -> Option<String> {
+pub fn chat_json(v: &str, r: &mut Rng) -> Option<String> {
     let content = format!("{}\n\n{v}\n\n{}", r.pick(PROSE), r.pick(PROSE));
     Some(json_post("api.anthropic.com", "/v1/messages", &anthropic_body(r, &content)))
 }
 
-fn tool_call_json(v: &str, r: &mut Rng) -> Option<String> {
+pub fn tool_call_json(v: &str, r: &mut Rng) -> Option<String> {
     // Tool arguments are a JSON document inside a JSON string: escaped twice.
     let arguments = serde_json::to_string(&json!({
         "path": format!("config/{}.txt", r.pick(&["upstream", "settings", "runtime"])),

@@ -9,6 +9,8 @@
 mod benign;
 mod contexts;
 mod formats;
+mod independent;
+mod independent_extract;
 mod rng;
 
 use std::{
@@ -17,7 +19,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use egress_gateway::dlp::{Engine, KnownSecrets, Request, Selection};
+use egress_gateway::dlp::{Engine, Finding, KnownSecrets, Request, Selection};
 
 /// Targets from the issue ("Accuracy and speed").
 const MIN_RECALL: f64 = 0.97;
@@ -130,12 +132,12 @@ fn load() -> Vec<Sample> {
         .collect()
 }
 
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+fn files_under(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
         if path.is_dir() {
-            files_under(&path, out);
-        } else if path.extension().is_some_and(|e| e == "http") {
+            files_under(&path, ext, out);
+        } else if path.extension().is_some_and(|e| e == ext) {
             out.push(path);
         }
     }
@@ -166,7 +168,7 @@ fn committed_corpus_is_what_the_generator_makes() {
         assert!(on_disk == s.content, "{hint} ({})", s.path);
     }
     let mut files = Vec::new();
-    files_under(&dir, &mut files);
+    files_under(&dir, "http", &mut files);
     assert_eq!(files.len(), samples.len(), "{hint} (stray files)");
 }
 
@@ -203,13 +205,18 @@ struct Outcome {
     rules: Vec<String>,
 }
 
-fn scan(engine: &Engine, sample: &Sample) -> Outcome {
-    let req = parse(&sample.content);
-    let findings = engine.scan_request(
+/// The default outbound detectors' findings for a raw request.
+fn findings(engine: &Engine, raw: &str) -> Vec<Finding> {
+    let req = parse(raw);
+    engine.scan_request(
         &Request { host: &req.host, path: &req.path, query: &req.query, headers: &req.headers, body: &req.body },
         Selection::from_names(None),
         &HashSet::<String>::new(),
-    );
+    )
+}
+
+fn scan(engine: &Engine, sample: &Sample) -> Outcome {
+    let findings = findings(engine, &sample.content);
     let hit = if sample.positive {
         findings.iter().any(|f| f.matched.as_ref().is_some_and(|m| m.expose().contains(&sample.needle)))
     } else {

@@ -1,0 +1,310 @@
+//! The independent corpus (`testdata/dlp-independent/`): the examples other scanners
+//! publish with their rules (Nosey Parker and Kingfisher, Apache-2.0; see its NOTICE),
+//! scored by our default engine. The rules were tuned on Nosey Parker's examples only;
+//! Kingfisher's examples that are not also Nosey Parker's are held out.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+use egress_gateway::dlp::{Engine, Finding, KnownSecrets};
+
+use super::{
+    Tally, contexts, files_under, findings,
+    independent_extract::{self as extract, Extracted},
+    pct,
+    rng::Rng,
+};
+
+/// The source the rules were tuned on, and the one held out.
+const TUNED: &str = "noseyparker";
+const HELD_OUT: &str = "kingfisher";
+
+/// How an example travels: pasted as a plain-text body, in an LLM conversation (JSON,
+/// escaped once), and as tool-call arguments (JSON inside JSON, escaped twice).
+const CONTEXTS: &[&str] = &["body-text", "chat-json", "tool-call-json"];
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/dlp-independent")
+}
+
+fn load() -> Vec<Extracted> {
+    let dir = dir();
+    let text = std::fs::read_to_string(dir.join("manifest.tsv")).expect("independent corpus manifest");
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            assert_eq!(f.len(), 9, "manifest line {line:?}");
+            let text =
+                std::fs::read_to_string(dir.join(f[0])).unwrap_or_else(|e| panic!("reading sample {}: {e}", f[0]));
+            Extracted {
+                path: f[0].into(),
+                source: f[1].into(),
+                rule_id: f[2].into(),
+                family: f[3].into(),
+                scope: f[4].into(),
+                positive: f[5] == "positive",
+                format: f[6].into(),
+                needles: serde_json::from_str(f[7]).expect("needles are a JSON array"),
+                rule_name: f[8].into(),
+                text,
+            }
+        })
+        .collect()
+}
+
+/// With the sources' git directories in `DLP_INDEPENDENT_NOSEYPARKER` and
+/// `DLP_INDEPENDENT_KINGFISHER` (`cargo xtask dlp-independent`), rewrites the samples and
+/// the manifest; always checks that the manifest and the files agree.
+#[test]
+fn independent_corpus_matches_its_manifest() {
+    let dir = dir();
+    let dirs: Vec<Option<PathBuf>> =
+        extract::SOURCES.iter().map(|s| std::env::var_os(s.env).map(PathBuf::from)).collect();
+    if dirs.iter().all(Option::is_some) {
+        let mut samples = Vec::new();
+        for (source, git_dir) in extract::SOURCES.iter().zip(&dirs) {
+            let (mut got, commit) = extract::extract(source, git_dir.as_deref().unwrap());
+            println!("{}: {} samples from commit {commit}", source.id, got.len());
+            samples.append(&mut got);
+        }
+        let _ = std::fs::remove_dir_all(dir.join("samples"));
+        for s in &samples {
+            let path = dir.join(&s.path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, &s.text).unwrap();
+        }
+        std::fs::write(dir.join("manifest.tsv"), extract::manifest(&samples)).unwrap();
+    }
+    let samples = load();
+    let manifest = std::fs::read_to_string(dir.join("manifest.tsv")).unwrap();
+    assert!(manifest.starts_with(extract::MANIFEST_HEADER), "manifest header");
+    let mut files = Vec::new();
+    files_under(&dir.join("samples"), "txt", &mut files);
+    assert_eq!(files.len(), samples.len(), "files under samples/ that the manifest does not list");
+}
+
+/// The ways a needle can appear on the wire in each context: as is, or JSON-escaped once
+/// or twice (a key block's newlines become `\n`).
+fn wire_forms(needle: &str) -> [String; 3] {
+    let once = serde_json::to_string(needle).unwrap();
+    let once = once[1..once.len() - 1].to_string();
+    let twice = serde_json::to_string(&once).unwrap();
+    let twice = twice[1..twice.len() - 1].to_string();
+    [needle.to_string(), once, twice]
+}
+
+fn embed(context: &str, text: &str) -> String {
+    let mut r = Rng::new(0x1d1d);
+    match context {
+        "body-text" => contexts::post("notes.data-hub.net", "/v1/notes", "text/plain; charset=utf-8", text),
+        "chat-json" => contexts::chat_json(text, &mut r).expect("chat context"),
+        _ => contexts::tool_call_json(text, &mut r).expect("tool-call context"),
+    }
+}
+
+/// Every needle is inside some finding's value, so redaction would remove it.
+fn covered(found: &[Finding], needles: &[String]) -> bool {
+    needles.iter().all(|n| {
+        let forms = wire_forms(n);
+        found.iter().any(|f| f.matched.as_ref().is_some_and(|m| forms.iter().any(|w| m.expose().contains(w.as_str()))))
+    })
+}
+
+fn rule_ids(found: &[Finding]) -> String {
+    let ids: BTreeSet<&str> = found.iter().map(|f| f.rule_id.as_str()).collect();
+    ids.into_iter().collect::<Vec<_>>().join(",")
+}
+
+/// Recall over one set of positives, per format (source rule).
+#[derive(Default)]
+struct Recall {
+    all: Tally,
+    formats: BTreeMap<String, Tally>,
+}
+
+impl Recall {
+    fn add(&mut self, rule_id: &str, hit: bool, note: impl FnOnce() -> String) {
+        self.all.add(hit, String::new);
+        self.formats.entry(rule_id.to_string()).or_default().add(hit, note);
+    }
+
+    fn on_target(&self) -> usize {
+        self.formats.values().filter(|t| t.rate() >= super::MIN_RECALL).count()
+    }
+
+    fn row(&self, label: &str) -> String {
+        format!(
+            "| {label} | {} | {} | {} | {} | **{}** |",
+            self.formats.len(),
+            self.on_target(),
+            self.all.total,
+            self.all.hits,
+            pct(self.all.rate())
+        )
+    }
+}
+
+pub struct Report {
+    pub text: String,
+    tuned: Recall,
+    held_out: Recall,
+    negatives: Tally,
+}
+
+fn report(samples: &[Extracted]) -> Report {
+    let engine = Engine::new(KnownSecrets::default(), Vec::new()).expect("default rules");
+    // Held out: Kingfisher samples that are not Nosey Parker examples (Kingfisher grew
+    // out of Nosey Parker and kept many of its examples).
+    let tuned_text: String = samples.iter().filter(|s| s.source == TUNED).map(|s| s.text.as_str()).collect();
+    let seen = |s: &Extracted| s.source == TUNED || s.needles.iter().any(|n| tuned_text.contains(n.as_str()));
+
+    let mut by_source: BTreeMap<&str, Recall> = BTreeMap::new();
+    let (mut tuned, mut held_out) = (Recall::default(), Recall::default());
+    let mut by_family: BTreeMap<(&str, &str), Tally> = BTreeMap::new();
+    let mut by_context: BTreeMap<&str, Tally> = BTreeMap::new();
+    let mut out_of_scope: BTreeMap<(&str, &str), (BTreeSet<&str>, Tally)> = BTreeMap::new();
+    let mut problems = Vec::new();
+    let mut negatives: BTreeMap<&str, Tally> = BTreeMap::new();
+    for s in samples {
+        if !s.positive {
+            let flagged: Vec<String> = CONTEXTS
+                .iter()
+                .map(|c| rule_ids(&findings(&engine, &embed(c, &s.text))))
+                .filter(|ids| !ids.is_empty())
+                .collect();
+            let tally = negatives.entry(&s.source).or_default();
+            tally.total += 1;
+            if let Some(ids) = flagged.first() {
+                tally.hits += 1;
+                tally.notes.push(format!("{} ({ids})", s.path));
+            }
+            continue;
+        }
+        if s.needles.is_empty() {
+            problems.push(format!("{} ({}): the source's own pattern does not match it", s.path, s.scope));
+            continue;
+        }
+        for context in CONTEXTS {
+            let found = findings(&engine, &embed(context, &s.text));
+            let hit = covered(&found, &s.needles);
+            let note = || match rule_ids(&found) {
+                ids if ids.is_empty() => context.to_string(),
+                ids => format!("{context} (found only: {ids})"),
+            };
+            if s.scope != "in" {
+                let entry = out_of_scope.entry((&s.scope, &s.source)).or_default();
+                entry.0.insert(&s.rule_id);
+                entry.1.add(hit, String::new);
+                continue;
+            }
+            let key = format!("{} {} ({})", s.rule_id, s.rule_name, s.family);
+            by_source.entry(&s.source).or_default().add(&key, hit, note);
+            by_family.entry((&s.family, &s.source)).or_default().add(hit, String::new);
+            by_context.entry(context).or_default().add(hit, String::new);
+            if s.source == TUNED {
+                tuned.add(&s.rule_id, hit, String::new);
+            } else if s.source == HELD_OUT && !seen(s) {
+                held_out.add(&s.rule_id, hit, String::new);
+            }
+        }
+    }
+
+    let mut t = String::new();
+    writeln!(t, "\nIndependent corpus: other scanners' rule examples, default rules, contexts {CONTEXTS:?}").unwrap();
+    writeln!(
+        t,
+        "\n| positives (in scope) | formats | formats >= 97% | samples x contexts | detected | recall |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |"
+    )
+    .unwrap();
+    for (source, recall) in &by_source {
+        writeln!(t, "{}", recall.row(source)).unwrap();
+    }
+    writeln!(t, "{}", tuned.row(&format!("tuned on: {TUNED}"))).unwrap();
+    writeln!(t, "{}", held_out.row(&format!("held out: {HELD_OUT} examples not in {TUNED}"))).unwrap();
+
+    let sources: Vec<&str> = by_source.keys().copied().collect();
+    write!(t, "\n| family |").unwrap();
+    for s in &sources {
+        write!(t, " {s} samples | {s} recall |").unwrap();
+    }
+    writeln!(t, "\n| --- |{}", " ---: | ---: |".repeat(sources.len())).unwrap();
+    let families: BTreeSet<&str> = by_family.keys().map(|(f, _)| *f).collect();
+    for family in families {
+        write!(t, "| {family} |").unwrap();
+        for s in &sources {
+            match by_family.get(&(family, s)) {
+                Some(tally) => write!(t, " {} | {} |", tally.total, pct(tally.rate())).unwrap(),
+                None => write!(t, " - | - |").unwrap(),
+            }
+        }
+        writeln!(t).unwrap();
+    }
+
+    writeln!(t, "\n| context | samples | detected | recall |\n| --- | ---: | ---: | ---: |").unwrap();
+    for (context, tally) in &by_context {
+        writeln!(t, "| {context} | {} | {} | {} |", tally.total, tally.hits, pct(tally.rate())).unwrap();
+    }
+
+    writeln!(t, "\nFormats (source rules) in scope with misses:\n\n| source | format | detected | missed in |")
+        .unwrap();
+    writeln!(t, "| --- | --- | ---: | --- |").unwrap();
+    for (source, recall) in &by_source {
+        for (format, tally) in recall.formats.iter().filter(|(_, t)| t.hits < t.total) {
+            let notes: BTreeSet<&str> = tally.notes.iter().map(String::as_str).collect();
+            let notes = notes.into_iter().collect::<Vec<_>>().join("; ");
+            writeln!(t, "| {source} | {format} | {} of {} | {notes} |", tally.hits, tally.total).unwrap();
+        }
+    }
+
+    writeln!(
+        t,
+        "\nOut of scope (not counted above; detected for information):\n\n\
+         | scope | source | rules | samples x contexts | detected | rule ids |\n| --- | --- | ---: | ---: | ---: | --- |"
+    )
+    .unwrap();
+    for ((scope, source), (rules, tally)) in &out_of_scope {
+        let ids = rules.iter().copied().collect::<Vec<_>>().join(" ");
+        writeln!(t, "| {scope} | {source} | {} | {} | {} | {ids} |", rules.len(), tally.total, tally.hits).unwrap();
+    }
+    if !problems.is_empty() {
+        writeln!(t, "\nSample problems (not counted):\n").unwrap();
+        for p in &problems {
+            writeln!(t, "- {p}").unwrap();
+        }
+    }
+
+    writeln!(t, "\n| negative examples | files | flagged | rate | flagged files (rules) |").unwrap();
+    writeln!(t, "| --- | ---: | ---: | ---: | --- |").unwrap();
+    let mut all_negatives = Tally::default();
+    for (source, tally) in &negatives {
+        all_negatives.total += tally.total;
+        all_negatives.hits += tally.hits;
+        writeln!(
+            t,
+            "| {source} | {} | {} | {} | {} |",
+            tally.total,
+            tally.hits,
+            pct(tally.rate()),
+            tally.notes.join("; ")
+        )
+        .unwrap();
+    }
+    writeln!(t, "| **all** | {} | {} | **{}** | |", all_negatives.total, all_negatives.hits, pct(all_negatives.rate()))
+        .unwrap();
+    Report { text: t, tuned, held_out, negatives: all_negatives }
+}
+
+#[test]
+fn independent_report() {
+    let samples = load();
+    let report = report(&samples);
+    println!("{}", report.text);
+    // Measured before any rule was changed for this corpus (the floor, not the target).
+    assert!(report.tuned.all.rate() >= 0.49, "tuned-on recall {}", pct(report.tuned.all.rate()));
+    assert!(report.held_out.all.rate() >= 0.32, "held-out recall {}", pct(report.held_out.all.rate()));
+    assert!(report.negatives.rate() <= 0.08, "negatives flagged {}", pct(report.negatives.rate()));
+}
