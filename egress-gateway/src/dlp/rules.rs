@@ -1,6 +1,9 @@
 //! The built-in token-pattern rules: real provider formats, each with the literal
 //! keywords that must appear for it to be tried (a cheap prefilter), written for this
-//! project (formats as documented by each provider).
+//! project (formats as documented by each provider). Rules marked "(format from Nosey
+//! Parker)" cover a format we first learnt of from Nosey Parker's rule of the same name
+//! (praetorian-inc/noseyparker, Apache-2.0; see testdata/dlp-independent/NOTICE): the
+//! regex is ours, checked against that rule's published examples.
 
 /// One rule: `regex` must match the secret itself (group 1 if it has a group).
 pub struct RuleDef {
@@ -23,17 +26,42 @@ pub const BUILTIN: &[RuleDef] = &[
     rule!(
         "aws-access-key-id",
         "AWS access key id",
-        r"\b((?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b",
-        ["AKIA", "ASIA", "ABIA", "ACCA"]
+        r"\b((?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}|A3T[A-Z0-9][A-Z0-9]{16})\b",
+        ["AKIA", "ASIA", "ABIA", "ACCA", "A3T"]
     ),
+    // (format from Nosey Parker)
+    rule!(
+        "amazon-mws-token",
+        "Amazon MWS auth token",
+        r"\b(amzn\.mws\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b",
+        ["amzn.mws."]
+    ),
+    // (format from Nosey Parker)
+    rule!("aws-appsync-key", "AWS AppSync API key", r"\b(da2-[a-z0-9]{26})\b", ["da2-"]),
     rule!("gcp-api-key", "Google API key", r"\b(AIza[0-9A-Za-z_\-]{35})\b", ["AIza"]),
     rule!("google-oauth-access-token", "Google OAuth access token", r"\b(ya29\.[A-Za-z0-9_\-]{30,})", ["ya29."]),
     rule!("gcp-oauth-client-secret", "Google OAuth client secret", r"\b(GOCSPX-[A-Za-z0-9_\-]{28})\b", ["GOCSPX-"]),
+    // Storage account keys (86 characters) and the shorter Service Bus, Event Hubs and IoT
+    // Hub shared access keys.
     rule!(
         "azure-storage-connection-string",
-        "Azure storage account key",
-        r"AccountKey=([A-Za-z0-9+/]{86}==)",
-        ["AccountKey="]
+        "Azure storage or shared access key",
+        r"(?:AccountKey|SharedAccessKey)\s*=\s*([A-Za-z0-9+/]{40,100}={0,2})",
+        ["AccountKey", "SharedAccessKey"]
+    ),
+    // (format from Nosey Parker)
+    rule!(
+        "azure-app-configuration-secret",
+        "Azure App Configuration secret",
+        r"\.azconfig\.io;\s*Id=[^;\s]{4,64};\s*Secret=([A-Za-z0-9+/]{36,64}={0,2})",
+        ["azconfig.io"]
+    ),
+    // (format from Nosey Parker) The 84-character tokens Azure DevOps issues since 2024.
+    rule!(
+        "azure-devops-pat",
+        "Azure DevOps personal access token",
+        r"\b([A-Za-z0-9]{76}AZDO[A-Za-z0-9]{4})\b",
+        ["AZDO"]
     ),
     rule!(
         "azure-ad-client-secret",
@@ -46,7 +74,8 @@ pub const BUILTIN: &[RuleDef] = &[
     rule!("heroku-api-key", "Heroku API key", r"\b(HRKU-[A-Za-z0-9_\-]{60})\b", ["HRKU-"]),
     rule!("flyio-token", "Fly.io access token", r"\b(fm[12]_[A-Za-z0-9+/]{100,}={0,2})", ["fm1_", "fm2_"]),
     rule!("cloudflare-origin-ca-key", "Cloudflare origin CA key", r"\b(v1\.0-[a-f0-9]{24}-[a-f0-9]{146})\b", ["v1.0-"]),
-    rule!("vault-token", "HashiCorp Vault token", r"\b(hv[sb]\.[A-Za-z0-9_\-]{90,})", ["hvs.", "hvb."]),
+    // Service, batch and recovery tokens; service tokens without a namespace are short.
+    rule!("vault-token", "HashiCorp Vault token", r"\b(hv[sbr]\.[A-Za-z0-9_\-]{24,})", ["hvs.", "hvb.", "hvr."]),
     rule!(
         "terraform-cloud-token",
         "Terraform Cloud token",
@@ -54,7 +83,13 @@ pub const BUILTIN: &[RuleDef] = &[
         [".atlasv1."]
     ),
     rule!("pulumi-token", "Pulumi access token", r"\b(pul-[a-f0-9]{40})\b", ["pul-"]),
-    rule!("doppler-token", "Doppler token", r"\b(dp\.(?:pt|st|sa|ct|scim|audit)\.[A-Za-z0-9]{40,44})\b", ["dp."]),
+    // A service token may name its environment: `dp.st.dev.<40-44>`.
+    rule!(
+        "doppler-token",
+        "Doppler token",
+        r"\b(dp\.(?:pt|st(?:\.[a-z0-9_\-]{2,35})?|sa|ct|scim|audit)\.[A-Za-z0-9]{40,44})\b",
+        ["dp."]
+    ),
     rule!(
         "tailscale-key",
         "Tailscale key",
@@ -80,7 +115,15 @@ pub const BUILTIN: &[RuleDef] = &[
         ["github_pat_"]
     ),
     rule!("gitlab-pat", "GitLab personal access token", r"\b(glpat-[A-Za-z0-9_\-]{20,})\b", ["glpat-"]),
-    rule!("gitlab-runner-token", "GitLab runner token", r"\b(glrt-[A-Za-z0-9_\-]{20,})\b", ["glrt-"]),
+    // Runner authentication tokens, and the older registration tokens (`GR1348941`).
+    rule!(
+        "gitlab-runner-token",
+        "GitLab runner token",
+        r"\b(glrt-[A-Za-z0-9_\-]{20,}|GR1348941[A-Za-z0-9_\-]{20})\b",
+        ["glrt-", "GR1348941"]
+    ),
+    // (format from Nosey Parker)
+    rule!("gitlab-trigger-token", "GitLab pipeline trigger token", r"\b(glptt-[a-f0-9]{40})\b", ["glptt-"]),
     rule!("gitlab-deploy-token", "GitLab deploy token", r"\b(gldt-[A-Za-z0-9_\-]{20,})\b", ["gldt-"]),
     rule!("atlassian-api-token", "Atlassian API token", r"\b(ATATT3[A-Za-z0-9_\-=]{186})", ["ATATT3"]),
     rule!("bitbucket-app-password", "Bitbucket app password", r"\b(ATBB[A-Za-z0-9_\-=.]{32,})", ["ATBB"]),
@@ -91,18 +134,25 @@ pub const BUILTIN: &[RuleDef] = &[
         ["sgp_"]
     ),
     rule!("buildkite-token", "Buildkite API token", r"\b(bkua_[a-f0-9]{40})\b", ["bkua_"]),
+    // (format from Nosey Parker) A JWT-like token whose header decodes to `{"typ": "TCV2"}`.
+    rule!(
+        "teamcity-token",
+        "TeamCity API token",
+        r"\b(eyJ0eXAiOiAiVENWMiJ9\.[A-Za-z0-9_\-]{36}\.[A-Za-z0-9_\-]{48})",
+        ["eyJ0eXAiOiAiVENWMiJ9"]
+    ),
     // Chat and collaboration
     rule!("slack-token", "Slack token", r"\b(xox[abposr]-[0-9]{6,}-[A-Za-z0-9\-]{10,})", ["xox"]),
     rule!(
         "slack-app-token",
         "Slack app-level token",
-        r"\b(xapp-[0-9]-[A-Z0-9]{9,12}-[0-9]{10,14}-[a-f0-9]{32,80})\b",
+        r"\b(xapp-[0-9]-[A-Z0-9]{9,12}-[0-9]{10,14}-[a-f0-9]{32,80}|xapp-[0-9]{12}-[A-Za-z0-9/+]{24})\b",
         ["xapp-"]
     ),
     rule!(
         "slack-webhook",
         "Slack webhook URL",
-        r"(hooks\.slack\.com/services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{20,})",
+        r"((?:https?://)?hooks\.slack\.com/services/T[A-Z0-9_]{6,}/B[A-Z0-9_]{6,}/[A-Za-z0-9_]{20,})",
         ["hooks.slack.com"]
     ),
     rule!(
@@ -117,13 +167,14 @@ pub const BUILTIN: &[RuleDef] = &[
         r"(discord(?:app)?\.com/api/webhooks/[0-9]{17,20}/[A-Za-z0-9_\-]{60,70})",
         ["/api/webhooks/"]
     ),
+    // Current (`<tenant>.webhook.office.com/webhookb2/`) and older (`outlook.office.com/webhook/`) URLs.
     rule!(
         "teams-webhook",
         "Microsoft Teams webhook URL",
-        r"(webhook\.office\.com/webhookb2/[a-f0-9\-]{36}@[a-f0-9\-]{36}/IncomingWebhook/[a-f0-9]{32}/[a-f0-9\-]{36})",
-        ["webhookb2/"]
+        r"((?:https://)?(?:[A-Za-z0-9\-]+\.webhook\.office\.com/webhookb2|webhook\.office\.com/webhookb2|outlook\.office(?:365)?\.com/webhook)/[a-f0-9\-]{36}@[a-f0-9\-]{36}/IncomingWebhook/[a-f0-9]{32}/[a-f0-9\-]{36})",
+        ["webhookb2/", "outlook.office"]
     ),
-    rule!("telegram-bot-token", "Telegram bot token", r"\b([0-9]{8,10}:AA[A-Za-z0-9_\-]{33})\b", [":AA"]),
+    rule!("telegram-bot-token", "Telegram bot token", r"\b([0-9]{8,10}:AA[A-Za-z0-9_\-]{32,33})\b", [":AA"]),
     rule!("linear-api-key", "Linear API key", r"\b(lin_api_[A-Za-z0-9]{40})\b", ["lin_api_"]),
     rule!(
         "notion-token",
@@ -133,6 +184,27 @@ pub const BUILTIN: &[RuleDef] = &[
     ),
     rule!("postman-api-key", "Postman API key", r"\b(PMAK-[a-f0-9]{24}-[a-f0-9]{34})\b", ["PMAK-"]),
     rule!("figma-token", "Figma access token", r"\b(figd_[A-Za-z0-9_\-]{40,})", ["figd_"]),
+    // (formats from Nosey Parker) Single-product SaaS keys with a prefix of their own.
+    rule!("adafruit-io-key", "Adafruit IO key", r"\b(aio_[A-Za-z0-9]{28})\b", ["aio_"]),
+    rule!(
+        "adobe-client-secret",
+        "Adobe OAuth client secret",
+        r"\b(p8e-[A-Za-z0-9\-]{32})(?:[^A-Za-z0-9\-]|$)",
+        ["p8e-"]
+    ),
+    rule!("dependency-track-key", "Dependency-Track API key", r"\b(odt_[A-Za-z0-9]{32,255})\b", ["odt_"]),
+    rule!("dropbox-token", "Dropbox access token", r"\b(sl\.(?:u\.)?[A-Za-z0-9_\-]{130,})", ["sl."]),
+    rule!("facebook-access-token", "Facebook access token", r"\b(EAACEdEose0cBA[A-Za-z0-9]{20,})", ["EAACEdEose0cBA"]),
+    rule!(
+        "mapbox-secret-token",
+        "Mapbox secret or temporary token",
+        r"\b([st]k\.eyJ[A-Za-z0-9_\-]{20,}\.[A-Za-z0-9_\-]{20,30})",
+        ["sk.eyJ", "tk.eyJ"]
+    ),
+    rule!("salesforce-access-token", "Salesforce access token", r"\b(00D[A-Za-z0-9]{12}![A-Za-z0-9._]{96})", ["00D"]),
+    rule!("segment-token", "Segment public API token", r"\b(sgp_[A-Za-z0-9]{64})\b", ["sgp_"]),
+    rule!("stackhawk-key", "StackHawk API key", r"\b(hawk\.[A-Za-z0-9_\-]{20}\.[A-Za-z0-9_\-]{20})", ["hawk."]),
+    rule!("twitch-stream-key", "Twitch stream key", r"\b(live_[0-9]{6,10}_[A-Za-z0-9]{30})\b", ["live_"]),
     // Payments and commerce
     rule!("stripe-secret-key", "Stripe live key", r"\b((?:sk|rk)_live_[A-Za-z0-9]{24,247})\b", ["_live_"]),
     rule!("stripe-test-key", "Stripe test key", r"\b((?:sk|rk)_test_[A-Za-z0-9]{24,247})\b", ["_test_"]),
@@ -185,6 +257,9 @@ pub const BUILTIN: &[RuleDef] = &[
     rule!("tavily-api-key", "Tavily API key", r"\b(tvly-(?:dev-|prod-)?[A-Za-z0-9]{32})\b", ["tvly-"]),
     rule!("nvidia-api-key", "NVIDIA API key", r"\b(nvapi-[A-Za-z0-9_\-]{64})\b", ["nvapi-"]),
     rule!("deepseek-api-key", "DeepSeek API key", r"\b(sk-[a-f0-9]{32})\b", ["sk-"]),
+    // (formats from Nosey Parker)
+    rule!("firecrawl-api-key", "Firecrawl API key", r"\b(fc-[a-f0-9]{32})\b", ["fc-"]),
+    rule!("jina-api-key", "Jina API key", r"\b(jina_[A-Za-z0-9]{60})\b", ["jina_"]),
     rule!("databricks-token", "Databricks token", r"\b(dapi[a-f0-9]{32}(?:-[0-9])?)\b", ["dapi"]),
     // Package registries
     rule!("npm-token", "npm access token", r"\b(npm_[A-Za-z0-9]{36})\b", ["npm_"]),
@@ -201,13 +276,20 @@ pub const BUILTIN: &[RuleDef] = &[
     ),
     rule!("clojars-token", "Clojars deploy token", r"\b(CLOJARS_[a-z0-9]{60})\b", ["CLOJARS_"]),
     // Observability
+    // Cloud tokens, service account tokens, and the older API keys (base64 of `{"k":"`).
     rule!(
         "grafana-token",
         "Grafana token",
-        r"\b((?:glc_[A-Za-z0-9+/]{32,400}={0,2})|(?:glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}))",
-        ["glc_", "glsa_"]
+        r"\b((?:glc_[A-Za-z0-9+/]{32,400}={0,2})|(?:glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8})|(?:eyJrIjoi[A-Za-z0-9]{60,100}))",
+        ["glc_", "glsa_", "eyJrIjoi"]
     ),
-    rule!("newrelic-api-key", "New Relic API key", r"\b(NRAK-[A-Z0-9]{27})\b", ["NRAK-"]),
+    // User, admin, REST, Insights insert and query keys, license keys, Pixie keys.
+    rule!(
+        "newrelic-api-key",
+        "New Relic key",
+        r"\b(NRAK-[A-Z0-9]{27}|NRAA-[a-f0-9]{27}|NRRA-[a-f0-9]{42}|NRI[IQ]-[A-Za-z0-9_\-]{32}|[A-Za-z0-9]{6}[a-f0-9]{30}NRAL|px-(?:api|dep)-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12})(?:[^A-Za-z0-9_\-]|$)",
+        ["NRAK-", "NRAA-", "NRRA-", "NRII-", "NRIQ-", "NRAL", "px-api-", "px-dep-"]
+    ),
     rule!("sentry-token", "Sentry auth token", r"\b(sntry[su]_[A-Za-z0-9+/=_]{60,})", ["sntrys_", "sntryu_"]),
     rule!("dynatrace-token", "Dynatrace API token", r"\b(dt0c01\.[A-Z0-9]{24}\.[A-Z0-9]{64})\b", ["dt0c01."]),
     // Keys, credentials in structure
@@ -217,6 +299,16 @@ pub const BUILTIN: &[RuleDef] = &[
         r"(-----BEGIN[ +](?:(?:RSA|EC|DSA|OPENSSH|ENCRYPTED|PGP)[ +])?PRIVATE[ +]KEY(?:[ +]BLOCK)?-----(?s:.*?-----END[ +][A-Z +]{0,20}PRIVATE[ +]KEY(?:[ +]BLOCK)?-----)?)",
         ["PRIVATE KEY", "PRIVATE+KEY"]
     ),
+    // (format from Nosey Parker) A PEM private key block, base64-encoded again (Kubernetes
+    // secrets, environment variables).
+    rule!(
+        "private-key-base64",
+        "base64-encoded private key",
+        r"((?:LS0tLS1CRUdJTiBSU0EgUFJJVkFURSBLRVktLS0t|LS0tLS1CRUdJTiBEU0EgUFJJVkFURSBLRVktLS0t|LS0tLS1CRUdJTiBFQyBQUklWQVRFIEtFWS0tLS0t|LS0tLS1CRUdJTiBPUEVOU1NIIFBSSVZBVEUgS0VZLS0tLS|LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0t|LS0tLS1CRUdJTiBFTkNSWVBURUQgUFJJVkFURSBLRVktLS0t)[A-Za-z0-9+/=]{50,})",
+        ["LS0tLS1CRUdJTi"]
+    ),
+    // (format from Nosey Parker) The private key in a WireGuard configuration.
+    rule!("wireguard-private-key", "WireGuard private key", r"PrivateKey\s*=\s*([A-Za-z0-9+/]{43}=)", ["PrivateKey"]),
     rule!(
         "age-secret-key",
         "age secret key",
@@ -233,8 +325,8 @@ pub const BUILTIN: &[RuleDef] = &[
     rule!(
         "connection-string-password-field",
         "password in a connection string",
-        r"(?i:(?:server|data source|host)=[^;]{1,200};(?:[^;]{0,200};){0,10}?\s*(?:password|pwd)=)([^;'\x22\s]{3,128})",
-        ["password=", "pwd="]
+        r"(?i:(?:server|data source|host|provider|user id|uid)\s*=[^;]{1,200};(?:[^;]{0,200};){0,10}?[^;=]{0,20}?\b(?:password|pwd)\s*=\s*)([^;'\x22\s\\][^;'\x22\s]{2,127})",
+        ["password", "pwd"]
     ),
     rule!(
         "url-basic-credentials",
@@ -284,7 +376,7 @@ pub fn required_literal(id: &str) -> Option<&'static str> {
 }
 
 /// True when a match of rule `id` is not a credential: a published placeholder, a
-/// template (`xxxx`, `<password>`, `${VAR}`), or a value that fails the format's own
+/// template (`xxxx`, `<password>`, `${VAR}`, `#{var}`), or a value that fails the format's own
 /// structure (a Discord id that is not a number, Basic credentials that are not
 /// `user:password`).
 pub fn rejected(id: &str, value: &str) -> bool {
@@ -292,7 +384,7 @@ pub fn rejected(id: &str, value: &str) -> bool {
         return true;
     }
     let lower = value.to_ascii_lowercase();
-    if ["xxxx", "****", "<", ">", "${", "{{", "your_", "your-"].iter().any(|p| lower.contains(p)) {
+    if ["xxxx", "****", "<", ">", "${", "#{", "{{", "your_", "your-"].iter().any(|p| lower.contains(p)) {
         return true;
     }
     match id {

@@ -64,12 +64,14 @@ fn independent_corpus_matches_its_manifest() {
     let dirs: Vec<Option<PathBuf>> =
         extract::SOURCES.iter().map(|s| std::env::var_os(s.env).map(PathBuf::from)).collect();
     if dirs.iter().all(Option::is_some) {
-        let mut samples = Vec::new();
+        let (mut samples, mut rules) = (Vec::new(), Vec::new());
         for (source, git_dir) in extract::SOURCES.iter().zip(&dirs) {
-            let (mut got, commit) = extract::extract(source, git_dir.as_deref().unwrap());
+            let (mut got, mut compiled, commit) = extract::extract(source, git_dir.as_deref().unwrap());
             println!("{}: {} samples from commit {commit}", source.id, got.len());
             samples.append(&mut got);
+            rules.append(&mut compiled);
         }
+        extract::mark_other_secrets(&mut samples, &rules);
         let _ = std::fs::remove_dir_all(dir.join("samples"));
         for s in &samples {
             let path = dir.join(&s.path);
@@ -103,6 +105,18 @@ fn embed(context: &str, text: &str) -> String {
         "chat-json" => contexts::chat_json(text, &mut r).expect("chat context"),
         _ => contexts::tool_call_json(text, &mut r).expect("tool-call context"),
     }
+}
+
+/// A value documentation writes where the real one goes (`xxxx`, a run of zeros,
+/// `EXAMPLE`, a template such as `${VAR}` or `#{var}`, or a word such as `password`): the source counts it as a positive, but we
+/// leave such values alone on purpose (the generated corpus's `docs-placeholders`
+/// category checks it), so it is reported apart from recall.
+fn placeholder(needle: &str) -> bool {
+    let lower = needle.to_ascii_lowercase();
+    ["xxxx", "0000000000"].iter().any(|p| lower.contains(p))
+        || needle.contains("EXAMPLE")
+        || ["${", "#{", "{{", "<"].iter().any(|p| needle.contains(p))
+        || ["secret", "password", "mypassword", "pass", "changeme"].contains(&lower.as_str())
 }
 
 /// Every needle is inside some finding's value, so redaction would remove it.
@@ -167,15 +181,25 @@ fn report(samples: &[Extracted]) -> Report {
     let mut by_context: BTreeMap<&str, Tally> = BTreeMap::new();
     let mut out_of_scope: BTreeMap<(&str, &str), (BTreeSet<&str>, Tally)> = BTreeMap::new();
     let mut problems = Vec::new();
-    let mut negatives: BTreeMap<&str, Tally> = BTreeMap::new();
+    let mut negatives: BTreeMap<String, Tally> = BTreeMap::new();
+    // `DLP_INDEPENDENT_SHOW=<source rule id>` prints what was found in its samples.
+    let show = std::env::var("DLP_INDEPENDENT_SHOW").ok();
     for s in samples {
         if !s.positive {
             let flagged: Vec<String> = CONTEXTS
                 .iter()
-                .map(|c| rule_ids(&findings(&engine, &embed(c, &s.text))))
+                .map(|c| {
+                    let found = findings(&engine, &embed(c, &s.text));
+                    if show.as_deref() == Some(s.rule_id.as_str()) {
+                        println!("{} {c}: {:?}", s.path, found.iter().map(|f| &f.context).collect::<Vec<_>>());
+                    }
+                    rule_ids(&found)
+                })
                 .filter(|ids| !ids.is_empty())
                 .collect();
-            let tally = negatives.entry(&s.source).or_default();
+            let key =
+                if s.needles.is_empty() { s.source.clone() } else { format!("{} (another format's secret)", s.source) };
+            let tally = negatives.entry(key).or_default();
             tally.total += 1;
             if let Some(ids) = flagged.first() {
                 tally.hits += 1;
@@ -187,8 +211,19 @@ fn report(samples: &[Extracted]) -> Report {
             problems.push(format!("{} ({}): the source's own pattern does not match it", s.path, s.scope));
             continue;
         }
+        if s.scope == "in" && s.needles.iter().any(|n| placeholder(n)) {
+            problems.push(format!("{}: a documentation placeholder ({})", s.path, s.needles.join(" ")));
+            continue;
+        }
         for context in CONTEXTS {
             let found = findings(&engine, &embed(context, &s.text));
+            if show.as_deref() == Some(s.rule_id.as_str()) {
+                let values: Vec<String> = found
+                    .iter()
+                    .map(|f| format!("{}={:?}", f.rule_id, f.matched.as_ref().map(|m| m.expose())))
+                    .collect();
+                println!("{} {context}: needles {:?}, found {values:?}", s.path, s.needles);
+            }
             let hit = covered(&found, &s.needles);
             let note = || match rule_ids(&found) {
                 ids if ids.is_empty() => context.to_string(),
@@ -281,8 +316,10 @@ fn report(samples: &[Extracted]) -> Report {
     writeln!(t, "| --- | ---: | ---: | ---: | --- |").unwrap();
     let mut all_negatives = Tally::default();
     for (source, tally) in &negatives {
-        all_negatives.total += tally.total;
-        all_negatives.hits += tally.hits;
+        if !source.contains(' ') {
+            all_negatives.total += tally.total;
+            all_negatives.hits += tally.hits;
+        }
         writeln!(
             t,
             "| {source} | {} | {} | {} | {} |",
@@ -293,8 +330,14 @@ fn report(samples: &[Extracted]) -> Report {
         )
         .unwrap();
     }
-    writeln!(t, "| **all** | {} | {} | **{}** | |", all_negatives.total, all_negatives.hits, pct(all_negatives.rate()))
-        .unwrap();
+    writeln!(
+        t,
+        "| **all, without those** | {} | {} | **{}** | |",
+        all_negatives.total,
+        all_negatives.hits,
+        pct(all_negatives.rate())
+    )
+    .unwrap();
     Report { text: t, tuned, held_out, negatives: all_negatives }
 }
 
@@ -303,8 +346,17 @@ fn independent_report() {
     let samples = load();
     let report = report(&samples);
     println!("{}", report.text);
-    // Measured before any rule was changed for this corpus (the floor, not the target).
-    assert!(report.tuned.all.rate() >= 0.49, "tuned-on recall {}", pct(report.tuned.all.rate()));
-    assert!(report.held_out.all.rate() >= 0.32, "held-out recall {}", pct(report.held_out.all.rate()));
-    assert!(report.negatives.rate() <= 0.08, "negatives flagged {}", pct(report.negatives.rate()));
+    // The targets hold on the source the rules were tuned on.
+    assert!(report.tuned.formats.len() >= super::MIN_FORMATS, "only {} tuned-on formats", report.tuned.formats.len());
+    assert!(report.tuned.all.rate() >= super::MIN_RECALL, "tuned-on recall {}", pct(report.tuned.all.rate()));
+    assert!(report.tuned.on_target() >= super::MIN_FORMATS, "{} tuned-on formats on target", report.tuned.on_target());
+    // Held out: far below the target overall (most of Kingfisher's formats have no rule
+    // here); these are the measured floors, so a regression fails.
+    assert!(report.held_out.all.rate() >= 0.37, "held-out recall {}", pct(report.held_out.all.rate()));
+    assert!(report.held_out.on_target() >= 40, "{} held-out formats on target", report.held_out.on_target());
+    assert!(
+        report.negatives.rate() <= super::MAX_BENIGN_FLAGGED,
+        "negative examples flagged {}",
+        pct(report.negatives.rate())
+    );
 }

@@ -67,11 +67,16 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("UTF-8 from git")
 }
 
+/// A source rule as compiled: id, scope, pattern.
+pub type Compiled = (String, String, regex::Regex);
+
 /// Every sample of `source`, read from the commit `HEAD` of the repository at `dir`
-/// (a work tree or a bare git directory). Returns the samples and the commit.
-pub fn extract(source: &Source, dir: &Path) -> (Vec<Extracted>, String) {
+/// (a work tree or a bare git directory). Returns the samples, the source's compiled
+/// rules and the commit.
+pub fn extract(source: &Source, dir: &Path) -> (Vec<Extracted>, Vec<Compiled>, String) {
     let commit = git(dir, &["rev-parse", "HEAD"]).trim().to_string();
     let mut out = Vec::new();
+    let mut compiled = Vec::new();
     let comments = regex::Regex::new(r"\(\?#[^)]*\)").unwrap();
     let mut ids = std::collections::HashSet::new();
     let listing = git(dir, &["ls-tree", "-r", "--name-only", "HEAD", "--", source.rules_dir]);
@@ -88,6 +93,9 @@ pub fn extract(source: &Source, dir: &Path) -> (Vec<Extracted>, String) {
                 Ok(re) => (scope(&rule.name, &source_pattern), Some(re)),
                 Err(_) => ("unparsed".to_string(), None),
             };
+            if let Some(re) = &pattern {
+                compiled.push((rule.id.clone(), scope.clone(), re.clone()));
+            }
             // A few rule ids appear in two files; the file name tells their samples apart.
             let mut key = rule.id.clone();
             if !ids.insert(key.clone()) {
@@ -117,19 +125,50 @@ pub fn extract(source: &Source, dir: &Path) -> (Vec<Extracted>, String) {
             }
         }
     }
-    (out, commit)
+    (out, compiled, commit)
+}
+
+/// A negative example is negative for its own rule only; some hold another format's
+/// secret (a Slack user token among the bot-token rule's negatives). For each negative,
+/// the needles become what any other in-scope rule of either source captures in it, so
+/// the report can tell these apart from benign text.
+pub fn mark_other_secrets(samples: &mut [Extracted], rules: &[Compiled]) {
+    for s in samples.iter_mut().filter(|s| !s.positive) {
+        let mut found = Vec::new();
+        for (id, scope, re) in rules {
+            if id != &s.rule_id && scope == "in" {
+                found.extend(needles(re, &s.text).into_iter().map(|n| format!("{id}: {n}")));
+            }
+        }
+        found.sort();
+        found.dedup();
+        s.needles = found;
+    }
 }
 
 /// What the source's pattern captures in `example`: per match, the last group that took
-/// part (or the whole match), deduplicated.
+/// part (or the whole match), deduplicated. Where the match holds a URL with a password
+/// (`scheme://user:password@host`, whose last group is often the host) or the captured
+/// value is a connection string with a `Password=` field, the needle is the password:
+/// that is the secret, and what a detector must report.
 fn needles(re: &regex::Regex, example: &str) -> Vec<String> {
+    static URL_PASSWORD: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"://[^:@/\s]*:([^@\s/]+)@").unwrap());
+    static FIELD_PASSWORD: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"(?i)(?:^|;)\s*(?:password|pwd)\s*=\s*([^;]+)").unwrap());
     let mut out: Vec<String> = Vec::new();
     for caps in re.captures_iter(example) {
-        let m = (1..caps.len()).rev().find_map(|i| caps.get(i)).or_else(|| caps.get(0));
-        if let Some(m) = m.filter(|m| !m.as_str().is_empty())
-            && !out.iter().any(|n| n == m.as_str())
-        {
-            out.push(m.as_str().to_string());
+        let whole = caps.get(0).map_or("", |m| m.as_str());
+        let last = (1..caps.len()).rev().find_map(|i| caps.get(i)).or_else(|| caps.get(0)).map_or("", |m| m.as_str());
+        let needle = if let Some(pw) = URL_PASSWORD.captures(whole) {
+            pw.get(1).unwrap().as_str()
+        } else if let Some(pw) = FIELD_PASSWORD.captures(last) {
+            pw.get(1).unwrap().as_str().trim()
+        } else {
+            last
+        };
+        if !needle.is_empty() && !out.iter().any(|n| n == needle) {
+            out.push(needle.to_string());
         }
     }
     out
@@ -167,7 +206,7 @@ pub fn scope(name: &str, pattern: &str) -> String {
         "app id",
         "project id",
     ]);
-    if identifier || has(&["username"]) && !has(&["password"]) {
+    if identifier || has(&["username"]) && !has(&["password", "secret"]) {
         return "not-credential".into();
     }
     if has(&["connection string", "connection uri", "private key", "basic auth", "basic authentication"]) {
