@@ -6,21 +6,9 @@ use base64::Engine as _;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use egress_gateway::dlp::{Engine, KnownSecrets, Request, Selection};
 
-/// A clean conversation body of about `size` bytes: many turns of prose and code.
-fn conversation(size: usize) -> String {
-    let turn = "{\"role\":\"user\",\"content\":\"Please refactor the function below so it handles errors with anyhow, \
-                keeps the public signature, and adds a unit test.\\n```rust\\nfn parse(input: &str) -> Result<Config, Error> \
-                {\\n    let value: Value = serde_json::from_str(input)?;\\n    Ok(Config::from(value))\\n}\\n```\"},\
-                {\"role\":\"assistant\",\"content\":\"Here is the refactored version with context on every error and a test \
-                that feeds it an empty object. The commit id is 3f9a1c7e5b2d8f0a4c6e9b1d3f5a7c9e2b4d6f8a.\"},";
-    let mut body = String::with_capacity(size + turn.len());
-    body.push_str("{\"model\":\"m\",\"messages\":[");
-    while body.len() < size {
-        body.push_str(turn);
-    }
-    body.push_str("{\"role\":\"user\",\"content\":\"thanks\"}]}");
-    body
-}
+#[path = "bodies.rs"]
+mod bodies;
+use bodies::{auth_talk, conversation};
 
 fn bench(c: &mut Criterion) {
     let known =
@@ -39,6 +27,9 @@ fn bench(c: &mut Criterion) {
     // features can fall back to slower engines on it.
     let utf8 = conversation(100 * 1024).replace("empty object", "objet vide 😀 — déjà vu");
     bodies.push(("conversation_100KB_utf8".into(), utf8));
+    // A clean conversation about authentication: many rules' keywords occur, so their
+    // regexes run (the prefilter lets them through).
+    bodies.push(("auth_talk_1024KB".into(), auth_talk(1024 * 1024)));
     let image: Vec<u8> = (0..768 * 1024).map(|i| (i * 7919 % 251) as u8).collect();
     bodies.push(("base64_1MB".into(), base64::engine::general_purpose::STANDARD.encode(image)));
     for (name, body) in &bodies {

@@ -142,7 +142,7 @@ fn main() -> anyhow::Result<()> {
                     }
                     Ok(())
                 }
-                "dlp" => cargo(&["bench", "-p", "egress-gateway", "--bench", "dlp"]),
+                "dlp" => cargo(&["bench", "-p", "egress-gateway", "--bench", "dlp", "--bench", "dlp_latency"]),
                 other => bail!("unknown benchmark {other:?}: expected dlp or proxy"),
             }
         }

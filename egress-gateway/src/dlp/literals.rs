@@ -38,8 +38,8 @@ impl LiteralSet {
         let mut merged: Vec<(Vec<u8>, Vec<usize>)> = Vec::new();
         let mut sorted = patterns;
         sorted.retain(|(p, _)| !p.is_empty());
-        // Short patterns shrink Teddy's fingerprint for their whole group: keep them
-        // together, apart from the rest.
+        // Short patterns shrink Teddy's fingerprint for their whole group: keep them last,
+        // to be grouped apart from the rest.
         sorted.sort_by(|a, b| (a.0.len() < 3, &a.0).cmp(&(b.0.len() < 3, &b.0)));
         for (bytes, tag) in sorted {
             match merged.last_mut() {
@@ -75,28 +75,33 @@ impl LiteralSet {
     }
 
     fn packed(merged: &[(Vec<u8>, Vec<usize>)]) -> Option<Vec<(packed::Searcher, usize)>> {
+        // `merged` has the short patterns last: they get groups of their own.
+        let short = merged.partition_point(|(p, _)| p.len() >= 3);
         let mut groups = Vec::new();
-        for (i, chunk) in merged.chunks(GROUP_SIZE).enumerate() {
-            let searcher = packed::Config::new()
-                .match_kind(packed::MatchKind::LeftmostLongest)
-                .heuristic_pattern_limits(false)
-                .builder()
-                .extend(chunk.iter().map(|(p, _)| p))
-                .build()?;
-            groups.push((searcher, i * GROUP_SIZE));
+        for (offset, part) in [(0, &merged[..short]), (short, &merged[short..])] {
+            for (i, chunk) in part.chunks(GROUP_SIZE).enumerate() {
+                let searcher = packed::Config::new()
+                    .match_kind(packed::MatchKind::LeftmostLongest)
+                    .heuristic_pattern_limits(false)
+                    .builder()
+                    .extend(chunk.iter().map(|(p, _)| p))
+                    .build()?;
+                groups.push((searcher, offset + i * GROUP_SIZE));
+            }
         }
         Some(groups)
     }
 
-    /// Calls `found` with the tags of every literal occurring in `text` (a tag may come
-    /// more than once).
-    pub fn for_each_tag(&self, text: &[u8], mut found: impl FnMut(usize)) {
-        let mut report = |pattern: usize| self.tags[pattern].iter().for_each(|&t| found(t));
+    /// Calls `found(tag, start)` for every literal occurring in `text`, with the tags of
+    /// the literals that are prefixes of it at the same start (a tag may come more than
+    /// once).
+    pub fn for_each_hit(&self, text: &[u8], mut found: impl FnMut(usize, usize)) {
+        let mut report = |pattern: usize, start: usize| self.tags[pattern].iter().for_each(|&t| found(t, start));
         match &self.search {
             Search::Empty => {}
             Search::Dfa(dfa) => {
                 for m in dfa.find_overlapping_iter(text) {
-                    report(m.pattern().as_usize());
+                    report(m.pattern().as_usize(), m.start());
                 }
             }
             Search::Packed(groups) => {
@@ -106,7 +111,7 @@ impl LiteralSet {
                         let Some(m) = searcher.find_in(text, aho_corasick::Span::from(at..text.len())) else {
                             break;
                         };
-                        report(first + m.pattern().as_usize());
+                        report(first + m.pattern().as_usize(), m.start());
                         at = m.start() + 1;
                     }
                 }
@@ -168,20 +173,23 @@ pub fn case_insensitive_tail(keyword: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
 
-    fn tags(set: &LiteralSet, text: &str) -> Vec<usize> {
+    fn tags(set: &LiteralSet, text: &str) -> Vec<(usize, usize)> {
         let mut out = Vec::new();
-        set.for_each_tag(text.as_bytes(), |t| out.push(t));
+        set.for_each_hit(text.as_bytes(), |t, at| out.push((t, at)));
         out.sort_unstable();
         out.dedup();
         out
     }
 
-    /// The reference: every pattern that occurs anywhere, by plain substring search.
-    fn naive(patterns: &[(Vec<u8>, usize)], text: &str) -> Vec<usize> {
-        let mut out: Vec<usize> = patterns
+    /// The reference: every occurrence of every pattern, by plain substring search.
+    fn naive(patterns: &[(Vec<u8>, usize)], text: &str) -> Vec<(usize, usize)> {
+        let mut out: Vec<(usize, usize)> = patterns
             .iter()
-            .filter(|(p, _)| !p.is_empty() && text.as_bytes().windows(p.len()).any(|w| w == p.as_slice()))
-            .map(|(_, t)| *t)
+            .filter(|(p, _)| !p.is_empty())
+            .flat_map(|(p, t)| {
+                let bytes = text.as_bytes();
+                (0..bytes.len()).filter(move |&i| bytes[i..].starts_with(p)).map(move |i| (*t, i))
+            })
             .collect();
         out.sort_unstable();
         out.dedup();

@@ -173,9 +173,67 @@ struct Rule {
     secret_group: Option<usize>,
     min_entropy: Option<f64>,
     allowlists: Vec<gitleaks::Allowlist>,
+    /// Must match in the text just before the match (`rules::required_context`).
+    context: Option<Regex>,
+    /// For a built-in rule whose every match contains one of its keywords: the longest
+    /// match in bytes, so the regex need only run around keyword hits. `None`: over the
+    /// whole text.
+    window: Option<usize>,
+}
+
+/// Bytes of text kept on each side of a window so the regex's edge assertions (`\b`,
+/// `$`, a following non-token character) see the real neighbours of a match.
+const LOOKAROUND: usize = 8;
+/// Rules whose matches may be longer than this run over the whole text.
+const MAX_WINDOW: usize = 16 * 1024;
+
+/// The longest text `pattern` can match, in bytes, when it is bounded and not huge.
+fn longest_match(pattern: &str) -> Option<usize> {
+    let hir = regex_syntax::parse(pattern).ok()?;
+    hir.properties().maximum_len().filter(|&n| n <= MAX_WINDOW)
 }
 
 impl Rule {
+    /// Every match in `text`. With keyword hits at `starts` (sorted) and a window, only
+    /// the text around the hits is searched: a match holds one of its keyword's
+    /// occurrences and is at most `window` long, so it lies within `window` bytes of a
+    /// hit. A body that mentions a keyword then costs one short search per mention
+    /// instead of a search of the whole body per rule.
+    fn matches<'t>(&self, text: &'t str, starts: &[usize]) -> Vec<regex::Captures<'t>> {
+        let Some(window) = self.window.filter(|_| !starts.is_empty()) else {
+            return self.regex.captures_iter(text).collect();
+        };
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < starts.len() {
+            // Hits whose windows overlap are searched together.
+            let first = starts[i];
+            let mut last = first;
+            while i < starts.len() && starts[i].saturating_sub(window) <= last + window + 2 * LOOKAROUND {
+                last = starts[i];
+                i += 1;
+            }
+            let from = floor_char_boundary(text, first.saturating_sub(window + LOOKAROUND));
+            let to = ceil_char_boundary(text, last + window + LOOKAROUND);
+            // A match ending later holds none of these hits; near a cut-off end it could
+            // be an artefact of the cut.
+            let limit = if to == text.len() { to } else { last + window };
+            let haystack = &text[..to];
+            let mut at = from;
+            while at <= limit {
+                let Some(caps) = self.regex.captures_at(haystack, at) else { break };
+                let whole = caps.get(0).expect("group 0 always matches");
+                if whole.end() > limit {
+                    break;
+                }
+                at =
+                    if whole.end() > whole.start() { whole.end() } else { ceil_char_boundary(text, whole.start() + 1) };
+                out.push(caps);
+            }
+        }
+        out
+    }
+
     /// The secret in one match, unless the rule's own filters let it through.
     fn secret<'t>(&self, caps: &regex::Captures<'t>, text: &'t str) -> Option<regex::Match<'t>> {
         let m = match self.secret_group {
@@ -184,6 +242,13 @@ impl Rule {
         };
         if self.min_entropy.is_some_and(|min| shannon(m.as_str()) < min) {
             return None;
+        }
+        if let Some(context) = &self.context {
+            let whole_start = caps.get(0).map_or(m.start(), |w| w.start());
+            let from = ceil_char_boundary(text, whole_start.saturating_sub(rules::CONTEXT_BEFORE));
+            if !context.is_match(&text[from..whole_start]) {
+                return None;
+            }
         }
         if !self.allowlists.is_empty() {
             let whole = caps.get(0).map_or("", |w| w.as_str());
@@ -232,6 +297,11 @@ impl Engine {
                 secret_group: None,
                 min_entropy: None,
                 allowlists: Vec::new(),
+                context: rules::required_context(def.id)
+                    .map(Regex::new)
+                    .transpose()
+                    .map_err(|e| EngineError::Rule { id: def.id.into(), reason: e.to_string() })?,
+                window: longest_match(&rules::expand(def.regex)),
             });
             if def.keywords.is_empty() {
                 always.push(idx);
@@ -252,6 +322,9 @@ impl Engine {
                 secret_group: user.secret_group,
                 min_entropy: user.min_entropy,
                 allowlists: user.allowlists,
+                context: None,
+                // A gitleaks keyword may be anywhere in the text, not in the match.
+                window: None,
             });
             if user.keywords.is_empty() {
                 always.push(idx);
@@ -269,6 +342,14 @@ impl Engine {
     /// the price of a body seen for the first time (benchmarks of the worst case).
     pub fn without_message_cache(mut self) -> Engine {
         self.clean = segments::CleanCache::disabled();
+        self
+    }
+
+    /// The same engine with every rule run over the whole text, never only around its
+    /// keyword hits: the reference the windowed search is tested against.
+    #[doc(hidden)]
+    pub fn without_windows(mut self) -> Engine {
+        self.rules.iter_mut().for_each(|r| r.window = None);
         self
     }
 
@@ -404,16 +485,18 @@ impl Engine {
         out: &mut Vec<Finding>,
     ) {
         if sel.token_patterns {
-            let mut candidate = vec![false; self.rules.len()];
-            for &idx in &self.always {
-                candidate[idx] = true;
-            }
-            self.keywords.for_each_tag(text.as_bytes(), |idx| candidate[idx] = true);
-            for rule in self.rules.iter().zip(candidate).filter_map(|(rule, c)| c.then_some(rule)) {
+            // Keyword hits as (rule, start), grouped by rule.
+            let mut hits: Vec<(usize, usize)> = self.always.iter().map(|&idx| (idx, usize::MAX)).collect();
+            self.keywords.for_each_hit(text.as_bytes(), |idx, at| hits.push((idx, at)));
+            hits.sort_unstable();
+            hits.dedup();
+            for group in hits.chunk_by(|a, b| a.0 == b.0) {
+                let rule = &self.rules[group[0].0];
+                let starts: Vec<usize> = group.iter().map(|&(_, at)| at).filter(|&at| at != usize::MAX).collect();
                 if rules::required_literal(rule.id).is_some_and(|lit| !text.contains(lit)) {
                     continue;
                 }
-                for caps in rule.regex.captures_iter(text) {
+                for caps in rule.matches(text, &starts) {
                     let Some(m) = rule.secret(&caps, text) else { continue };
                     let value = m.as_str();
                     if safe.contains(value) || rules::rejected(rule.id, value) {
@@ -481,6 +564,22 @@ fn keyword_patterns(keyword: &str, any_case: bool) -> Vec<Vec<u8>> {
     } else {
         vec![keyword.as_bytes().to_vec()]
     }
+}
+
+fn floor_char_boundary(text: &str, mut at: usize) -> usize {
+    at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+fn ceil_char_boundary(text: &str, mut at: usize) -> usize {
+    at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at += 1;
+    }
+    at
 }
 
 fn structural(loc: Location, reason: &str) -> Finding {

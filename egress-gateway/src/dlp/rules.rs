@@ -325,7 +325,7 @@ pub const BUILTIN: &[RuleDef] = &[
     rule!(
         "connection-string-password-field",
         "password in a connection string",
-        r"(?i:(?:server|data source|host|provider|user id|uid)\s*=[^;]{1,200};(?:[^;]{0,200};){0,10}?[^;=]{0,20}?\b(?:password|pwd)\s*=\s*)([^;'\x22\s\\][^;'\x22\s]{2,127})",
+        r"(?i:\b(?:password|pwd)\s*=\s*)([^;'\x22\s\\][^;'\x22\s]{2,127})",
         ["password", "pwd"]
     ),
     rule!(
@@ -374,6 +374,22 @@ pub fn required_literal(id: &str) -> Option<&'static str> {
         _ => None,
     }
 }
+
+/// Text that must come shortly before a match of rule `id` (see `CONTEXT_BEFORE`), as a
+/// regex. A separate check rather than a part of the rule's regex: a regex that spans
+/// the whole connection string compiles to thousands of states, and extracting its
+/// capture group cost as much as scanning 100 KB.
+pub fn required_context(id: &str) -> Option<&'static str> {
+    match id {
+        // `Password=` is a connection string's only when a server or user field
+        // precedes it in the same `key=value;` list.
+        "connection-string-password-field" => Some(r"(?i)(?:server|data source|host|provider|user id|uid)\s*=[^;]+;"),
+        _ => None,
+    }
+}
+
+/// How far before a match `required_context` is looked for, in bytes.
+pub const CONTEXT_BEFORE: usize = 1024;
 
 /// True when a match of rule `id` is not a credential: a published placeholder, a
 /// template (`xxxx`, `<password>`, `${VAR}`, `#{var}`), or a value that fails the format's own

@@ -29,7 +29,7 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/dlp-independent")
 }
 
-fn load() -> Vec<Extracted> {
+pub(crate) fn load() -> Vec<Extracted> {
     let dir = dir();
     let text = std::fs::read_to_string(dir.join("manifest.tsv")).expect("independent corpus manifest");
     text.lines()

@@ -373,3 +373,32 @@ fn accuracy_report() {
     );
     assert!(report.benign_rate <= MAX_BENIGN_FLAGGED, "benign flagged {} above target", pct(report.benign_rate));
 }
+
+/// Rules run only around their keyword hits (`Rule::matches`). On every corpus text, as a
+/// body and inside a conversation, that must find exactly what a search of the whole
+/// text finds.
+#[test]
+fn windowed_search_finds_what_whole_text_search_finds() {
+    let windowed = Engine::new(KnownSecrets::default(), Vec::new()).expect("default rules");
+    let whole = Engine::new(KnownSecrets::default(), Vec::new()).expect("default rules").without_windows();
+    let sel = Selection::from_names(None);
+    let mut texts: Vec<String> =
+        load().into_iter().map(|s| s.content).chain(independent::load().into_iter().map(|s| s.text)).collect();
+    // All of it at once: hits close together, windows merged, secrets side by side.
+    texts.push(texts.join(" "));
+    let mut findings_seen = 0;
+    for text in &texts {
+        // Alone, and with other text around it so windows start and end mid-text.
+        let padded = format!("{}{text}{}", "lorem ipsum dolor sit amet ".repeat(40), " consectetur".repeat(40));
+        for body in [text.as_str(), padded.as_str()] {
+            let req = Request { host: "h.test", path: "/", query: "", headers: &[], body: body.as_bytes() };
+            let spans = |e: &Engine| -> Vec<(String, (usize, usize))> {
+                e.scan_request(&req, sel, &HashSet::<String>::new()).into_iter().map(|f| (f.rule_id, f.span)).collect()
+            };
+            let expected = spans(&whole);
+            findings_seen += expected.len();
+            assert_eq!(spans(&windowed), expected, "{body}");
+        }
+    }
+    assert!(findings_seen > 2000, "the corpus exercises the rules ({findings_seen} findings)");
+}
