@@ -3,7 +3,9 @@
 //! project (formats as documented by each provider). Rules marked "(format from Nosey
 //! Parker)" cover a format we first learnt of from Nosey Parker's rule of the same name
 //! (praetorian-inc/noseyparker, Apache-2.0; see testdata/dlp-independent/NOTICE): the
-//! regex is ours, checked against that rule's published examples.
+//! regex is ours, checked against that rule's published examples. Rules marked "(format
+//! from Kingfisher)" are the same for Kingfisher (mongodb/kingfisher, Apache-2.0; same
+//! NOTICE).
 
 /// One rule: `regex` must match the secret itself (group 1 if it has a group).
 pub struct RuleDef {
@@ -134,6 +136,21 @@ pub const BUILTIN: &[RuleDef] = &[
         ["sgp_"]
     ),
     rule!("buildkite-token", "Buildkite API token", r"\b(bkua_[a-f0-9]{40})\b", ["bkua_"]),
+    // (formats from Kingfisher)
+    rule!(
+        "sourcegraph-license-key",
+        "Sourcegraph license key (Cody Gateway access)",
+        r"\b(slk_[a-f0-9]{64})\b",
+        ["slk_"]
+    ),
+    // User, project-analysis and global-analysis tokens (SonarQube 9.5 and later).
+    rule!("sonarqube-token", "SonarQube token", r"\b(sq[pua]_[a-f0-9]{40})\b", ["sqp_", "squ_", "sqa_"]),
+    rule!(
+        "circleci-token",
+        "CircleCI personal API token",
+        r"\b(CCIPAT_[A-Za-z0-9]{20,30}_[A-Za-z0-9]{40})\b",
+        ["CCIPAT_"]
+    ),
     // (format from Nosey Parker) A JWT-like token whose header decodes to `{"typ": "TCV2"}`.
     rule!(
         "teamcity-token",
@@ -143,6 +160,14 @@ pub const BUILTIN: &[RuleDef] = &[
     ),
     // Chat and collaboration
     rule!("slack-token", "Slack token", r"\b(xox[abposr]-[0-9]{6,}-[A-Za-z0-9\-]{10,})", ["xox"]),
+    // (format from Kingfisher) With token rotation: refresh tokens (`xoxe-1-`) and the
+    // rotating access tokens (`xoxe.xoxp-1-`, `xoxe.xoxb-1-`).
+    rule!(
+        "slack-rotating-token",
+        "Slack rotating or refresh token",
+        r"\b(xoxe(?:\.xox[bp])?-[0-9]-[A-Za-z0-9]{100,200})\b",
+        ["xoxe-", "xoxe.xox"]
+    ),
     rule!(
         "slack-app-token",
         "Slack app-level token",
@@ -205,6 +230,38 @@ pub const BUILTIN: &[RuleDef] = &[
     rule!("segment-token", "Segment public API token", r"\b(sgp_[A-Za-z0-9]{64})\b", ["sgp_"]),
     rule!("stackhawk-key", "StackHawk API key", r"\b(hawk\.[A-Za-z0-9_\-]{20}\.[A-Za-z0-9_\-]{20})", ["hawk."]),
     rule!("twitch-stream-key", "Twitch stream key", r"\b(live_[0-9]{6,10}_[A-Za-z0-9]{30})\b", ["live_"]),
+    // (formats from Kingfisher) Single-product SaaS keys with a prefix or structure of their own.
+    rule!("contentful-token", "Contentful personal access token", r"\b(CFPAT-[A-Za-z0-9_\-]{43})\b", ["CFPAT-"]),
+    rule!("easypost-key", "EasyPost API key", r"\b(EZ[AT]K[A-Za-z0-9]{54})\b", ["EZAK", "EZTK"]),
+    rule!("flexport-key", "Flexport API key", r"\b(shltm_[A-Za-z0-9]{40})\b", ["shltm_"]),
+    rule!("frameio-token", "Frame.io developer token", r"\b(fio-u-[A-Za-z0-9_\-]{64})\b", ["fio-u-"]),
+    rule!("fullstory-key", "FullStory API key", r"\b(na1\.[A-Za-z0-9+/]{80,120}={0,2})", ["na1."]),
+    rule!(
+        "hubspot-token",
+        "HubSpot private app token",
+        r"\b(pat-(?:na|eu)[0-9]-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12})\b",
+        ["pat-na", "pat-eu"]
+    ),
+    rule!("maxmind-license-key", "MaxMind license key", r"\b([A-Za-z0-9]{6}_[A-Za-z0-9]{29}_mmk)\b", ["_mmk"]),
+    rule!("posthog-personal-key", "PostHog personal API key", r"\b(phx_[A-Za-z0-9_]{43})\b", ["phx_"]),
+    rule!("prefect-key", "Prefect API key", r"\b(pnu_[A-Za-z0-9]{36})\b", ["pnu_"]),
+    rule!(
+        "pubnub-key",
+        "PubNub publish or subscribe key",
+        r"\b((?:pub|sub)-c-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12})\b",
+        ["pub-c-", "sub-c-"]
+    ),
+    // Teamwork CRM, Desk and Spaces.
+    rule!("teamwork-token", "Teamwork API token", r"\b(tkn\.v1_[A-Za-z0-9+/]{60,80}={0,2})", ["tkn.v1_"]),
+    rule!("typeform-token", "Typeform personal access token", r"\b(tfp_[A-Za-z0-9_\-]{40,60})\b", ["tfp_"]),
+    rule!("ubidots-token", "Ubidots token", r"\b(BBFF-[A-Za-z0-9]{30})\b", ["BBFF-"]),
+    rule!(
+        "voiceflow-key",
+        "Voiceflow API key",
+        r"\b(VF\.(?:DM|WS)\.[a-f0-9]{24}\.[A-Za-z0-9]{16})\b",
+        ["VF.DM.", "VF.WS."]
+    ),
+    rule!("zoho-token", "Zoho OAuth token", r"\b(1000\.[a-f0-9]{32}\.[a-f0-9]{32})\b", ["1000."]),
     // Payments and commerce
     rule!("stripe-secret-key", "Stripe live key", r"\b((?:sk|rk)_live_[A-Za-z0-9]{24,247})\b", ["_live_"]),
     rule!("stripe-test-key", "Stripe test key", r"\b((?:sk|rk)_test_[A-Za-z0-9]{24,247})\b", ["_test_"]),
@@ -227,11 +284,27 @@ pub const BUILTIN: &[RuleDef] = &[
         r"(access_token\$production\$[0-9a-z]{16}\$[0-9a-f]{32})",
         ["access_token$production$"]
     ),
+    // (formats from Kingfisher)
+    rule!("pagarme-key", "Pagar.me API key", r"\b(ak_(?:live|test)_[A-Za-z0-9]{30})\b", ["ak_live_", "ak_test_"]),
+    rule!(
+        "shippo-token",
+        "Shippo API token",
+        r"\b(shippo_(?:live|test)_[A-Za-z0-9]{40})\b",
+        ["shippo_live_", "shippo_test_"]
+    ),
     // Messaging and email
     rule!("sendgrid-api-key", "SendGrid API key", r"\b(SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})\b", ["SG."]),
     rule!("mailgun-api-key", "Mailgun API key", r"\b(key-[0-9a-f]{32})\b", ["key-"]),
     rule!("mailchimp-api-key", "Mailchimp API key", r"\b([0-9a-f]{32}-us[0-9]{1,2})\b", ["-us"]),
     rule!("twilio-api-key", "Twilio API key", r"\b(SK[0-9a-f]{32})\b", ["SK"]),
+    // (formats from Kingfisher) API and SMTP keys.
+    rule!(
+        "brevo-key",
+        "Brevo (Sendinblue) key",
+        r"\b(x(?:keysib|smtpsib)-[a-f0-9]{64}-[A-Za-z0-9]{16})\b",
+        ["xkeysib-", "xsmtpsib-"]
+    ),
+    rule!("courier-key", "Courier API key", r"\b(pk_(?:prod|test)_[A-Z0-9]{28})\b", ["pk_prod_", "pk_test_"]),
     // LLM and ML providers
     rule!("anthropic-api-key", "Anthropic API key", r"\b(sk-ant-[A-Za-z0-9_\-]{80,})", ["sk-ant-"]),
     rule!(
@@ -261,6 +334,13 @@ pub const BUILTIN: &[RuleDef] = &[
     rule!("firecrawl-api-key", "Firecrawl API key", r"\b(fc-[a-f0-9]{32})\b", ["fc-"]),
     rule!("jina-api-key", "Jina API key", r"\b(jina_[A-Za-z0-9]{60})\b", ["jina_"]),
     rule!("databricks-token", "Databricks token", r"\b(dapi[a-f0-9]{32}(?:-[0-9])?)\b", ["dapi"]),
+    // (format from Kingfisher)
+    rule!(
+        "mongodb-atlas-service-account-secret",
+        "MongoDB Atlas service account secret",
+        r"\b(mdb_sa_sk_[A-Za-z0-9_\-]{40})\b",
+        ["mdb_sa_sk_"]
+    ),
     // Package registries
     rule!("npm-token", "npm access token", r"\b(npm_[A-Za-z0-9]{36})\b", ["npm_"]),
     rule!("pypi-token", "PyPI upload token", r"\b(pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{50,})", ["pypi-AgEIcHlwaS5vcmc"]),
@@ -319,7 +399,7 @@ pub const BUILTIN: &[RuleDef] = &[
     rule!(
         "connection-string-password",
         "password in a connection string",
-        r"(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql)://[^:\s/@]{0,64}:([^@\s/]{3,128})@",
+        r"(?:postgres(?:ql)?|postgis|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql)(?:\+[a-z0-9]{2,16})?://[^:\s/@]{0,64}:([^@\s/]{3,128})@",
         ["://"]
     ),
     rule!(

@@ -1,7 +1,8 @@
 //! The independent corpus (`testdata/dlp-independent/`): the examples other scanners
 //! publish with their rules (Nosey Parker and Kingfisher, Apache-2.0; see its NOTICE),
-//! scored by our default engine. The rules were tuned on Nosey Parker's examples only;
-//! Kingfisher's examples that are not also Nosey Parker's are held out.
+//! scored by our default engine. The rules were first tuned on Nosey Parker's examples
+//! only, with Kingfisher's examples that are not also Nosey Parker's held out (their blind
+//! figure is kept in `HELD_OUT_BLIND`); then tuned on Kingfisher's too.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
@@ -17,9 +18,17 @@ use super::{
     rng::Rng,
 };
 
-/// The source the rules were tuned on, and the one held out.
+/// The source the rules were tuned on first, and the one held out until the second round.
 const TUNED: &str = "noseyparker";
 const HELD_OUT: &str = "kingfisher";
+/// Recall on the held-out examples while they were held out (measured once, blind).
+const HELD_OUT_BLIND: &str = "37.9% (207 of 546), 40 formats at >= 97%";
+/// Measured floors after tuning on Kingfisher too: all its in-scope examples, and those
+/// that were held out.
+const FLOOR_ALL: f64 = 0.72;
+const FLOOR_ALL_FORMATS: usize = 101;
+const FLOOR_HELD_OUT: f64 = 0.60;
+const FLOOR_HELD_OUT_FORMATS: usize = 63;
 
 /// How an example travels: pasted as a plain-text body, in an LLM conversation (JSON,
 /// escaped once), and as tool-call arguments (JSON inside JSON, escaped twice).
@@ -164,6 +173,7 @@ impl Recall {
 pub struct Report {
     pub text: String,
     tuned: Recall,
+    second: Recall,
     held_out: Recall,
     negatives: Tally,
 }
@@ -259,7 +269,8 @@ fn report(samples: &[Extracted]) -> Report {
         writeln!(t, "{}", recall.row(source)).unwrap();
     }
     writeln!(t, "{}", tuned.row(&format!("tuned on: {TUNED}"))).unwrap();
-    writeln!(t, "{}", held_out.row(&format!("held out: {HELD_OUT} examples not in {TUNED}"))).unwrap();
+    writeln!(t, "{}", held_out.row(&format!("{HELD_OUT} examples not in {TUNED}, tuned on too"))).unwrap();
+    writeln!(t, "\n(The {HELD_OUT} examples not in {TUNED}, while held out: {HELD_OUT_BLIND}.)").unwrap();
 
     let sources: Vec<&str> = by_source.keys().copied().collect();
     write!(t, "\n| family |").unwrap();
@@ -338,7 +349,8 @@ fn report(samples: &[Extracted]) -> Report {
         pct(all_negatives.rate())
     )
     .unwrap();
-    Report { text: t, tuned, held_out, negatives: all_negatives }
+    let second = by_source.remove(HELD_OUT).unwrap_or_default();
+    Report { text: t, tuned, second, held_out, negatives: all_negatives }
 }
 
 #[test]
@@ -350,10 +362,21 @@ fn independent_report() {
     assert!(report.tuned.formats.len() >= super::MIN_FORMATS, "only {} tuned-on formats", report.tuned.formats.len());
     assert!(report.tuned.all.rate() >= super::MIN_RECALL, "tuned-on recall {}", pct(report.tuned.all.rate()));
     assert!(report.tuned.on_target() >= super::MIN_FORMATS, "{} tuned-on formats on target", report.tuned.on_target());
-    // Held out: far below the target overall (most of Kingfisher's formats have no rule
-    // here); these are the measured floors, so a regression fails.
-    assert!(report.held_out.all.rate() >= 0.37, "held-out recall {}", pct(report.held_out.all.rate()));
-    assert!(report.held_out.on_target() >= 40, "{} held-out formats on target", report.held_out.on_target());
+    // Kingfisher, tuned on in the second round: below the target overall (the misses
+    // are malformed examples and formats without a rare literal; see docs/dlp.md); these
+    // are the measured floors, so a regression fails.
+    assert!(report.second.all.rate() >= FLOOR_ALL, "Kingfisher recall {}", pct(report.second.all.rate()));
+    assert!(
+        report.second.on_target() >= FLOOR_ALL_FORMATS,
+        "{} Kingfisher formats on target",
+        report.second.on_target()
+    );
+    assert!(report.held_out.all.rate() >= FLOOR_HELD_OUT, "once held-out recall {}", pct(report.held_out.all.rate()));
+    assert!(
+        report.held_out.on_target() >= FLOOR_HELD_OUT_FORMATS,
+        "{} once held-out formats on target",
+        report.held_out.on_target()
+    );
     assert!(
         report.negatives.rate() <= super::MAX_BENIGN_FLAGGED,
         "negative examples flagged {}",
