@@ -463,7 +463,7 @@ pub fn required_context(id: &str) -> Option<&'static str> {
     match id {
         // `Password=` is a connection string's only when a server or user field
         // precedes it in the same `key=value;` list.
-        "connection-string-password-field" => Some(r"(?i)(?:server|data source|host|provider|user id|uid)\s*=[^;]+;"),
+        "connection-string-password-field" => Some(r"(?i)\b(?:server|data source|host|provider|user id|uid)\s*=[^;]+;"),
         _ => None,
     }
 }

@@ -298,3 +298,20 @@ fn a_message_clean_only_thanks_to_the_safe_set_is_not_cached() {
     // same message is caught again.
     assert_eq!(scan_body(&engine, &body, &HashSet::new()).len(), 1);
 }
+
+#[test]
+fn a_password_field_counts_only_inside_a_connection_string() {
+    let engine = engine_with(&[]);
+    let rule = |body: &str| {
+        scan_body(&engine, body, &HashSet::new())
+            .iter()
+            .filter(|f| f.rule_id == "connection-string-password-field")
+            .filter_map(|f| f.matched.as_ref().map(|m| m.expose().to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rule("Server=db.internal;Database=app;User Id=app;Password=Zq8s7Lw2x;"), ["Zq8s7Lw2x"]);
+    assert_eq!(rule("Provider=SQLOLEDB.1;User ID=u; \" & \"Password =Zq8s7Lw2x;Data Source=db"), ["Zq8s7Lw2x"]);
+    // No server or user field before it: a form field, not a connection string.
+    assert!(rule("login?user=a&password=Zq8s7Lw2x").is_empty());
+    assert!(rule("Password=Zq8s7Lw2x; Server=db;").is_empty());
+}
