@@ -234,6 +234,15 @@ impl Rule {
         out
     }
 
+    /// Whether the text before a match has what `rules::required_context` asks for
+    /// (checked last: it is the costly filter).
+    fn in_context(&self, caps: &regex::Captures<'_>, text: &str) -> bool {
+        let Some(context) = &self.context else { return true };
+        let whole_start = caps.get(0).map_or(0, |w| w.start());
+        let from = ceil_char_boundary(text, whole_start.saturating_sub(rules::CONTEXT_BEFORE));
+        context.is_match(&text[from..whole_start])
+    }
+
     /// The secret in one match, unless the rule's own filters let it through.
     fn secret<'t>(&self, caps: &regex::Captures<'t>, text: &'t str) -> Option<regex::Match<'t>> {
         let m = match self.secret_group {
@@ -242,13 +251,6 @@ impl Rule {
         };
         if self.min_entropy.is_some_and(|min| shannon(m.as_str()) < min) {
             return None;
-        }
-        if let Some(context) = &self.context {
-            let whole_start = caps.get(0).map_or(m.start(), |w| w.start());
-            let from = ceil_char_boundary(text, whole_start.saturating_sub(rules::CONTEXT_BEFORE));
-            if !context.is_match(&text[from..whole_start]) {
-                return None;
-            }
         }
         if !self.allowlists.is_empty() {
             let whole = caps.get(0).map_or("", |w| w.as_str());
@@ -485,21 +487,24 @@ impl Engine {
         out: &mut Vec<Finding>,
     ) {
         if sel.token_patterns {
-            // Keyword hits as (rule, start), grouped by rule.
-            let mut hits: Vec<(usize, usize)> = self.always.iter().map(|&idx| (idx, usize::MAX)).collect();
-            self.keywords.for_each_hit(text.as_bytes(), |idx, at| hits.push((idx, at)));
-            hits.sort_unstable();
-            hits.dedup();
-            for group in hits.chunk_by(|a, b| a.0 == b.0) {
-                let rule = &self.rules[group[0].0];
-                let starts: Vec<usize> = group.iter().map(|&(_, at)| at).filter(|&at| at != usize::MAX).collect();
+            // Keyword hits per rule (each search reports its hits in order; a rule's
+            // keywords may sit in several searches).
+            let mut hits: Vec<Vec<usize>> = vec![Vec::new(); self.rules.len()];
+            self.keywords.for_each_hit(text.as_bytes(), |idx, at| hits[idx].push(at));
+            for (idx, starts) in hits.iter_mut().enumerate() {
+                if starts.is_empty() && self.always.binary_search(&idx).is_err() {
+                    continue;
+                }
+                starts.sort_unstable();
+                starts.dedup();
+                let rule = &self.rules[idx];
                 if rules::required_literal(rule.id).is_some_and(|lit| !text.contains(lit)) {
                     continue;
                 }
-                for caps in rule.matches(text, &starts) {
+                for caps in rule.matches(text, starts) {
                     let Some(m) = rule.secret(&caps, text) else { continue };
                     let value = m.as_str();
-                    if safe.contains(value) || rules::rejected(rule.id, value) {
+                    if safe.contains(value) || rules::rejected(rule.id, value) || !rule.in_context(&caps, text) {
                         continue;
                     }
                     out.push(Finding {

@@ -184,7 +184,9 @@ pub const BUILTIN: &[RuleDef] = &[
         "discord-bot-token",
         "Discord bot token",
         r"\b([MNO][A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38})\b",
-        []
+        // The first part is the base64 of a decimal user id (`rejected` checks it), so it
+        // starts with one of these: base64 of a first digit 0-9.
+        ["MD", "MT", "Mj", "Mz", "ND", "NT", "Nj", "Nz", "OD", "OT"]
     ),
     rule!(
         "discord-webhook",

@@ -386,6 +386,16 @@ fn windowed_search_finds_what_whole_text_search_finds() {
         load().into_iter().map(|s| s.content).chain(independent::load().into_iter().map(|s| s.text)).collect();
     // All of it at once: hits close together, windows merged, secrets side by side.
     texts.push(texts.join(" "));
+    // Tokens far longer than a window (unbounded rules), next to each other and alone.
+    let long = |n: usize| "aB3dE5gH7j".repeat(n / 10);
+    for n in [300, 1_000, 5_000, 40_000] {
+        let tail = long(n);
+        texts.push(format!("Authorization: Bearer {tail}"));
+        texts.push(format!("Authorization: Basic {tail}== and Bearer {tail} ya29.{tail} x"));
+        texts.push(format!("{{\"t\":\"sl.{tail}\",\"u\":\"sk-ant-api03-{tail}\"}} sk-{tail}"));
+        texts.push(format!("-----BEGIN PRIVATE KEY-----\n{tail}\n-----END PRIVATE KEY-----"));
+        texts.push(format!("token=eyJhbGciOiJIUzI1NiJ9.eyJ{tail}.{tail} eyJ{tail}"));
+    }
     let mut findings_seen = 0;
     for text in &texts {
         // Alone, and with other text around it so windows start and end mid-text.
