@@ -84,7 +84,7 @@ impl Gate {
 
     /// Whether `text` may hold a known secret; false means it certainly does not.
     fn may_match(&self, text: &str) -> bool {
-        let mut buf = Vec::with_capacity(GATE_CHUNK + self.carry + 8);
+        let mut buf = Vec::with_capacity(text.len().min(GATE_CHUNK) + self.carry + 8);
         for chunk in text.as_bytes().chunks(GATE_CHUNK) {
             alnum::project_into(chunk, &mut buf);
             if self.literals.is_match(&buf) {

@@ -487,21 +487,33 @@ impl Engine {
         out: &mut Vec<Finding>,
     ) {
         if sel.token_patterns {
-            // Keyword hits per rule (each search reports its hits in order; a rule's
-            // keywords may sit in several searches).
-            let mut hits: Vec<Vec<usize>> = vec![Vec::new(); self.rules.len()];
-            self.keywords.for_each_hit(text.as_bytes(), |idx, at| hits[idx].push(at));
-            for (idx, starts) in hits.iter_mut().enumerate() {
-                if starts.is_empty() && self.always.binary_search(&idx).is_err() {
-                    continue;
+            // Keyword hits, bucketed per rule (a rule's keywords may sit in several
+            // searches, each reporting its hits in order). Buckets are made only when
+            // something was hit: a conversation seen before is scanned as thousands of
+            // short runs, nearly all without a hit.
+            let mut found: Vec<(usize, usize)> = Vec::new();
+            self.keywords.for_each_hit(text.as_bytes(), |idx, at| found.push((idx, at)));
+            let candidates: Vec<(usize, Vec<usize>)> = if found.is_empty() {
+                self.always.iter().map(|&idx| (idx, Vec::new())).collect()
+            } else {
+                let mut per_rule: Vec<Vec<usize>> = vec![Vec::new(); self.rules.len()];
+                for (idx, at) in found {
+                    per_rule[idx].push(at);
                 }
+                per_rule
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(idx, starts)| !starts.is_empty() || self.always.binary_search(idx).is_ok())
+                    .collect()
+            };
+            for (idx, mut starts) in candidates {
+                let rule = &self.rules[idx];
                 starts.sort_unstable();
                 starts.dedup();
-                let rule = &self.rules[idx];
                 if rules::required_literal(rule.id).is_some_and(|lit| !text.contains(lit)) {
                     continue;
                 }
-                for caps in rule.matches(text, starts) {
+                for caps in rule.matches(text, &starts) {
                     let Some(m) = rule.secret(&caps, text) else { continue };
                     let value = m.as_str();
                     if safe.contains(value) || rules::rejected(rule.id, value) || !rule.in_context(&caps, text) {
