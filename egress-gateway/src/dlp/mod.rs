@@ -456,36 +456,44 @@ impl Engine {
     /// undone). A value found only after normalisation cannot be redacted.
     pub fn scan_surface(&self, text: &str, loc: Location, sel: Selection, safe: &dyn SafeSet, out: &mut Vec<Finding>) {
         let redactable_surface = loc != Location::Host;
-        let before = out.len();
-        self.scan_text(text, &loc, sel, safe, redactable_surface, out);
-        if normalize::is_plain(text) {
-            return;
+        // Every match first, approved values included, so that each context can mask all
+        // of them (a context shows the text around one match, where another may sit).
+        let mut found = Vec::new();
+        self.scan_text(text, &loc, sel, redactable_surface, &mut found);
+        let spans: Vec<(usize, usize)> = found.iter().map(|f| f.span).collect();
+        for f in &mut found {
+            f.context = masked_context(text, f.span, &spans);
         }
-        let normalized = normalize::normalize(text);
-        if normalized != text {
-            let mut extra = Vec::new();
-            self.scan_text(&normalized, &loc, sel, safe, false, &mut extra);
-            for mut f in extra {
-                let seen = out[before..].iter().any(|o| o.matched == f.matched && o.rule_id == f.rule_id);
-                if !seen {
+        if !normalize::is_plain(text) {
+            let normalized = normalize::normalize(text);
+            if normalized != text {
+                let mut extra = Vec::new();
+                self.scan_text(&normalized, &loc, sel, false, &mut extra);
+                // A value found as written is found again here; each raw finding accounts
+                // for one normalised one. Any more (a second, encoded copy of the value)
+                // were hidden, and cannot be redacted.
+                let mut unaccounted: Vec<&Finding> = found.iter().collect();
+                let mut hidden = Vec::new();
+                for f in extra {
+                    match unaccounted.iter().position(|o| o.matched == f.matched && o.rule_id == f.rule_id) {
+                        Some(i) => {
+                            unaccounted.swap_remove(i);
+                        }
+                        None => hidden.push(f),
+                    }
+                }
+                for mut f in hidden {
                     f.reason = format!("{} (hidden by Unicode evasion or encoding)", f.reason);
                     f.redactable = false;
                     f.context = REDACTED.to_string();
-                    out.push(f);
+                    found.push(f);
                 }
             }
         }
+        out.extend(found.into_iter().filter(|f| !f.matched.as_ref().is_some_and(|m| safe.contains(m.expose()))));
     }
 
-    fn scan_text(
-        &self,
-        text: &str,
-        loc: &Location,
-        sel: Selection,
-        safe: &dyn SafeSet,
-        redactable: bool,
-        out: &mut Vec<Finding>,
-    ) {
+    fn scan_text(&self, text: &str, loc: &Location, sel: Selection, redactable: bool, out: &mut Vec<Finding>) {
         if sel.token_patterns {
             // Keyword hits, bucketed per rule (a rule's keywords may sit in several
             // searches, each reporting its hits in order). Buckets are made only when
@@ -516,7 +524,7 @@ impl Engine {
                 for caps in rule.matches(text, &starts) {
                     let Some(m) = rule.secret(&caps, text) else { continue };
                     let value = m.as_str();
-                    if safe.contains(value) || rules::rejected(rule.id, value) || !rule.in_context(&caps, text) {
+                    if rules::rejected(rule.id, value) || !rule.in_context(&caps, text) {
                         continue;
                     }
                     out.push(Finding {
@@ -524,7 +532,7 @@ impl Engine {
                         reason: format!("token_patterns: {}", rule.name),
                         location: loc.clone(),
                         span: (m.start(), m.end()),
-                        context: context(text, m.start(), m.end()),
+                        context: String::new(),
                         severity: Severity::Block,
                         redactable,
                         matched: Some(Secret::new(value)),
@@ -534,15 +542,12 @@ impl Engine {
         }
         if sel.known_secrets {
             for hit in self.known.find(text) {
-                if safe.contains(hit.secret.expose()) {
-                    continue;
-                }
                 out.push(Finding {
                     rule_id: "known-secret".into(),
                     reason: format!("known_secrets: value of {} ({})", hit.name, hit.form),
                     location: loc.clone(),
                     span: (hit.start, hit.end),
-                    context: context(text, hit.start, hit.end),
+                    context: String::new(),
                     severity: Severity::Block,
                     redactable: redactable && hit.redactable,
                     matched: Some(hit.secret),
@@ -555,15 +560,12 @@ impl Engine {
                     continue; // already a finding of a precise detector
                 }
                 let value = &text[start..end];
-                if safe.contains(value) {
-                    continue;
-                }
                 out.push(Finding {
                     rule_id: "entropy".into(),
                     reason: "entropy: high-entropy string".into(),
                     location: loc.clone(),
                     span: (start, end),
-                    context: context(text, start, end),
+                    context: String::new(),
                     severity: Severity::Warn,
                     redactable,
                     matched: Some(Secret::new(value)),
@@ -613,12 +615,28 @@ fn structural(loc: Location, reason: &str) -> Finding {
 }
 
 /// `CONTEXT_CHARS` characters each side of `start..end`, the match itself replaced.
-fn context(text: &str, start: usize, end: usize) -> String {
-    let before: String =
-        text[..start].chars().rev().take(CONTEXT_CHARS).collect::<Vec<_>>().into_iter().rev().collect();
-    let after: String = text[end..].chars().take(CONTEXT_CHARS).collect();
-    let clean = |s: &str| s.replace(['\r', '\n'], " ");
-    format!("{}{REDACTED}{}", clean(&before), clean(&after))
+/// The text around `span`, `CONTEXT_CHARS` characters each side, with every span of
+/// `masked` (all the matches in the text, `span` included) replaced by `********`: a
+/// second secret next to the first must not show either.
+fn masked_context(text: &str, span: (usize, usize), masked: &[(usize, usize)]) -> String {
+    let from = text[..span.0].char_indices().rev().nth(CONTEXT_CHARS - 1).map_or(0, |(i, _)| i);
+    let to = text[span.1..].char_indices().nth(CONTEXT_CHARS).map_or(text.len(), |(i, _)| span.1 + i);
+    let mut inside: Vec<(usize, usize)> =
+        masked.iter().filter(|&&(s, e)| s < to && from < e).map(|&(s, e)| (s.max(from), e.min(to))).collect();
+    inside.sort_unstable();
+    let mut out = String::new();
+    let mut at = from;
+    for (s, e) in inside {
+        if s > at {
+            out.push_str(&text[at..s]);
+        }
+        if e > at {
+            out.push_str(REDACTED);
+            at = e;
+        }
+    }
+    out.push_str(&text[at..to]);
+    out.replace(['\r', '\n'], " ")
 }
 
 /// Runs of token characters long and random enough to look like a key.

@@ -105,7 +105,7 @@ impl Walker<'_> {
         self.eat(b'"')?;
         let start = self.i;
         loop {
-            let at = self.i + memchr::memchr2(b'"', b'\\', &self.b[self.i..])?;
+            let at = self.i + memchr::memchr2(b'"', b'\\', self.b.get(self.i..)?)?;
             if self.b[at] == b'\\' {
                 self.i = at + 2;
             } else {
@@ -256,6 +256,9 @@ mod tests {
             r#"{"messages":[{"a":1}]} trailing"#,
             r#"{"messages":["text"]}"#,
             r#"{"messages":[{"a":"unterminated}]}"#,
+            // A backslash as the last byte: the escape runs past the end.
+            r#"{"\"#,
+            r#"{"messages":[{"a":"x\"#,
         ] {
             assert!(conversation_messages(body).is_none(), "{body}");
         }

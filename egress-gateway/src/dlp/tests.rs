@@ -315,3 +315,39 @@ fn a_password_field_counts_only_inside_a_connection_string() {
     assert!(rule("login?user=a&password=Zq8s7Lw2x").is_empty());
     assert!(rule("Password=Zq8s7Lw2x; Server=db;").is_empty());
 }
+
+#[test]
+fn a_context_shows_no_other_secret_nor_an_approved_value() {
+    let engine = engine_with(&[]);
+    let a = format!("ghp_{}", "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8");
+    let b = format!("ghp_{}", "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3i2");
+    let body = format!("{{\"a\":\"{a}\",\"b\":\"{b}\",\"c\":\"{a}\"}}");
+    let safe: HashSet<String> = [a.clone()].into();
+    for safe in [HashSet::new(), safe] {
+        let found = scan_body(&engine, &body, &safe);
+        assert!(!found.is_empty());
+        for f in &found {
+            for value in [&a, &b] {
+                assert!(!f.context.contains(&value[..12]), "{} shows part of a value", f.context);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_second_encoded_copy_of_a_value_is_hidden_and_cannot_be_redacted() {
+    let engine = engine_with(&[]);
+    let token = format!("ghp_{}", "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8");
+    let encoded = token.replacen('h', "\\u0068", 1);
+    let body = format!(
+        "{{\"messages\":[{{\"role\":\"user\",\"content\":\"{token}\"}},\
+         {{\"role\":\"user\",\"content\":\"and again, spelled differently: {encoded}\"}}]}}"
+    );
+    let found = scan_body(&engine, &body, &HashSet::new());
+    assert!(found.iter().any(|f| f.redactable), "the raw copy");
+    assert!(found.iter().any(|f| !f.redactable), "the encoded copy: {found:?}");
+    // Nor is the message with the encoded copy cached as clean.
+    let alone =
+        format!("{{\"messages\":[{{\"role\":\"user\",\"content\":\"and again, spelled differently: {encoded}\"}}]}}");
+    assert!(!scan_body(&engine, &alone, &HashSet::new()).is_empty());
+}
