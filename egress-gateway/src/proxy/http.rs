@@ -58,13 +58,13 @@ where
 async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>) -> Response<Body> {
     let routes = flow.conn.bottle.routes().clone();
     let method = req.method().clone();
-    // The path as logs and refusals show it: a secret in it never reaches a log line.
-    let path = ctx.dlp.scrub(req.uri().path(), crate::dlp::Location::Path).into_owned();
     let log_level = routes.log_level();
 
     if method == Method::CONNECT {
         return connect(req, flow, ctx).await;
     }
+    // The path as logs and refusals show it: a secret in it never reaches a log line.
+    let path = ctx.dlp.scrub(req.uri().path(), crate::dlp::Location::Path).into_owned();
 
     // === identify ===
     let host = match identify(&req, &flow) {
@@ -481,7 +481,8 @@ async fn websocket(
     log_level: LogLevel,
 ) -> Response<Body> {
     let method = Method::GET;
-    let path = uri.path().to_string();
+    // Logged for the life of the socket: scrubbed like every logged path.
+    let path = ctx.dlp.scrub(uri.path(), crate::dlp::Location::Path).into_owned();
     let host = uri.host().unwrap_or_default();
     // Ask for the upgrade explicitly: the hop-by-hop copies were dropped above.
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
