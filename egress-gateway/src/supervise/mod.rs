@@ -198,8 +198,16 @@ impl Supervisor {
     }
 
     /// Holds until the operator decides on `value` (shown as `payload`, never raw).
+    /// Concurrent holds of the same value for the same request line share one proposal
+    /// and its decision; another host, method or path gets its own, since an approval
+    /// `once` means the request the operator saw.
     pub async fn hold(&self, payload: Payload, value: &Secret) -> HoldOutcome {
-        let key = hex::encode(Sha256::digest(value.expose().as_bytes()));
+        let mut digest = Sha256::new();
+        for part in [value.expose(), &payload.host, &payload.method, &payload.path] {
+            digest.update(part.as_bytes());
+            digest.update([0]);
+        }
+        let key = hex::encode(digest.finalize());
         let cell = {
             let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             map.entry(key.clone()).or_default().clone()

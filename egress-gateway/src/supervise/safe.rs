@@ -110,10 +110,6 @@ impl SafeValues {
         Ok(SafeValues { key, hashes: RwLock::new(hashes), persist_to: Some(file) })
     }
 
-    pub fn allows_persist(&self) -> bool {
-        self.persist_to.is_some()
-    }
-
     pub fn len(&self) -> usize {
         self.hashes.read().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -159,26 +155,27 @@ fn append_line(file: &Path, line: &str) -> Result<(), StoreError> {
 /// `once` for this request.
 pub struct RequestSafe<'a> {
     bottle: Option<&'a SafeValues>,
-    once: HashSet<String>,
+    /// Kept as `Secret`s, which never print, and only for the life of the request.
+    once: Vec<Secret>,
 }
 
 impl<'a> RequestSafe<'a> {
     pub fn new(supervisor: Option<&'a Supervisor>) -> Self {
-        RequestSafe { bottle: supervisor.map(Supervisor::safe_set), once: HashSet::new() }
+        RequestSafe { bottle: supervisor.map(Supervisor::safe_set), once: Vec::new() }
     }
 
     /// After a hold: a value approved `once` is allowed for the rest of this request
     /// (other scopes are already in the bottle's set).
     pub fn note(&mut self, outcome: &HoldOutcome, value: &Secret) {
         if let HoldOutcome::Approved { scope: Scope::Once } = outcome {
-            self.once.insert(value.expose().to_string());
+            self.once.push(value.clone());
         }
     }
 }
 
 impl SafeSet for RequestSafe<'_> {
     fn contains(&self, value: &str) -> bool {
-        self.once.contains(value) || self.bottle.is_some_and(|b| b.contains(value))
+        self.once.iter().any(|s| s.expose() == value) || self.bottle.is_some_and(|b| b.contains(value))
     }
 }
 
@@ -218,10 +215,10 @@ mod tests {
         safe.approve(&v, Scope::Once).unwrap();
         assert!(!safe.contains(v.expose()));
         assert!(safe.approve(&v, Scope::Persist).unwrap_err().to_string().contains("allow_persist"));
-        let mut req = RequestSafe { bottle: Some(&safe), once: HashSet::new() };
+        let mut req = RequestSafe { bottle: Some(&safe), once: Vec::new() };
         req.note(&HoldOutcome::Approved { scope: Scope::Once }, &v);
         assert!(req.contains(v.expose()));
-        assert!(!RequestSafe { bottle: Some(&safe), once: HashSet::new() }.contains(v.expose()));
+        assert!(!RequestSafe { bottle: Some(&safe), once: Vec::new() }.contains(v.expose()));
     }
 
     #[test]
