@@ -289,8 +289,9 @@ impl Engine {
         let mut keywords: Vec<(Vec<u8>, usize)> = Vec::new();
         let mut always = Vec::new();
         for def in rules::BUILTIN {
-            let regex = Regex::new(&rules::expand(def.regex))
-                .map_err(|e| EngineError::Rule { id: def.id.into(), reason: e.to_string() })?;
+            let pattern = rules::expand(def.regex);
+            let regex =
+                Regex::new(&pattern).map_err(|e| EngineError::Rule { id: def.id.into(), reason: e.to_string() })?;
             let idx = rules.len();
             rules.push(Rule {
                 id: def.id,
@@ -303,7 +304,7 @@ impl Engine {
                     .map(Regex::new)
                     .transpose()
                     .map_err(|e| EngineError::Rule { id: def.id.into(), reason: e.to_string() })?,
-                window: longest_match(&rules::expand(def.regex)),
+                window: longest_match(&pattern),
             });
             if def.keywords.is_empty() {
                 always.push(idx);
