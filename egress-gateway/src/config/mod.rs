@@ -24,6 +24,10 @@ pub const DEFAULT_DNS_LISTEN: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Add
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/egress-gateway";
 /// Where links and maps are pinned; one directory per gateway instance.
 pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/egress-gateway";
+/// The admin socket: run-time attach/detach, listing, reload (root only, mode 0600).
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/egress-gateway/admin.sock";
+/// Where `netns: new` bottles' namespaces are kept (as `ip netns` does).
+pub const NETNS_RUN_DIR: &str = "/run/netns";
 
 /// The configuration used when `--config` is not given: one bottle, `default`, whose
 /// routes allow nothing.
@@ -36,6 +40,7 @@ struct RawConfig {
     dns_listen: Option<SocketAddrV4>,
     state_dir: Option<PathBuf>,
     bpffs_dir: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
     /// Mount point of the cgroup v2 hierarchy; found in /proc/self/mountinfo when absent.
     cgroup_root: Option<PathBuf>,
     #[serde(default)]
@@ -74,7 +79,9 @@ enum OneOrMany<T> {
 struct RawBottle {
     name: String,
     cgroup: PathBuf,
+    netns: Option<PathBuf>,
     routes: Option<PathBuf>,
+    credentials_file: Option<PathBuf>,
     supervise: Option<SuperviseConfig>,
     #[serde(default)]
     mounts: Vec<PathBuf>,
@@ -89,6 +96,7 @@ pub struct Config {
     pub dns_listen: SocketAddrV4,
     pub state_dir: PathBuf,
     pub bpffs_dir: PathBuf,
+    pub admin_socket: PathBuf,
     pub cgroup_root: Option<PathBuf>,
     /// Resolver overrides, lower-case names.
     pub hosts: BTreeMap<String, Vec<IpAddr>>,
@@ -98,6 +106,25 @@ pub struct Config {
     pub dlp: DlpConfig,
 }
 
+/// Where a bottle's network namespace comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Netns {
+    /// `netns: new`: the gateway creates `/run/netns/egress-<bottle>` with only `lo` up.
+    New,
+    /// An existing namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    Path(PathBuf),
+}
+
+impl Netns {
+    /// The namespace file this bottle's namespace is (or will be) reachable at.
+    pub fn path(&self, bottle: &str) -> PathBuf {
+        match self {
+            Netns::New => Path::new(NETNS_RUN_DIR).join(format!("egress-{bottle}")),
+            Netns::Path(p) => p.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Bottle {
     pub name: String,
@@ -105,8 +132,13 @@ pub struct Bottle {
     pub id: u32,
     /// As written: relative to the cgroup v2 mount, or absolute.
     pub cgroup: PathBuf,
+    /// The bottle's network namespace; `None`: the gateway's own.
+    pub netns: Option<Netns>,
     /// Resolved against the config file's directory; `None` allows nothing.
     pub routes: Option<PathBuf>,
+    /// KEY=VALUE lines (mode 0600, owned by the gateway's user): the bottle's own
+    /// credentials, looked up before the gateway's environment.
+    pub credentials_file: Option<PathBuf>,
     pub supervise: Option<SuperviseConfig>,
     /// Host paths the bottle can see (bind-mounted into it: its workspace, say). The
     /// gateway's state and every supervise store must be outside all of them.
@@ -185,6 +217,20 @@ impl Config {
                     problems.push(format!("{field}.mounts[{j}]"), "must be an absolute path without '..'");
                 }
             }
+            let netns = match b.netns {
+                None => None,
+                Some(p) if p.as_os_str() == "new" => Some(Netns::New),
+                Some(p) if p.is_absolute() && !p.components().any(|c| matches!(c, std::path::Component::ParentDir)) => {
+                    Some(Netns::Path(p))
+                }
+                Some(p) => {
+                    problems.push(
+                        format!("{field}.netns"),
+                        format!("{:?} must be `new` or an absolute path without '..'", p.display().to_string()),
+                    );
+                    None
+                }
+            };
             let id = egress_common::bottle_id(b.name.as_bytes());
             if bottles.iter().any(|o| o.id == id && o.name != b.name) {
                 problems.push(format!("{field}.name"), "its id collides with another bottle's: rename it");
@@ -199,7 +245,9 @@ impl Config {
                 id,
                 name: b.name,
                 cgroup: b.cgroup,
+                netns,
                 routes: b.routes.map(|r| base.join(r)),
+                credentials_file: b.credentials_file.map(|c| base.join(c)),
                 supervise,
                 mounts: b.mounts,
             });
@@ -235,6 +283,7 @@ impl Config {
             dns_listen,
             state_dir,
             bpffs_dir: raw.bpffs_dir.unwrap_or_else(|| DEFAULT_BPFFS_DIR.into()),
+            admin_socket: raw.admin_socket.map(|p| base.join(p)).unwrap_or_else(|| DEFAULT_ADMIN_SOCKET.into()),
             cgroup_root: raw.cgroup_root,
             hosts,
             upstream_ca_files: raw.upstream_ca_files.into_iter().map(|p| base.join(p)).collect(),
