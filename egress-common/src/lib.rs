@@ -22,10 +22,15 @@ pub struct OrigDst {
 }
 
 /// Key of the original-destination map: the client end of a redirected TCP connection as
-/// the gateway sees it in `peer_addr()`.
+/// the gateway sees it in `peer_addr()`, in the network namespace it was made in. Two
+/// bottles in their own namespaces can both have a client at 127.0.0.1:40000 at the same
+/// moment; the namespace cookie keeps their entries apart.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ClientKey {
+    /// The client socket's network namespace cookie (`SO_NETNS_COOKIE` of the listener
+    /// that accepts it: both ends of a loopback connection share the namespace).
+    pub netns: u64,
     /// IPv4 address, network byte order.
     pub ip4: u32,
     /// Host byte order.
@@ -68,11 +73,17 @@ pub mod globals {
     pub const DNS_PORT: &str = "DNS_PORT";
     /// `u32`: the bottle this program instance belongs to.
     pub const BOTTLE_ID: &str = "BOTTLE_ID";
+    /// `u32`, 1 or 0: record the DNS client port of each query for the shared DNS
+    /// listener. A bottle in its own network namespace has a DNS listener of its own (0):
+    /// its ports must not shadow those of the bottles that share the gateway's namespace.
+    pub const DNS_BY_PORT: &str = "DNS_BY_PORT";
 }
 
 /// Names of the maps, shared by all bottles and pinned by name.
 pub mod maps {
-    pub const ORIG_DST: &str = "EGRESS_ORIG_DST";
+    /// Renamed when its key gained the namespace cookie: a gateway upgraded in place must
+    /// not reuse the old pin, whose key is shorter.
+    pub const ORIG_DST: &str = "EGRESS_DST_V2";
     pub const DNS_CLIENTS: &str = "EGRESS_DNS_CLIENTS";
     pub const COUNTERS: &str = "EGRESS_COUNTERS";
 }

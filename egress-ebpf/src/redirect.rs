@@ -6,7 +6,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr},
     btf_maps::SkStorage,
-    helpers::generated::bpf_sk_storage_get,
+    helpers::generated::{bpf_get_netns_cookie, bpf_sk_storage_get},
     macros::{btf_map, map},
     maps::{LruHashMap, PerCpuHashMap},
     programs::{SkBuffContext, SockAddrContext, SockOpsContext},
@@ -32,6 +32,8 @@ static DNS_IP4: u32 = 0;
 static DNS_PORT: u16 = 0;
 #[unsafe(no_mangle)]
 static BOTTLE_ID: u32 = 0;
+#[unsafe(no_mangle)]
+static DNS_BY_PORT: u32 = 0;
 
 #[inline(always)]
 fn global<T: Copy>(v: &'static T) -> T {
@@ -44,7 +46,7 @@ static SOCK_ORIG: SkStorage<OrigDst> = SkStorage::new();
 
 /// Original destination by client address, for the gateway's `accept()`; shared by all
 /// bottles and pinned so a restarted gateway reads what the previous programs wrote.
-#[map(name = "EGRESS_ORIG_DST")]
+#[map(name = "EGRESS_DST_V2")]
 static ORIG_DST: LruHashMap<ClientKey, OrigDst> = LruHashMap::pinned(LRU_ENTRIES, 0);
 
 /// Bottle of each DNS client port, so the shared DNS listener knows whose policy applies.
@@ -278,7 +280,10 @@ pub fn sock_ops(ctx: &SockOpsContext) -> u32 {
     if orig.is_null() {
         return 1;
     }
-    let key = ClientKey { ip4: ctx.local_ip4(), port: ctx.local_port() as u16, _pad: 0 };
+    // The namespace the connection lives in: the gateway's listener there reports the
+    // same cookie, so clients with equal addresses in two namespaces never collide.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.ops as *mut c_void) };
+    let key = ClientKey { netns, ip4: ctx.local_ip4(), port: ctx.local_port() as u16, _pad: 0 };
     // If the insert fails the gateway finds no entry and refuses the connection.
     let _ = ORIG_DST.insert(&key, unsafe { &*orig }, 0);
     1
@@ -322,9 +327,11 @@ fn try_backstop(ctx: &SkBuffContext) -> Option<i32> {
     match proto as u32 {
         IPPROTO_TCP if daddr == global(&PROXY_IP4) && dport == global(&PROXY_PORT) => Some(PASS),
         IPPROTO_UDP if daddr == global(&DNS_IP4) && dport == global(&DNS_PORT) => {
-            let key = DnsClientKey { port: sport, _pad: 0 };
-            // Without this entry the gateway cannot tell whose query it is and refuses it.
-            let _ = DNS_CLIENTS.insert(&key, &global(&BOTTLE_ID), 0);
+            if global(&DNS_BY_PORT) != 0 {
+                let key = DnsClientKey { port: sport, _pad: 0 };
+                // Without this entry the gateway cannot tell whose query it is and refuses it.
+                let _ = DNS_CLIENTS.insert(&key, &global(&BOTTLE_ID), 0);
+            }
             Some(PASS)
         }
         _ => None,

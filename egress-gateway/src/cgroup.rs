@@ -83,6 +83,9 @@ pub fn exec_in_bottle(config: &config::Config, bottle_name: &str, command: &[Str
     let procs = dir.join("cgroup.procs");
     let (program, args) = command.split_first().context("no command given")?;
 
+    // Opened before the fork: the child only has to enter it.
+    let netns = crate::netns::open_for_join(bottle)?;
+
     let mut cmd = Command::new(program);
     cmd.args(args);
     let procs_for_child = procs.clone();
@@ -94,6 +97,11 @@ pub fn exec_in_bottle(config: &config::Config, bottle_name: &str, command: &[Str
             // "0" moves the writing process itself.
             let mut f = fs::OpenOptions::new().write(true).open(&procs_for_child)?;
             f.write_all(b"0")?;
+            // A bottle with its own network namespace: the command runs in it too, so
+            // its only way out is the gateway's listeners there.
+            if let Some(ns) = &netns {
+                crate::netns::join(std::os::fd::AsFd::as_fd(ns))?;
+            }
             Ok(())
         });
     }

@@ -102,7 +102,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let bottle = config
                 .bottle(&args.bottle)
                 .with_context(|| format!("no bottle named {:?} in the configuration", args.bottle))?;
-            bpf::detach(&config, bottle, args.force)?;
+            bpf::detach(&config, bottle, args.force, false)?;
+            crate::netns::remove_created(bottle)?;
             println!("detached bottle {}", bottle.name);
             Ok(ExitCode::SUCCESS)
         }

@@ -7,7 +7,7 @@ use std::{
 
 use tokio::net::UdpSocket;
 
-use crate::app::Gateway;
+use crate::app::{Gateway, ListenerScope};
 
 /// TTL of answers: short, so policy and override changes take effect quickly.
 const ANSWER_TTL_SECS: u32 = 30;
@@ -16,7 +16,8 @@ const MAX_DATAGRAM: usize = 1232;
 const INTROSPECTION_NAME: &str = "_egress.local";
 const INTROSPECTION_ADDR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-pub async fn serve(socket: UdpSocket, gw: Arc<Gateway>) {
+/// Answers the queries that reach one DNS listener; `scope` says whose they can be.
+pub async fn serve(socket: UdpSocket, scope: ListenerScope, gw: Arc<Gateway>) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096];
     loop {
@@ -30,20 +31,30 @@ pub async fn serve(socket: UdpSocket, gw: Arc<Gateway>) {
         let packet = buf[..len].to_vec();
         let (socket, gw) = (socket.clone(), gw.clone());
         tokio::spawn(async move {
-            if let Some(reply) = answer(&packet, peer, &gw).await {
+            if let Some(reply) = answer(&packet, peer, scope, &gw).await {
                 let _ = socket.send_to(&reply, peer).await;
             }
         });
     }
 }
 
-async fn answer(packet: &[u8], peer: SocketAddr, gw: &Gateway) -> Option<Vec<u8>> {
+async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &Gateway) -> Option<Vec<u8>> {
     let query = match wire::parse_query(packet) {
         Ok(q) => q,
         Err(wire::ParseError::NotAQuery) => return None,
         Err(wire::ParseError::Malformed) => return wire::error_reply(packet, wire::Rcode::FormErr),
     };
-    let Some(bottle) = gw.maps.dns_client_bottle(peer.port()).and_then(|id| gw.bottle_by_id(id)) else {
+    // A namespaced bottle's listener is its own; the shared one asks the map which bottle
+    // sent from this port.
+    let recorded = match scope {
+        ListenerScope::Shared => gw.maps.dns_client_bottle(peer.port()),
+        ListenerScope::Bottle(_) => None,
+    };
+    let bottle = match (scope, recorded) {
+        (ListenerScope::Shared, None) => None,
+        _ => gw.bottle_for(scope, recorded),
+    };
+    let Some(bottle) = bottle else {
         let name = crate::dlp::hostname::loggable(&gw.proxy.dlp, &query.name);
         tracing::warn!(client = %peer, name = %name, "dns query from an unknown client refused");
         return Some(wire::reply(&query, wire::Rcode::Refused, &[]));

@@ -89,6 +89,13 @@ pub struct TestEnv {
     pub dns_port: u16,
     pub bpffs_dir: PathBuf,
     pub cgroup_rel: String,
+    /// The bottle's name: `e2e`, or unique per test when bottles live in their own
+    /// network namespaces (`/run/netns/egress-<name>` is machine-wide).
+    bottle_name: String,
+    /// Further bottles: (name, cgroup relative to the cgroup2 mount).
+    more_bottles: Vec<(String, String)>,
+    /// Names of the bottles that have a namespace of their own (removed on drop).
+    netns_bottles: Vec<String>,
     gateway: Option<Child>,
     log_path: PathBuf,
     log_generation: u32,
@@ -106,15 +113,47 @@ pub struct EnvSpec<'a> {
     pub extra_config: &'a str,
     /// Extra lines in the bottle entry (indented by four spaces).
     pub extra_bottle: &'a str,
+    /// Every bottle of the test gets `netns: new` (a namespace holding only `lo`).
+    pub netns: bool,
+    /// Further bottles, each with its own cgroup and routes file.
+    pub more_bottles: &'a [MoreBottle<'a>],
+}
+
+/// A further bottle of a test: `<first bottle's name>-<suffix>`, routes in
+/// `routes-<suffix>.yaml`.
+#[derive(Clone, Copy, Default)]
+pub struct MoreBottle<'a> {
+    pub suffix: &'a str,
+    pub routes: &'a str,
+    /// `netns: new` for this bottle.
+    pub netns: bool,
+    /// Extra lines in its entry (indented by four spaces).
+    pub extra: &'a str,
 }
 
 impl TestEnv {
     /// Creates the directory and config; does not start the gateway.
     pub fn new(test: &str, spec: EnvSpec<'_>) -> TestEnv {
         require_privileges();
-        let unique = format!("{test}-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let unique = format!("{test}-{}-{seq}", std::process::id());
         let dir = std::env::temp_dir().join(format!("egress-e2e-{unique}"));
+        let any_netns = spec.netns || spec.more_bottles.iter().any(|b| b.netns);
+        let bottle_name = if any_netns { format!("e2e{}x{seq}", std::process::id()) } else { "e2e".to_string() };
+        let more_bottles: Vec<(String, String)> = spec
+            .more_bottles
+            .iter()
+            .map(|b| (format!("{bottle_name}-{}", b.suffix), format!("egress-e2e/{unique}-{}", b.suffix)))
+            .collect();
+        let netns_bottles = std::iter::once((&bottle_name, spec.netns))
+            .chain(more_bottles.iter().map(|(n, _)| n).zip(spec.more_bottles.iter().map(|b| b.netns)))
+            .filter(|(_, ns)| *ns)
+            .map(|(n, _)| n.clone())
+            .collect();
         let env = TestEnv {
+            bottle_name,
+            more_bottles,
+            netns_bottles,
             name: test.to_string(),
             config_path: dir.join("gateway.yaml"),
             listen_port: free_port(),
@@ -133,18 +172,33 @@ impl TestEnv {
         for (name, addr) in spec.hosts {
             hosts.push_str(&format!("  {name}: {addr}\n"));
         }
+        let netns_line = |on: bool| if on { "    netns: new\n" } else { "" };
+        let mut more = String::new();
+        for ((name, cgroup), b) in env.more_bottles.iter().zip(spec.more_bottles) {
+            more.push_str(&format!(
+                "  - name: {name}\n    cgroup: {cgroup}\n    routes: routes-{suffix}.yaml\n{ns}{extra}",
+                suffix = b.suffix,
+                ns = netns_line(b.netns),
+                extra = b.extra,
+            ));
+            fs::write(env.dir.join(format!("routes-{}.yaml", b.suffix)), b.routes).expect("write routes");
+        }
+        let netns_line = netns_line(spec.netns);
         let config = format!(
             "listen: 127.0.0.1:{listen}\n\
              dns_listen: 127.0.0.1:{dns}\n\
              state_dir: {dir}/state\n\
              bpffs_dir: {bpffs}\n\
+             admin_socket: {dir}/admin.sock\n\
              hosts:\n{hosts}\
              {extra_config}\n\
              bottles:\n  \
                - name: {name}\n    \
                  cgroup: {cgroup}\n    \
                  routes: routes.yaml\n\
-             {extra_bottle}\n",
+             {netns_line}\
+             {extra_bottle}\n\
+             {more}",
             listen = env.listen_port,
             dns = env.dns_port,
             dir = env.dir.display(),
@@ -167,9 +221,19 @@ impl TestEnv {
         env
     }
 
-    /// The bottle's name (one bottle per test).
+    /// The bottle's name (the test's first bottle).
     pub fn bottle(&self) -> &str {
-        "e2e"
+        &self.bottle_name
+    }
+
+    /// The name of a bottle from `EnvSpec::more_bottles`, by its suffix.
+    pub fn more_bottle(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.bottle_name)
+    }
+
+    /// The namespace file of a bottle of a `netns: true` test.
+    pub fn netns_path(&self, bottle: &str) -> PathBuf {
+        PathBuf::from(format!("/run/netns/egress-{bottle}"))
     }
 
     pub fn cgroup_dir(&self) -> PathBuf {
@@ -303,12 +367,30 @@ impl TestEnv {
             .expect("spawn egress-gateway exec")
     }
 
+    /// As `exec_with_env`, in another bottle of the test.
+    pub fn exec_in(&self, bottle: &str, cmd: &[&str], vars: &[(&str, &str)]) -> Output {
+        self.exec_command_in(bottle, cmd, vars).output().expect("run egress-gateway exec")
+    }
+
+    /// As `spawn_exec`, in another bottle of the test.
+    pub fn spawn_exec_in(&self, bottle: &str, cmd: &[&str], vars: &[(&str, &str)]) -> Child {
+        self.exec_command_in(bottle, cmd, vars)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn egress-gateway exec")
+    }
+
     fn exec_command(&self, cmd: &[&str], vars: &[(&str, &str)]) -> Command {
+        self.exec_command_in(self.bottle(), cmd, vars)
+    }
+
+    fn exec_command_in(&self, bottle: &str, cmd: &[&str], vars: &[(&str, &str)]) -> Command {
         let mut command = Command::new(gateway_bin());
         command
             .args(["exec", "--config"])
             .arg(&self.config_path)
-            .args(["--bottle", self.bottle(), "--", "unshare", "--mount", "--", "sh", "-c"])
+            .args(["--bottle", bottle, "--", "unshare", "--mount", "--", "sh", "-c"])
             .arg("mount --bind \"$1\" /etc/hosts && mount --bind \"$2\" /etc/resolv.conf && shift 2 && exec \"$@\"")
             .arg("sh")
             .arg(self.dir.join("hosts"))
@@ -392,8 +474,12 @@ impl Drop for TestEnv {
         }
         // Removing the pinned links detaches the programs; then the maps.
         let _ = remove_bpffs_tree(&self.bpffs_dir);
-        if let Some(root) = cgroup2_mount() {
-            let cg = root.join(&self.cgroup_rel);
+        let cgroups: Vec<String> = std::iter::once(self.cgroup_rel.clone())
+            .chain(self.more_bottles.iter().map(|(_, cg)| cg.clone()))
+            .collect();
+        for cgroup_rel in cgroups {
+            let Some(root) = cgroup2_mount() else { break };
+            let cg = root.join(&cgroup_rel);
             // Anything still in the bottle was started by this test (exec'd commands).
             for pid in fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default().lines() {
                 if let Ok(pid) = pid.trim().parse::<u32>() {
@@ -409,10 +495,22 @@ impl Drop for TestEnv {
                 let _ = fs::remove_dir(parent);
             }
         }
+        for name in &self.netns_bottles {
+            remove_netns(&self.netns_path(name));
+        }
         if std::env::var_os("EGRESS_E2E_KEEP").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Unmounts and removes a namespace file the gateway made for this test's bottle.
+pub fn remove_netns(path: &Path) {
+    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
+        // SAFETY: umount2 with a NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    let _ = fs::remove_file(path);
 }
 
 /// bpffs has no recursive unlink: remove files, then directories, depth first.

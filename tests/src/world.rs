@@ -37,11 +37,23 @@ impl World {
         config: &str,
         files: &[(&str, &str)],
     ) -> World {
+        let spec = EnvSpec { routes, extra_config: config, extra_bottle: bottle, ..Default::default() };
+        Self::start_spec(test, hosts, spec, gateway_env, files)
+    }
+
+    /// The general form: `spec` as the bottle(s) should be (its `hosts` are replaced by
+    /// `hosts` on 127.0.0.2, and the upstream CA is added to its `extra_config`).
+    pub fn start_spec(
+        test: &str,
+        hosts: &[&str],
+        spec: EnvSpec<'_>,
+        gateway_env: &[(&str, &str)],
+        files: &[(&str, &str)],
+    ) -> World {
         let ca = TestCa::new();
-        let extra_config = format!("upstream_ca_files: [test-ca.pem]\n{config}");
+        let extra_config = format!("upstream_ca_files: [test-ca.pem]\n{}", spec.extra_config);
         let host_map: Vec<(&str, &str)> = hosts.iter().map(|h| (*h, "127.0.0.2")).collect();
-        let mut env =
-            TestEnv::new(test, EnvSpec { hosts: &host_map, routes, extra_config: &extra_config, extra_bottle: bottle });
+        let mut env = TestEnv::new(test, EnvSpec { hosts: &host_map, extra_config: &extra_config, ..spec });
         env.write_file("test-ca.pem", &ca.pem);
         for (name, contents) in files {
             env.write_file(name, contents);
@@ -68,6 +80,22 @@ impl World {
     /// curl in the bottle: (status code, body).
     pub fn curl(&self, args: &[&str]) -> (String, String) {
         curl_result(&self.run(&Self::curl_argv(args)))
+    }
+
+    /// Runs a command in another bottle of the test, with the trust variables set.
+    pub fn run_in(&self, bottle: &str, cmd: &[&str]) -> Output {
+        let vars: Vec<(&str, &str)> = self.trust.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.env.exec_in(bottle, cmd, &vars)
+    }
+
+    /// curl in another bottle: (status code, body).
+    pub fn curl_in(&self, bottle: &str, args: &[&str]) -> (String, String) {
+        curl_result(&self.run_in(bottle, &Self::curl_argv(args)))
+    }
+
+    /// The trust variables (for commands started another way).
+    pub fn trust_vars(&self) -> Vec<(&str, &str)> {
+        self.trust.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
     }
 
     /// curl in the bottle without waiting: finish it with `curl_result(&child.wait_with_output()?)`.

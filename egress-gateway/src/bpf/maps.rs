@@ -46,13 +46,14 @@ impl KernelMaps {
     }
 
     /// Looks up (and removes: each entry is read once) the original destination of the
-    /// connection accepted from `client`.
-    pub fn take_orig_dst(&self, client: SocketAddr) -> Result<Redirected, OrigDstError> {
+    /// connection accepted from `client` on a listener in the network namespace `netns`
+    /// (its cookie).
+    pub fn take_orig_dst(&self, netns: u64, client: SocketAddr) -> Result<Redirected, OrigDstError> {
         let ip4 = match client.ip() {
             IpAddr::V4(ip) => ip,
             IpAddr::V6(ip) => ip.to_ipv4_mapped().ok_or(OrigDstError::NotIpv4(client))?,
         };
-        let key = ClientKey { ip4: u32::from_ne_bytes(ip4.octets()), port: client.port(), _pad: 0 };
+        let key = ClientKey { netns, ip4: u32::from_ne_bytes(ip4.octets()), port: client.port(), _pad: 0 };
         let mut map = self.orig_dst.lock().unwrap_or_else(|e| e.into_inner());
         let value = map.get(&key, 0).map_err(|_| OrigDstError::Missing(client))?;
         let _ = map.remove(&key);

@@ -110,10 +110,14 @@ pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow
     let bottle_dir = layout.bottle_dir(&bottle.name);
     fs::create_dir_all(&bottle_dir).with_context(|| format!("creating {}", bottle_dir.display()))?;
 
-    let proxy_ip4 = u32::from_ne_bytes(config.listen.ip().octets());
-    let proxy_port = config.listen.port();
-    let dns_ip4 = u32::from_ne_bytes(config.dns_listen.ip().octets());
-    let dns_port = config.dns_listen.port();
+    // A bottle in its own network namespace is sent to the listeners the gateway opened
+    // on that namespace's loopback; the others share the gateway's listeners.
+    let (listen, dns_listen) = crate::netns::listen_addrs(config, bottle);
+    let proxy_ip4 = u32::from_ne_bytes(listen.ip().octets());
+    let proxy_port = listen.port();
+    let dns_ip4 = u32::from_ne_bytes(dns_listen.ip().octets());
+    let dns_port = dns_listen.port();
+    let dns_by_port: u32 = bottle.netns.is_none().into();
     let btf = Btf::from_sys_fs().ok();
     let mut ebpf = EbpfLoader::new()
         .btf(btf.as_ref())
@@ -123,6 +127,7 @@ pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow
         .override_global(globals::DNS_IP4, &dns_ip4, true)
         .override_global(globals::DNS_PORT, &dns_port, true)
         .override_global(globals::BOTTLE_ID, &bottle.id, true)
+        .override_global(globals::DNS_BY_PORT, &dns_by_port, true)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object (is this kernel >= 5.8 with BTF and cgroup BPF?)")?;
 
@@ -215,8 +220,9 @@ pub fn status(config: &config::Config) -> anyhow::Result<Vec<BottleStatus>> {
 }
 
 /// Removes a bottle's pinned links, which detaches its programs. Refuses while processes
-/// still run in the bottle unless `force`: they would get direct egress.
-pub fn detach(config: &config::Config, bottle: &config::Bottle, force: bool) -> anyhow::Result<()> {
+/// still run in the bottle unless `force`: they would get direct egress. `keep_maps` is
+/// for a running gateway, which reads the shared maps: they stay even when no bottle does.
+pub fn detach(config: &config::Config, bottle: &config::Bottle, force: bool, keep_maps: bool) -> anyhow::Result<()> {
     let layout = PinLayout::new(config);
     let bottle_dir = layout.bottle_dir(&bottle.name);
     if !bottle_dir.exists() {
@@ -236,7 +242,21 @@ pub fn detach(config: &config::Config, bottle: &config::Bottle, force: bool) -> 
         }
     }
     remove_pins(&bottle_dir)?;
-    remove_maps_if_unused(&layout)
+    if keep_maps { Ok(()) } else { remove_maps_if_unused(&layout) }
+}
+
+/// Creates (or reuses) the shared pinned maps without attaching anything, so a gateway
+/// can start with no bottle and attach them later.
+pub fn ensure_maps(config: &config::Config) -> anyhow::Result<()> {
+    let maps_dir = PinLayout::new(config).maps_dir();
+    fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
+    let btf = Btf::from_sys_fs().ok();
+    EbpfLoader::new()
+        .btf(btf.as_ref())
+        .default_map_pin_directory(&maps_dir)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object to create its maps (is this kernel >= 5.8 with BTF and cgroup BPF?)")?;
+    Ok(())
 }
 
 /// When no bottle is pinned any more, the shared maps and the pin root go too.

@@ -11,7 +11,7 @@ use std::{
 
 use bytes::Bytes;
 use egress_e2e::{
-    EnvSpec, TestEnv,
+    EnvSpec, MoreBottle, TestEnv,
     https::{HttpsUpstream, TestCa},
     stderr, stdout,
 };
@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
 const HOST: &str = "api.bench.test";
+const ROUTES: &str = "log: 0\nroutes:\n  - host: api.bench.test\n";
 const BODY_BYTES: usize = 16 * 1024;
 const RUN: Duration = Duration::from_secs(5);
 const CONCURRENCY: usize = 16;
@@ -41,11 +42,14 @@ fn orchestrate() {
         "bench",
         EnvSpec {
             hosts: &[(HOST, "127.0.0.2")],
-            routes: "log: 0\nroutes:\n  - host: api.bench.test\n",
+            routes: ROUTES,
             extra_config: "upstream_ca_files: [test-ca.pem]",
+            // The same policy for a bottle in a network namespace of its own.
+            more_bottles: &[MoreBottle { suffix: "ns", routes: ROUTES, netns: true, extra: "" }],
             ..Default::default()
         },
     );
+    let ns_bottle = env.more_bottle("ns");
     let ca_path = env.write_file("test-ca.pem", &ca.pem);
     let upstream = HttpsUpstream::start("127.0.0.2", &[HOST], &ca, None);
     let target = upstream.addr;
@@ -59,27 +63,37 @@ fn orchestrate() {
     println!("egress-gateway proxy benchmark: loopback, 2 cores shared by client, gateway and upstream");
     println!("keep-alive HTTPS POST, {BODY_BYTES} B JSON body, {CONCURRENCY} connections, {RUN:?} per run\n");
     let direct = run_client(None, &[me, "client", "keepalive", &target.to_string(), ca_path.to_str().unwrap()]);
-    let through = run_client(Some(&env), &[me, "client", "keepalive", &target.to_string(), &bundle]);
+    let through = run_client(Some((&env, env.bottle())), &[me, "client", "keepalive", &target.to_string(), &bundle]);
+    let through_ns = run_client(Some((&env, &ns_bottle)), &[me, "client", "keepalive", &target.to_string(), &bundle]);
     print_row("direct", &direct);
     print_row("through gateway", &through);
-    let p50_added = through.p50_us.saturating_sub(direct.p50_us);
-    let p99_added = through.p99_us.saturating_sub(direct.p99_us);
-    println!("added latency: p50 {:.3} ms, p99 {:.3} ms\n", p50_added as f64 / 1000.0, p99_added as f64 / 1000.0);
+    print_row("namespaced bottle", &through_ns);
+    print_added("host-namespace bottle", &direct, &through);
+    print_added("namespaced bottle", &direct, &through_ns);
+    println!();
 
     println!("one connection, one request at a time (latency without queueing):");
     let direct = run_client(None, &[me, "client", "sequential", &target.to_string(), ca_path.to_str().unwrap()]);
-    let through = run_client(Some(&env), &[me, "client", "sequential", &target.to_string(), &bundle]);
+    let through = run_client(Some((&env, env.bottle())), &[me, "client", "sequential", &target.to_string(), &bundle]);
+    let through_ns = run_client(Some((&env, &ns_bottle)), &[me, "client", "sequential", &target.to_string(), &bundle]);
     print_row("direct", &direct);
     print_row("through gateway", &through);
-    let p50_added = through.p50_us.saturating_sub(direct.p50_us);
-    let p99_added = through.p99_us.saturating_sub(direct.p99_us);
-    println!("added latency: p50 {:.3} ms, p99 {:.3} ms\n", p50_added as f64 / 1000.0, p99_added as f64 / 1000.0);
+    print_row("namespaced bottle", &through_ns);
+    print_added("host-namespace bottle", &direct, &through);
+    print_added("namespaced bottle", &direct, &through_ns);
+    println!();
 
     let direct = run_client(None, &[me, "client", "newconn", &target.to_string(), ca_path.to_str().unwrap()]);
-    let through = run_client(Some(&env), &[me, "client", "newconn", &target.to_string(), &bundle]);
+    let through = run_client(Some((&env, env.bottle())), &[me, "client", "newconn", &target.to_string(), &bundle]);
+    let through_ns = run_client(Some((&env, &ns_bottle)), &[me, "client", "newconn", &target.to_string(), &bundle]);
     println!("new TLS connection per request (one request each):");
     print_row("direct", &direct);
     print_row("through gateway", &through);
+    print_row("namespaced bottle", &through_ns);
+    println!(
+        "  namespaced / host-namespace bottle: {:.1}% of the new connections per second",
+        100.0 * rate(&through_ns) / rate(&through)
+    );
 
     // Idle connections held open through the gateway.
     let n = IDLE_CONNECTIONS.to_string();
@@ -125,9 +139,24 @@ fn print_row(label: &str, r: &Report) {
     );
 }
 
-fn run_client(env: Option<&TestEnv>, argv: &[&str]) -> Report {
-    let out = match env {
-        Some(env) => env.exec(argv),
+fn rate(r: &Report) -> f64 {
+    r.requests as f64 / r.secs
+}
+
+fn print_added(label: &str, direct: &Report, through: &Report) {
+    let p50_added = through.p50_us.saturating_sub(direct.p50_us);
+    let p99_added = through.p99_us.saturating_sub(direct.p99_us);
+    println!(
+        "added latency, {label}: p50 {:.3} ms, p99 {:.3} ms",
+        p50_added as f64 / 1000.0,
+        p99_added as f64 / 1000.0
+    );
+}
+
+/// Runs the load generator directly, or in a bottle of `env`.
+fn run_client(bottle: Option<(&TestEnv, &str)>, argv: &[&str]) -> Report {
+    let out = match bottle {
+        Some((env, name)) => env.exec_in(name, argv, &[]),
         None => std::process::Command::new(argv[0]).args(&argv[1..]).output().unwrap(),
     };
     assert!(out.status.success(), "client failed: {}", stderr(&out));
