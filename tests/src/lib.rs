@@ -5,6 +5,7 @@
 //! Every test builds a [`TestEnv`] first; its `Drop` kills what the test started (by pid),
 //! removes the pins (which detaches the programs) and the cgroup.
 pub mod https;
+pub mod podman;
 pub mod upstream;
 pub mod world;
 

@@ -27,7 +27,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Lint, then every unit and end-to-end test (end-to-end needs root).
+    /// Lint, then every unit and end-to-end test (end-to-end needs root); also installs
+    /// what the tests run (Podman, runc, busybox-static, clients) when missing.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -71,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { args } => {
             bootstrap::run()?;
+            bootstrap::run_test_deps()?;
             cargo(&["fmt", "--all", "--", "--check"]).context("formatting: run `cargo fmt --all`")?;
             cargo(&[
                 "clippy",
