@@ -9,8 +9,10 @@ use std::{
 };
 
 use egress_e2e::{
+    EnvSpec,
     podman::{self, Cgroup, Container, Netns, Spec},
     stderr, stdout,
+    world::World,
 };
 
 /// A listener inside the namespace, standing in for the gateway's in-namespace one.
@@ -110,4 +112,50 @@ fn a_container_runs_in_the_given_cgroup_and_namespace_and_reaches_only_its_liste
     });
     assert_eq!(out.status.code(), Some(3), "python in the container: {}", stderr(&out));
     assert_eq!(stdout(&out), "inside the namespace\n");
+}
+
+/// The documented recipe, with the gateway: the bottle is attached first (`netns: new`),
+/// then the container starts with `--cgroup-parent` under the bottle's cgroup and the
+/// bottle's namespace, so the programs are in force before its first instruction.
+#[test]
+fn a_podman_container_in_an_attached_bottle_reaches_only_what_its_routes_allow() {
+    podman::require_podman();
+    let hosts = ["a.upstream.test", "b.upstream.test"];
+    let routes = "log: 1\nroutes:\n  - host: a.upstream.test\n";
+    let spec = EnvSpec { routes, netns: true, ..Default::default() };
+    let w = World::start_spec("podman-bottle", &hosts, spec, &[], &[]);
+    let ns = w.env.netns_path(w.env.bottle());
+    let bundle = w.env.dir.join("trust-bundle.pem");
+    let etc_hosts = w.env.dir.join("hosts");
+    let container = Container::start(&Spec {
+        cgroup_parent: &w.env.cgroup_rel,
+        netns: &ns,
+        env: &[("SSL_CERT_FILE", "/egress/bundle.pem")],
+        ro_mounts: &[(bundle.as_path(), "/egress/bundle.pem"), (etc_hosts.as_path(), "/etc/hosts")],
+        argv: &["sleep", "600"],
+    });
+    let cg = podman::cgroup_of(container.pid());
+    assert!(
+        cg.starts_with(&format!("{}/", w.env.cgroup_rel)),
+        "container cgroup {cg} is not below the bottle's {}",
+        w.env.cgroup_rel
+    );
+
+    let curl = |host: &str| {
+        let out =
+            container.exec(&["curl", "-sS", "-m", "20", "-o", "/dev/null", "-w", "%{http_code}", &w.url(host, "/c")]);
+        (stdout(&out), stderr(&out))
+    };
+    let (code, err) = curl("a.upstream.test");
+    assert_eq!(code, "200", "allowed host from the container: {err}");
+    let (code, err) = curl("b.upstream.test");
+    assert_eq!(code, "403", "forbidden host from the container: {err}");
+    let out = container.exec(&[
+        "python3",
+        "-c",
+        "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.2', 9))",
+    ]);
+    assert!(!out.status.success(), "UDP left the container");
+    assert!(stderr(&out).contains("PermissionError"), "UDP refused in the kernel: {}", stderr(&out));
+    assert_eq!(w.up.requests().len(), 1, "only the allowed request reached the upstream");
 }
