@@ -49,6 +49,16 @@ mod hooks {
         redirect::recvmsg6(&ctx)
     }
 
+    #[cgroup_sock_addr(bind4)]
+    pub fn egress_bind4(ctx: SockAddrContext) -> i32 {
+        redirect::bind4(&ctx)
+    }
+
+    #[cgroup_sock_addr(bind6)]
+    pub fn egress_bind6(ctx: SockAddrContext) -> i32 {
+        redirect::bind6(&ctx)
+    }
+
     #[cgroup_sock_addr(getpeername4)]
     pub fn egress_getpeername4(ctx: SockAddrContext) -> i32 {
         redirect::getpeername4(&ctx)

@@ -182,6 +182,25 @@ pub fn connect6(ctx: &SockAddrContext) -> i32 {
     PASS
 }
 
+// === bind ===
+
+/// A bottle may not bind the gateway's listener ports, on any address: a squatter would
+/// stop a restarting gateway from binding, and (in the gateway's namespace) receive other
+/// bottles' redirected connections.
+#[inline(always)]
+fn bind_allowed(sa: &bpf_sock_addr) -> bool {
+    let port = user_port(sa);
+    port != global(&PROXY_PORT) && port != global(&DNS_PORT)
+}
+
+pub fn bind4(ctx: &SockAddrContext) -> i32 {
+    if bind_allowed(unsafe { &*ctx.sock_addr }) { PASS } else { refuse() }
+}
+
+pub fn bind6(ctx: &SockAddrContext) -> i32 {
+    if bind_allowed(unsafe { &*ctx.sock_addr }) { PASS } else { refuse() }
+}
+
 // === unconnected UDP ===
 
 pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {

@@ -28,7 +28,7 @@ use crate::{cgroup, config};
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/egress-ebpf"));
 
 /// Socket-address hooks, by program name (their attach type is in the ELF section).
-const SOCK_ADDR_PROGRAMS: [&str; 8] = [
+const SOCK_ADDR_PROGRAMS: [&str; 10] = [
     "egress_connect4",
     "egress_connect6",
     "egress_sendmsg4",
@@ -37,6 +37,8 @@ const SOCK_ADDR_PROGRAMS: [&str; 8] = [
     "egress_recvmsg6",
     "egress_getpeername4",
     "egress_getpeername6",
+    "egress_bind4",
+    "egress_bind6",
 ];
 const SOCK_OPS_PROGRAM: &str = "egress_sockops";
 const BACKSTOP_PROGRAM: &str = "egress_backstop";
