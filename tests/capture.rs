@@ -122,7 +122,9 @@ for k in sorted(results): print(k, results[k])
         v4port = v4.port(),
         udpport = udp.addr.port()
     );
-    let out = env.exec(&["python3", "-c", &script]);
+    // Capabilities kept: the raw ICMP socket must be opened, so that the backstop is what
+    // stops it.
+    let out = env.exec_with_flags(env.bottle(), &["--allow-root", "--keep-caps"], &["python3", "-c", &script], &[]);
     let text = stdout(&out);
     assert!(out.status.success(), "script failed: {}\n{text}", stderr(&out));
     for line in text.lines() {

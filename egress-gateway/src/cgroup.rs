@@ -1,16 +1,12 @@
-//! cgroup v2: find the hierarchy, place bottles in it, and start commands inside a bottle
-//! so that no socket of theirs is ever created outside it.
+//! cgroup v2: find the hierarchy and place bottles in it.
 use std::{
     fs,
-    io::Write as _,
-    os::unix::process::{CommandExt, ExitStatusExt},
     path::{Path, PathBuf},
-    process::Command,
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
-use crate::{bpf, config};
+use crate::config;
 
 /// Where a private cgroup v2 hierarchy is mounted when the machine has none.
 const PRIVATE_CGROUP2: &str = "/run/egress-gateway/cgroup2";
@@ -61,56 +57,6 @@ pub fn processes(cgroup_dir: &Path) -> Vec<u32> {
     fs::read_to_string(cgroup_dir.join("cgroup.procs"))
         .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
         .unwrap_or_default()
-}
-
-/// Runs `command` inside `bottle_name`'s cgroup and returns its exit status (128 + signal
-/// when killed). Refuses when the bottle's programs are not attached: an agent must never
-/// start with direct egress.
-pub fn exec_in_bottle(config: &config::Config, bottle_name: &str, command: &[String]) -> anyhow::Result<u8> {
-    let bottle =
-        config.bottle(bottle_name).with_context(|| format!("no bottle named {bottle_name:?} in the configuration"))?;
-    let pins = bpf::PinLayout::new(config).bottle_dir(&bottle.name);
-    if !pins.join("egress_connect4").exists() || !pins.join("egress_backstop").exists() {
-        bail!(
-            "bottle {} is not attached (no pinned programs in {}): start `egress-gateway run` with this \
-             configuration first",
-            bottle.name,
-            pins.display()
-        );
-    }
-    let dir = bottle_path(config, bottle)?;
-    fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
-    let procs = dir.join("cgroup.procs");
-    let (program, args) = command.split_first().context("no command given")?;
-
-    // Opened before the fork: the child only has to enter it.
-    let netns = crate::netns::open_for_join(bottle)?;
-
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    let procs_for_child = procs.clone();
-    // SAFETY: between fork and exec the child only opens and writes a file, which is
-    // async-signal-safe enough for this purpose (no locks held by other threads are taken:
-    // this process is single-threaded here).
-    unsafe {
-        cmd.pre_exec(move || {
-            // "0" moves the writing process itself.
-            let mut f = fs::OpenOptions::new().write(true).open(&procs_for_child)?;
-            f.write_all(b"0")?;
-            // A bottle with its own network namespace: the command runs in it too, so
-            // its only way out is the gateway's listeners there.
-            if let Some(ns) = &netns {
-                crate::netns::join(std::os::fd::AsFd::as_fd(ns))?;
-            }
-            Ok(())
-        });
-    }
-    let status = cmd.status().with_context(|| format!("starting {program:?} in {}", dir.display()))?;
-    Ok(match (status.code(), status.signal()) {
-        (Some(code), _) => code as u8,
-        (None, Some(sig)) => 128u8.wrapping_add(sig as u8),
-        _ => 1,
-    })
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Load the eBPF programs, attach every bottle and serve the listeners.
     Run(ConfigArg),
-    /// Run a command inside a bottle's cgroup and return its exit status.
+    /// Run a command inside a bottle (its cgroup, its network namespace, a PID namespace of
+    /// its own, no inherited descriptors, no capabilities) and return its exit status.
     Exec(ExecArgs),
     /// Remove a bottle's eBPF programs and pins (the bottle then has no egress control).
     Detach(DetachArgs),
@@ -51,6 +52,16 @@ pub struct ExecArgs {
     /// The bottle to run the command in.
     #[arg(long, short = 'b')]
     pub bottle: String,
+    /// Run the command as this user (name or uid), with its primary group only.
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+    /// Keep the capabilities the command would have (default: all dropped, no_new_privs).
+    #[arg(long)]
+    pub keep_caps: bool,
+    /// Allow the command to run as root in a bottle that shares the gateway's network
+    /// namespace (root there can reach the host's interfaces with packet sockets).
+    #[arg(long)]
+    pub allow_root: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -94,7 +105,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Exec(args) => {
             let config = args.config.load()?;
-            let status = crate::cgroup::exec_in_bottle(&config, &args.bottle, &args.command)?;
+            let bottle = config
+                .bottle(&args.bottle)
+                .with_context(|| format!("no bottle named {:?} in the configuration", args.bottle))?;
+            let opts =
+                crate::exec::ExecOptions { user: args.user, keep_caps: args.keep_caps, allow_root: args.allow_root };
+            let status = crate::exec::run(&config, bottle, &args.command, &opts)?;
             Ok(ExitCode::from(status))
         }
         Command::Detach(args) => {

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod dlp;
 pub mod dns;
+pub mod exec;
 pub mod netns;
 pub mod policy;
 pub mod proxy;

@@ -387,15 +387,32 @@ impl TestEnv {
     }
 
     fn exec_command_in(&self, bottle: &str, cmd: &[&str], vars: &[(&str, &str)]) -> Command {
-        let mut command = Command::new(gateway_bin());
+        self.exec_command_with(bottle, &["--allow-root"], cmd, vars)
+    }
+
+    /// Runs `egress-gateway exec <flags>` in a bottle (no `--allow-root` unless given):
+    /// for tests of what `exec` allows.
+    pub fn exec_with_flags(&self, bottle: &str, flags: &[&str], cmd: &[&str], vars: &[(&str, &str)]) -> Output {
+        self.exec_command_with(bottle, flags, cmd, vars).output().expect("run egress-gateway exec")
+    }
+
+    /// The command runs in a private mount namespace (made before `exec`, which drops the
+    /// capabilities a mount would need) whose /etc/hosts maps the test's names and whose
+    /// /etc/resolv.conf names a loopback server.
+    fn exec_command_with(&self, bottle: &str, flags: &[&str], cmd: &[&str], vars: &[(&str, &str)]) -> Command {
+        let mut command = Command::new("unshare");
         command
-            .args(["exec", "--config"])
-            .arg(&self.config_path)
-            .args(["--bottle", bottle, "--", "unshare", "--mount", "--", "sh", "-c"])
+            .args(["--mount", "--", "sh", "-c"])
             .arg("mount --bind \"$1\" /etc/hosts && mount --bind \"$2\" /etc/resolv.conf && shift 2 && exec \"$@\"")
             .arg("sh")
             .arg(self.dir.join("hosts"))
             .arg(self.dir.join("resolv.conf"))
+            .arg(gateway_bin())
+            .args(["exec", "--config"])
+            .arg(&self.config_path)
+            .args(["--bottle", bottle])
+            .args(flags)
+            .arg("--")
             .args(cmd)
             .envs(vars.iter().copied())
             .current_dir(&self.dir)

@@ -45,6 +45,16 @@ pub fn run(config: &config::Config) -> ExitCode {
             "not mounted at /sys/fs/bpf; `run` mounts it (mount -t bpf bpf /sys/fs/bpf)".into()
         },
     );
+    // A same-uid process outside the bottle can be traced (and made to connect anywhere)
+    // unless Yama restricts ptrace; `exec` also gives the command a PID namespace.
+    let yama = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok().map(|s| s.trim().to_string());
+    match yama.as_deref() {
+        Some("0") | None => println!(
+            "[warn] ptrace: kernel.yama.ptrace_scope is {}: a bottle process can trace same-uid processes outside              the bottle that it can see; run agents under their own uid (`exec --user`), or set it to 1 or more",
+            yama.as_deref().map_or("absent (no Yama)".to_string(), |v| format!("{v}"))
+        ),
+        Some(v) => println!("[ ok ] ptrace: kernel.yama.ptrace_scope is {v}"),
+    }
     let layout = bpf::PinLayout::new(config);
     for b in &config.bottles {
         let attached = layout.bottle_dir(&b.name).join("egress_connect4").exists();

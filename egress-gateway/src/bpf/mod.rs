@@ -2,6 +2,7 @@
 //! its cgroup, pin links and maps so they outlive the gateway (fail closed), and read the
 //! maps the programs fill (original destinations, DNS clients, counters).
 pub mod doctor;
+mod links;
 mod maps;
 
 use std::{
@@ -180,6 +181,37 @@ pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow
 
 fn program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name).with_context(|| format!("program {name} missing from the embedded object"))
+}
+
+/// Checks that every program of `bottle` is pinned and attached to exactly `cgroup_dir`:
+/// joining a cgroup its programs are not on would give direct egress (the configuration's
+/// cgroup path may have changed since the gateway attached the bottle).
+pub fn verify_attached(config: &config::Config, bottle: &config::Bottle, cgroup_dir: &Path) -> anyhow::Result<()> {
+    let pins = PinLayout::new(config).bottle_dir(&bottle.name);
+    let programs: Vec<&str> = SOCK_ADDR_PROGRAMS.iter().copied().chain([SOCK_OPS_PROGRAM, BACKSTOP_PROGRAM]).collect();
+    if let Some(missing) = programs.iter().find(|name| !pins.join(name).exists()) {
+        bail!(
+            "bottle {} is not attached (no pinned program {missing} in {}): start `egress-gateway run` with this \
+             configuration, or attach it, first",
+            bottle.name,
+            pins.display()
+        );
+    }
+    let want = links::cgroup_id(cgroup_dir).with_context(|| format!("reading cgroup {}", cgroup_dir.display()))?;
+    for name in &programs {
+        let pin = pins.join(name);
+        let got =
+            links::pinned_link_cgroup_id(&pin).with_context(|| format!("reading pinned link {}", pin.display()))?;
+        if got != want {
+            bail!(
+                "bottle {}'s programs are attached to another cgroup (id {got}) than {} (id {want}): the \
+                 configuration changed since the gateway attached it; restart or re-attach the bottle first",
+                bottle.name,
+                cgroup_dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// One bottle's state as the kernel sees it.
