@@ -272,8 +272,26 @@ fn exec_returns_the_commands_exit_status() {
     let mut env = raw_tcp_env("status", &upstream);
     env.start_gateway();
     assert_eq!(env.exec(&["sh", "-c", "exit 7"]).status.code(), Some(7));
-    let out = env.exec(&["sh", "-c", "cat /proc/self/cgroup"]);
-    assert!(stdout(&out).contains(&env.cgroup_rel), "not in the bottle's cgroup: {}", stdout(&out));
+    // Seen from outside: the command is in the bottle's cgroup (from inside, its cgroup
+    // namespace shows that cgroup as `/`).
+    let mut child = env.spawn_exec(&["sleep", "30"], &[]);
+    let procs = env.cgroup_dir().join("cgroup.procs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        let pids = std::fs::read_to_string(&procs).unwrap_or_default();
+        let sleeping = pids
+            .lines()
+            .any(|p| std::fs::read_to_string(format!("/proc/{}/comm", p.trim())).is_ok_and(|c| c.trim() == "sleep"));
+        if sleeping || std::time::Instant::now() > deadline {
+            break sleeping;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "the command never appeared in {}", procs.display());
+    let out = env.exec(&["cat", "/proc/self/cgroup"]);
+    assert!(stdout(&out).ends_with("0::/\n"), "not at the root of its cgroup namespace: {}", stdout(&out));
 }
 
 #[test]
