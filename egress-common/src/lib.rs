@@ -38,11 +38,16 @@ pub struct ClientKey {
     pub _pad: u16,
 }
 
-/// Key of the DNS-client map: the UDP source port (host byte order) of a query that a
-/// bottle sent to the gateway's DNS listener.
+/// Key of the DNS-client map: the UDP source address and port of a query that a bottle
+/// sent to the shared DNS listener (only bottles in the gateway's namespace record
+/// these). The address matters: two sockets may hold one port on different loopback
+/// addresses, and a bottle must not take over another's port to borrow its policy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct DnsClientKey {
+    /// IPv4 address, network byte order.
+    pub ip4: u32,
+    /// Host byte order.
     pub port: u16,
     pub _pad: u16,
 }
@@ -84,7 +89,8 @@ pub mod maps {
     /// Renamed when its key gained the namespace cookie: a gateway upgraded in place must
     /// not reuse the old pin, whose key is shorter.
     pub const ORIG_DST: &str = "EGRESS_DST_V2";
-    pub const DNS_CLIENTS: &str = "EGRESS_DNS_CLIENTS";
+    /// Renamed when its key gained the source address (see `ORIG_DST`).
+    pub const DNS_CLIENTS: &str = "EGRESS_DNS_V2";
     pub const COUNTERS: &str = "EGRESS_COUNTERS";
 }
 

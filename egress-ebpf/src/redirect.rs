@@ -50,7 +50,7 @@ static SOCK_ORIG: SkStorage<OrigDst> = SkStorage::new();
 static ORIG_DST: LruHashMap<ClientKey, OrigDst> = LruHashMap::pinned(LRU_ENTRIES, 0);
 
 /// Bottle of each DNS client port, so the shared DNS listener knows whose policy applies.
-#[map(name = "EGRESS_DNS_CLIENTS")]
+#[map(name = "EGRESS_DNS_V2")]
 static DNS_CLIENTS: LruHashMap<DnsClientKey, u32> = LruHashMap::pinned(LRU_ENTRIES, 0);
 
 #[map(name = "EGRESS_COUNTERS")]
@@ -340,14 +340,15 @@ fn try_backstop(ctx: &SkBuffContext) -> Option<i32> {
         return None;
     }
     let proto: u8 = ctx.load(9).ok()?;
-    let daddr: u32 = ctx.load(16).ok()?; // stays in network order
+    let saddr: u32 = ctx.load(12).ok()?; // stays in network order
+    let daddr: u32 = ctx.load(16).ok()?;
     let sport: u16 = u16::from_be(ctx.load(ihl).ok()?);
     let dport: u16 = u16::from_be(ctx.load(ihl + 2).ok()?);
     match proto as u32 {
         IPPROTO_TCP if daddr == global(&PROXY_IP4) && dport == global(&PROXY_PORT) => Some(PASS),
         IPPROTO_UDP if daddr == global(&DNS_IP4) && dport == global(&DNS_PORT) => {
             if global(&DNS_BY_PORT) != 0 {
-                let key = DnsClientKey { port: sport, _pad: 0 };
+                let key = DnsClientKey { ip4: saddr, port: sport, _pad: 0 };
                 // Without this entry the gateway cannot tell whose query it is and refuses it.
                 let _ = DNS_CLIENTS.insert(&key, &global(&BOTTLE_ID), 0);
             }

@@ -47,7 +47,7 @@ async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &Gate
     // A namespaced bottle's listener is its own; the shared one asks the map which bottle
     // sent from this port.
     let recorded = match scope {
-        ListenerScope::Shared => gw.maps.dns_client_bottle(peer.port()),
+        ListenerScope::Shared => gw.maps.dns_client_bottle(peer),
         ListenerScope::Bottle(_) => None,
     };
     let bottle = match (scope, recorded) {

@@ -60,9 +60,15 @@ impl KernelMaps {
         Ok(Redirected { bottle_id: value.bottle_id, orig_dst: decode(&value) })
     }
 
-    /// The bottle that sent a DNS query from `port` on loopback, if the backstop saw it.
-    pub fn dns_client_bottle(&self, port: u16) -> Option<u32> {
-        self.dns_clients.get(&DnsClientKey { port, _pad: 0 }, 0).ok()
+    /// The bottle that sent a DNS query from `client` to the shared listener, if the
+    /// backstop saw it.
+    pub fn dns_client_bottle(&self, client: SocketAddr) -> Option<u32> {
+        let ip4 = match client.ip() {
+            IpAddr::V4(ip) => ip,
+            IpAddr::V6(ip) => ip.to_ipv4_mapped()?,
+        };
+        let key = DnsClientKey { ip4: u32::from_ne_bytes(ip4.octets()), port: client.port(), _pad: 0 };
+        self.dns_clients.get(&key, 0).ok()
     }
 
     /// A bottle's counters summed over CPUs (zero when it never counted anything).
