@@ -74,17 +74,34 @@ enum OneOrMany<T> {
     Many(Vec<T>),
 }
 
-#[derive(Debug, Deserialize)]
+/// One bottle entry as written: in gateway.yaml's `bottles:`, or (with the name taken
+/// from the URL) in an admin API request. `Bottle::from_raw` validates it.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawBottle {
-    name: String,
-    cgroup: PathBuf,
-    netns: Option<PathBuf>,
-    routes: Option<PathBuf>,
-    credentials_file: Option<PathBuf>,
-    supervise: Option<SuperviseConfig>,
-    #[serde(default)]
-    mounts: Vec<PathBuf>,
+pub struct RawBottle {
+    pub name: String,
+    pub cgroup: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supervise: Option<SuperviseConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<PathBuf>,
+}
+
+/// How the relative paths of a bottle entry (`routes`, `credentials_file`, the supervise
+/// store) are taken.
+#[derive(Debug, Clone, Copy)]
+pub enum PathBase<'a> {
+    /// Relative to this directory: gateway.yaml's.
+    Dir(&'a Path),
+    /// Refused: an admin API request has no directory to be relative to (the CLI makes
+    /// its paths absolute before sending them).
+    AbsoluteOnly,
 }
 
 /// A validated gateway configuration.
@@ -193,79 +210,26 @@ impl Config {
         let mut bottles: Vec<Bottle> = Vec::new();
         for (i, b) in raw.bottles.into_iter().enumerate() {
             let field = format!("bottles[{i}]");
-            if !is_bottle_name(&b.name) {
-                problems.push(
-                    format!("{field}.name"),
-                    format!("{:?} must be 1-64 characters of a-z, 0-9, '-', '_'", b.name),
-                );
-            }
             if bottles.iter().any(|o| o.name == b.name) {
                 problems.push(format!("{field}.name"), format!("duplicate bottle name {:?}", b.name));
             }
-            if b.cgroup.as_os_str().is_empty()
-                || b.cgroup.components().any(|c| matches!(c, std::path::Component::ParentDir))
-            {
-                problems.push(format!("{field}.cgroup"), "must be a non-empty path without '..'");
-            }
-            if let Some(s) = &b.supervise {
-                for msg in s.validate() {
-                    problems.push(format!("{field}.supervise"), msg);
-                }
-            }
-            for (j, m) in b.mounts.iter().enumerate() {
-                if !m.is_absolute() || m.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                    problems.push(format!("{field}.mounts[{j}]"), "must be an absolute path without '..'");
-                }
-            }
-            let netns = match b.netns {
-                None => None,
-                Some(p) if p.as_os_str() == "new" => Some(Netns::New),
-                Some(p) if p.is_absolute() && !p.components().any(|c| matches!(c, std::path::Component::ParentDir)) => {
-                    Some(Netns::Path(p))
-                }
-                Some(p) => {
-                    problems.push(
-                        format!("{field}.netns"),
-                        format!("{:?} must be `new` or an absolute path without '..'", p.display().to_string()),
-                    );
-                    None
-                }
-            };
-            let id = egress_common::bottle_id(b.name.as_bytes());
-            if bottles.iter().any(|o| o.id == id && o.name != b.name) {
+            let bottle = Bottle::from_raw(b, &field, PathBase::Dir(&base), &mut problems);
+            if bottles.iter().any(|o| o.id == bottle.id && o.name != bottle.name) {
                 problems.push(format!("{field}.name"), "its id collides with another bottle's: rename it");
             }
-            // Paths in the supervise block are relative to this file, like routes.
-            let supervise = b.supervise.map(|mut s| {
-                s.queue_dir = s.queue_dir.map(|q| base.join(q));
-                s.db = s.db.map(|d| base.join(d));
-                s
-            });
-            bottles.push(Bottle {
-                id,
-                name: b.name,
-                cgroup: b.cgroup,
-                netns,
-                routes: b.routes.map(|r| base.join(r)),
-                credentials_file: b.credentials_file.map(|c| base.join(c)),
-                supervise,
-                mounts: b.mounts,
-            });
+            bottles.push(bottle);
         }
         if bottles.len() as u32 > egress_common::MAX_BOTTLES {
             problems.push("bottles", format!("at most {} bottles", egress_common::MAX_BOTTLES));
         }
         let state_dir = raw.state_dir.map(|p| base.join(p)).unwrap_or_else(|| DEFAULT_STATE_DIR.into());
-        for (field, path, what) in kept_from_bottles(&state_dir, &bottles) {
-            if let Some((bottle, mount)) = bottle_mount_holding(&bottles, &path) {
-                problems.push(
-                    field,
-                    format!(
-                        "{what} {} is inside bottle {bottle}'s mount {}: the bottle could reach it",
-                        path.display(),
-                        mount.display()
-                    ),
-                );
+        for g in guarded_paths(&state_dir, &bottles) {
+            if let Some((holder, mount)) = mount_holding(&bottles, &g.path) {
+                let field = match g.owner {
+                    None => "state_dir".to_string(),
+                    Some(i) => format!("bottles[{i}].supervise"),
+                };
+                problems.push(field, g.inside_message(&bottles[holder].name, mount));
             }
         }
 
@@ -327,29 +291,171 @@ impl Config {
     }
 }
 
-/// What must stay out of every bottle's reach: (field, path, what it is).
-fn kept_from_bottles(state_dir: &Path, bottles: &[Bottle]) -> Vec<(String, PathBuf, &'static str)> {
-    let mut out = vec![("state_dir".to_string(), state_dir.to_path_buf(), "the state directory (CA key)")];
+impl Bottle {
+    /// Validates one bottle entry: the same rules for gateway.yaml and the admin API.
+    /// Problems are pushed under `prefix` (`bottles[2]` gives `bottles[2].cgroup`; an
+    /// empty prefix gives `cgroup`). The bottle is returned even when a problem was
+    /// pushed, so the caller can go on checking the rest; `problems.finish` decides.
+    pub fn from_raw(b: RawBottle, prefix: &str, base: PathBase<'_>, problems: &mut Problems) -> Bottle {
+        let field = |name: &str| if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") };
+        if let Some(msg) = bottle_name_problem(&b.name) {
+            problems.push(field("name"), msg);
+        }
+        if b.cgroup.as_os_str().is_empty() || has_parent_dir(&b.cgroup) {
+            problems.push(field("cgroup"), "must be a non-empty path without '..'");
+        }
+        if let Some(s) = &b.supervise {
+            for msg in s.validate() {
+                problems.push(field("supervise"), msg);
+            }
+        }
+        for (j, m) in b.mounts.iter().enumerate() {
+            if !m.is_absolute() || has_parent_dir(m) {
+                problems.push(field(&format!("mounts[{j}]")), "must be an absolute path without '..'");
+            }
+        }
+        let netns = match b.netns {
+            None => None,
+            Some(p) if p.as_os_str() == "new" => Some(Netns::New),
+            Some(p) if p.is_absolute() && !has_parent_dir(&p) => Some(Netns::Path(p)),
+            Some(p) => {
+                problems.push(
+                    field("netns"),
+                    format!("{:?} must be `new` or an absolute path without '..'", p.display().to_string()),
+                );
+                None
+            }
+        };
+        let mut resolve = |name: &str, p: PathBuf| -> PathBuf {
+            match base {
+                PathBase::Dir(dir) => dir.join(p),
+                PathBase::AbsoluteOnly => {
+                    if !p.is_absolute() {
+                        problems.push(
+                            field(name),
+                            format!(
+                                "{:?} must be an absolute path (a request has no directory to be relative to)",
+                                p.display().to_string()
+                            ),
+                        );
+                    }
+                    p
+                }
+            }
+        };
+        let routes = b.routes.map(|r| resolve("routes", r));
+        let credentials_file = b.credentials_file.map(|c| resolve("credentials_file", c));
+        // Paths in the supervise block are relative to the file, like routes.
+        let supervise = b.supervise.map(|mut s| {
+            s.queue_dir = s.queue_dir.map(|q| resolve("supervise.queue_dir", q));
+            s.db = s.db.map(|d| resolve("supervise.db", d));
+            s
+        });
+        Bottle {
+            id: egress_common::bottle_id(b.name.as_bytes()),
+            name: b.name,
+            cgroup: b.cgroup,
+            netns,
+            routes,
+            credentials_file,
+            supervise,
+            mounts: b.mounts,
+        }
+    }
+}
+
+/// The reach checks for a bottle added to a running gateway: `new`'s mounts must not
+/// hold the state directory or another bottle's supervise store, and `new`'s store must
+/// not be inside any bottle's mounts (its own included). The same rules as
+/// `Config::parse`; fields are `new`'s own (`mounts[0]`, `supervise`).
+pub fn check_added_bottle(state_dir: &Path, existing: &[Bottle], new: &Bottle) -> Vec<Problem> {
+    let mut all = existing.to_vec();
+    all.push(new.clone());
+    let n = all.len() - 1;
+    let mut out = Vec::new();
+    for g in guarded_paths(state_dir, &all) {
+        if g.owner == Some(n) {
+            if let Some((holder, mount)) = mount_holding(&all, &g.path) {
+                out.push(Problem {
+                    field: "supervise".into(),
+                    position: None,
+                    message: g.inside_message(&all[holder].name, mount),
+                });
+            }
+        } else if let Some((_, mount)) = mount_holding(&all[n..], &g.path) {
+            let j = new.mounts.iter().position(|m| m == mount).unwrap_or(0);
+            let of = match g.owner {
+                Some(i) => format!(" of bottle {}", all[i].name),
+                None => String::new(),
+            };
+            out.push(Problem {
+                field: format!("mounts[{j}]"),
+                position: None,
+                message: format!(
+                    "{} holds {}{of} ({}): the bottle could reach it",
+                    mount.display(),
+                    g.what,
+                    g.path.display()
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// A path that must stay out of every bottle's reach.
+struct Guarded {
+    /// The bottle (index) whose supervise store it is; `None`: the state directory.
+    owner: Option<usize>,
+    path: PathBuf,
+    what: &'static str,
+}
+
+impl Guarded {
+    fn inside_message(&self, bottle: &str, mount: &Path) -> String {
+        format!(
+            "{} {} is inside bottle {bottle}'s mount {}: the bottle could reach it",
+            self.what,
+            self.path.display(),
+            mount.display()
+        )
+    }
+}
+
+/// The state directory and every bottle's supervise store.
+fn guarded_paths(state_dir: &Path, bottles: &[Bottle]) -> Vec<Guarded> {
+    let mut out = vec![Guarded { owner: None, path: state_dir.to_path_buf(), what: "the state directory (CA key)" }];
     for (i, b) in bottles.iter().enumerate() {
         if let Some(s) = &b.supervise {
             let (path, what) = match s.store_spec(state_dir) {
                 crate::supervise::StoreSpec::Queue(dir) => (dir, "the supervise queue directory"),
                 crate::supervise::StoreSpec::Sqlite(db) => (db, "the supervise database"),
             };
-            out.push((format!("bottles[{i}].supervise"), path, what));
+            out.push(Guarded { owner: Some(i), path, what });
         }
     }
     out
 }
 
-/// The bottle and mount whose tree holds `path` (or lies inside it), compared as written.
-fn bottle_mount_holding<'a>(bottles: &'a [Bottle], path: &Path) -> Option<(&'a str, &'a Path)> {
-    bottles.iter().find_map(|b| {
-        b.mounts.iter().find(|m| path.starts_with(m) || m.starts_with(path)).map(|m| (b.name.as_str(), m.as_path()))
+/// The bottle (index) and mount whose tree holds `path` (or lies inside it), compared
+/// as written.
+fn mount_holding<'a>(bottles: &'a [Bottle], path: &Path) -> Option<(usize, &'a Path)> {
+    bottles.iter().enumerate().find_map(|(i, b)| {
+        b.mounts.iter().find(|m| path.starts_with(m) || m.starts_with(path)).map(|m| (i, m.as_path()))
     })
 }
 
-fn is_bottle_name(name: &str) -> bool {
+fn has_parent_dir(p: &Path) -> bool {
+    p.components().any(|c| matches!(c, std::path::Component::ParentDir))
+}
+
+/// Why `name` is not a valid bottle name (the rule for gateway.yaml, the admin API and
+/// the CLI), or `None`.
+pub fn bottle_name_problem(name: &str) -> Option<String> {
+    (!is_bottle_name(name)).then(|| format!("{name:?} must be 1-64 characters of a-z, 0-9, '-', '_'"))
+}
+
+pub fn is_bottle_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
@@ -452,5 +558,92 @@ bottles:
         assert!(Config::parse(Path::new("/etc/eg/gateway.yaml"), ok).is_ok());
         let relative = "bottles:\n  - {name: a, cgroup: egress/a, mounts: [work]}\n";
         assert!(Config::parse(Path::new("g.yaml"), relative).unwrap_err().to_string().contains("mounts[0]"));
+    }
+
+    fn raw(name: &str) -> RawBottle {
+        RawBottle {
+            name: name.into(),
+            cgroup: "egress/x".into(),
+            netns: None,
+            routes: None,
+            credentials_file: None,
+            supervise: None,
+            mounts: vec![],
+        }
+    }
+
+    #[test]
+    fn from_raw_without_base_refuses_relative_paths_by_field() {
+        let mut p = Problems::new("<request>");
+        let b = RawBottle {
+            routes: Some("r.yaml".into()),
+            credentials_file: Some("creds".into()),
+            supervise: Some(SuperviseConfig { db: Some("s.db".into()), ..Default::default() }),
+            ..raw("a")
+        };
+        Bottle::from_raw(b, "", PathBase::AbsoluteOnly, &mut p);
+        let err = p.finish(()).unwrap_err();
+        let fields: Vec<_> = err.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["routes", "credentials_file", "supervise.db"]);
+        assert!(err.problems[0].message.contains("absolute"), "{err}");
+
+        let mut p = Problems::new("<request>");
+        let b = RawBottle { routes: Some("/etc/r.yaml".into()), netns: Some("new".into()), ..raw("a") };
+        let b = Bottle::from_raw(b, "", PathBase::AbsoluteOnly, &mut p);
+        p.finish(()).unwrap();
+        assert_eq!((b.routes.as_deref(), b.netns), (Some(Path::new("/etc/r.yaml")), Some(Netns::New)));
+        assert_eq!(b.id, egress_common::bottle_id(b"a"));
+    }
+
+    #[test]
+    fn from_raw_prefixes_fields() {
+        let mut p = Problems::new("g.yaml");
+        let b = RawBottle { cgroup: "../x".into(), netns: Some("rel/ns".into()), ..raw("Bad") };
+        Bottle::from_raw(b, "bottles[3]", PathBase::Dir(Path::new("/etc")), &mut p);
+        let fields: Vec<_> = p.finish(()).unwrap_err().problems.into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["bottles[3].name", "bottles[3].cgroup", "bottles[3].netns"]);
+    }
+
+    #[test]
+    fn added_bottle_reach_checks() {
+        let state = Path::new("/var/lib/eg");
+        let existing = Bottle::from_raw(
+            RawBottle {
+                supervise: Some(SuperviseConfig { queue_dir: Some("/srv/q".into()), ..Default::default() }),
+                mounts: vec!["/home/a".into()],
+                ..raw("a")
+            },
+            "",
+            PathBase::AbsoluteOnly,
+            &mut Problems::new("x"),
+        );
+        let new = |mounts: &[&str], db: Option<&str>| {
+            Bottle::from_raw(
+                RawBottle {
+                    mounts: mounts.iter().map(PathBuf::from).collect(),
+                    supervise: db.map(|d| SuperviseConfig { db: Some(d.into()), ..Default::default() }),
+                    ..raw("b")
+                },
+                "",
+                PathBase::AbsoluteOnly,
+                &mut Problems::new("x"),
+            )
+        };
+        assert!(check_added_bottle(state, std::slice::from_ref(&existing), &new(&["/home/b"], None)).is_empty());
+        let p = check_added_bottle(state, std::slice::from_ref(&existing), &new(&["/home/b", "/var"], None));
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].field, "mounts[1]");
+        assert!(p[0].message.contains("the state directory"), "{}", p[0].message);
+        let p = check_added_bottle(state, std::slice::from_ref(&existing), &new(&["/srv"], None));
+        assert_eq!(p[0].field, "mounts[0]");
+        assert!(p[0].message.contains("of bottle a"), "{}", p[0].message);
+        let p = check_added_bottle(state, std::slice::from_ref(&existing), &new(&[], Some("/home/a/s.db")));
+        assert_eq!(p[0].field, "supervise");
+        assert!(p[0].message.contains("inside bottle a's mount /home/a"), "{}", p[0].message);
+        let p = check_added_bottle(state, &[], &new(&["/w"], Some("/w/s.db")));
+        assert_eq!(p[0].field, "supervise");
+        // The default store is in the state directory.
+        let p = check_added_bottle(state, &[], &new(&["/var/lib"], Some("/x.db")));
+        assert_eq!(p[0].field, "mounts[0]");
     }
 }

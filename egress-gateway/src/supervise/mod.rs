@@ -40,7 +40,7 @@ pub const DEFAULT_DB: &str = "supervise.db";
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// A bottle's `supervise:` block in gateway.yaml.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SuperviseConfig {
     /// The seeds' queue directory.
