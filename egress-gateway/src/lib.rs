@@ -11,6 +11,7 @@ pub mod ca;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod dlp;
 pub mod dns;
 pub mod policy;
