@@ -18,34 +18,113 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{bpf, ca::CertificateAuthority, config, dns, policy, proxy, resolve::Resolver, telemetry};
+use crate::{
+    bpf, ca::CertificateAuthority, config, credentials::Credentials, dlp, dns, policy, proxy, resolve::Resolver,
+    telemetry,
+};
+
+/// What a bottle's requests are decided with, replaced as a whole on reload: a request
+/// takes one snapshot, so it never sees new routes with old credentials.
+pub struct BottleLive {
+    pub routes: Arc<policy::Routes>,
+    /// The bottle's `credentials_file` (empty without one).
+    pub credentials: Arc<Credentials>,
+    /// The shared rules with this bottle's known secrets (and its own clean cache).
+    pub dlp: Arc<dlp::Engine>,
+}
+
+impl BottleLive {
+    /// The value of a route's `token_env` for this bottle: its credentials file first,
+    /// then the gateway's environment. Never another bottle's file.
+    pub fn credential(&self, name: &str) -> Option<String> {
+        match self.credentials.get(name) {
+            Some(v) => Some(v.to_string()),
+            None => std::env::var(name).ok().filter(|v| !v.is_empty()),
+        }
+    }
+}
 
 /// A configured bottle and its live policy.
 pub struct BottleState {
     pub config: config::Bottle,
-    routes: ArcSwap<policy::Routes>,
+    live: ArcSwap<BottleLive>,
+    /// The gateway-wide engine each of this bottle's engines is derived from.
+    base_dlp: Arc<dlp::Engine>,
     /// Holds supervised requests; `None` when the bottle has no `supervise:` block.
     pub supervisor: Option<Arc<crate::supervise::Supervisor>>,
 }
 
 impl BottleState {
-    pub fn routes(&self) -> arc_swap::Guard<Arc<policy::Routes>> {
-        self.routes.load()
+    /// Everything a bottle needs, checked: routes, credentials file, known secrets,
+    /// supervise store. Nothing is attached or served yet.
+    pub fn build(
+        config: &config::Config,
+        bottle: &config::Bottle,
+        base_dlp: &Arc<dlp::Engine>,
+    ) -> anyhow::Result<Self> {
+        let live = Self::load_live(bottle, base_dlp).with_context(|| format!("bottle {}", bottle.name))?;
+        let supervisor = match &bottle.supervise {
+            Some(s) => {
+                let sup = crate::supervise::Supervisor::from_config(&bottle.name, s, &config.state_dir)
+                    .with_context(|| format!("bottle {}: supervise", bottle.name))?;
+                Some(Arc::new(sup))
+            }
+            None => None,
+        };
+        Ok(BottleState {
+            config: bottle.clone(),
+            live: ArcSwap::from_pointee(live),
+            base_dlp: base_dlp.clone(),
+            supervisor,
+        })
     }
 
-    /// Loads the bottle's routes file (none: deny everything).
-    fn load_routes(bottle: &config::Bottle) -> Result<policy::Routes, config::ConfigError> {
-        match &bottle.routes {
-            Some(path) => policy::Routes::load(path),
-            None => Ok(policy::Routes::deny_all()),
+    /// One consistent view of the bottle's policy, credentials and DLP engine.
+    pub fn live(&self) -> Arc<BottleLive> {
+        self.live.load_full()
+    }
+
+    pub fn routes(&self) -> Arc<policy::Routes> {
+        self.live.load().routes.clone()
+    }
+
+    /// The bottle's DLP engine: the gateway's rules with the bottle's known secrets.
+    pub fn dlp(&self) -> Arc<dlp::Engine> {
+        self.live.load().dlp.clone()
+    }
+
+    /// Routes (none: deny everything), credentials, and the engine that knows them.
+    fn load_live(bottle: &config::Bottle, base_dlp: &dlp::Engine) -> anyhow::Result<BottleLive> {
+        let routes = match &bottle.routes {
+            Some(path) => policy::Routes::load(path)?,
+            None => policy::Routes::deny_all(),
+        };
+        let credentials = match &bottle.credentials_file {
+            Some(path) => Credentials::load(path)?,
+            None => Credentials::empty(),
+        };
+        // Known secrets: every value of the file (injected or not), and the gateway
+        // environment's value of each `token_env` these routes name, on top of the
+        // gateway-wide ones.
+        let mut own: Vec<(String, String)> =
+            credentials.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
+        for route in routes.routes() {
+            if let Some(auth) = &route.auth
+                && let Ok(value) = std::env::var(&auth.token_env)
+            {
+                own.push((auth.token_env.clone(), value));
+            }
         }
+        let dlp = base_dlp.with_known_secrets(base_dlp.known_secrets().extended(own));
+        Ok(BottleLive { routes: Arc::new(routes), credentials: Arc::new(credentials), dlp: Arc::new(dlp) })
     }
 
-    /// Re-reads the routes file; on error the current policy stays and the error is
-    /// returned for the log.
-    pub fn reload(&self) -> Result<(), config::ConfigError> {
-        let routes = Self::load_routes(&self.config)?;
-        self.routes.store(Arc::new(routes));
+    /// Re-reads the routes and credentials files and rebuilds the known secrets, then
+    /// swaps them in together; on any error nothing changes and the error (which names
+    /// files and lines, never a value) is returned for the log.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let live = Self::load_live(&self.config, &self.base_dlp)?;
+        self.live.store(Arc::new(live));
         Ok(())
     }
 }
@@ -82,30 +161,26 @@ pub fn run(config: config::Config, config_path: Option<PathBuf>) -> anyhow::Resu
 }
 
 async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    // Policy first: a bad routes file stops the start before anything is attached.
+    // Policy first: a bad routes or credentials file stops the start before anything is
+    // attached.
+    let dlp = Arc::new(build_dlp(&config.dlp)?);
+    tracing::info!(known_secrets = dlp.known_secrets().len(), "dlp engine ready");
     let mut bottles = HashMap::new();
     for b in &config.bottles {
-        let routes = BottleState::load_routes(b)?;
-        let supervisor = match &b.supervise {
-            Some(s) => {
-                let sup = crate::supervise::Supervisor::from_config(&b.name, s, &config.state_dir)
-                    .with_context(|| format!("bottle {}: supervise", b.name))?;
-                Some(Arc::new(sup))
-            }
-            None => None,
-        };
-        bottles.insert(
-            b.id,
-            Arc::new(BottleState { config: b.clone(), routes: ArcSwap::from_pointee(routes), supervisor }),
+        let state = BottleState::build(&config, b, &dlp)?;
+        tracing::info!(
+            bottle = %b.name,
+            credentials = state.live().credentials.len(),
+            known_secrets = state.dlp().known_secrets().len(),
+            "bottle ready"
         );
+        bottles.insert(b.id, Arc::new(state));
     }
 
     let resolver = Resolver::new(config.hosts.clone());
     let ca = CertificateAuthority::load_or_create(&config.state_dir).context("loading the interception CA")?;
     let upstream = proxy::upstream::Upstream::new(resolver.clone(), &config.upstream_ca_files)
         .context("building the upstream TLS client")?;
-    let dlp = Arc::new(build_dlp(&config.dlp, &bottles)?);
-    tracing::info!(known_secrets = dlp.known_secrets().len(), "dlp engine ready");
     let proxy = Arc::new(proxy::ProxyContext { resolver: resolver.clone(), dlp, ca: Arc::new(ca), upstream });
 
     // Listeners before programs: once a bottle is attached, its connections must find them.
@@ -160,14 +235,12 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     Ok(())
 }
 
-/// The DLP engine: built-in rules plus the configured rules file, and as known secrets
-/// every `EGRESS_TOKEN_*` variable, every variable named by a route's `token_env`, and
-/// every variable whose name starts with a prefix in `dlp.sensitive_prefixes` or in
-/// `BOT_BOTTLE_SENSITIVE_PREFIXES` (comma-separated), bot-bottle's knob.
-fn build_dlp(
-    config: &config::DlpConfig,
-    bottles: &HashMap<u32, Arc<BottleState>>,
-) -> anyhow::Result<crate::dlp::Engine> {
+/// The gateway-wide DLP engine: built-in rules plus the configured rules file, and as
+/// known secrets every `EGRESS_TOKEN_*` variable and every variable whose name starts
+/// with a prefix in `dlp.sensitive_prefixes` or in `BOT_BOTTLE_SENSITIVE_PREFIXES`
+/// (comma-separated), bot-bottle's knob. Each bottle's engine adds its own secrets to
+/// these (`BottleState::build`).
+fn build_dlp(config: &config::DlpConfig) -> anyhow::Result<dlp::Engine> {
     let mut prefixes: Vec<String> = std::env::var("BOT_BOTTLE_SENSITIVE_PREFIXES")
         .unwrap_or_default()
         .split(',')
@@ -175,31 +248,24 @@ fn build_dlp(
         .filter(|p| !p.is_empty())
         .collect();
     prefixes.extend(config.sensitive_prefixes.iter().cloned());
-    for b in bottles.values() {
-        for route in b.routes().routes() {
-            if let Some(auth) = &route.auth {
-                prefixes.push(auth.token_env.clone());
-            }
-        }
-    }
-    let partial = config.partial_min_len.unwrap_or(crate::dlp::known::DEFAULT_PARTIAL_MIN_LEN);
-    let known = crate::dlp::KnownSecrets::from_env(std::env::vars(), &prefixes, partial);
+    let partial = config.partial_min_len.unwrap_or(dlp::known::DEFAULT_PARTIAL_MIN_LEN);
+    let known = dlp::KnownSecrets::from_env(std::env::vars(), &prefixes, partial);
     let rules = match &config.rules {
-        Some(path) => crate::dlp::cli::load_rules(path)?,
+        Some(path) => dlp::cli::load_rules(path)?,
         None => Vec::new(),
     };
     tracing::info!(user_rules = rules.len(), "dlp rules loaded");
-    crate::dlp::Engine::new(known, rules).context("building the DLP engine")
+    dlp::Engine::new(known, rules).context("building the DLP engine")
 }
 
 fn reload(gw: &Gateway) {
     for b in gw.bottles() {
         match b.reload() {
-            Ok(()) => tracing::info!(bottle = %b.config.name, "routes reloaded"),
+            Ok(()) => tracing::info!(bottle = %b.config.name, "routes and credentials reloaded"),
             Err(e) => tracing::error!(
                 bottle = %b.config.name,
-                error = %e,
-                "routes reload failed; keeping the previous policy"
+                error = %format!("{e:#}"),
+                "reload failed; keeping the previous routes and credentials"
             ),
         }
     }
