@@ -346,14 +346,14 @@ fn sighup_applies_a_valid_routes_file_and_keeps_the_old_policy_on_a_broken_one()
     // Rewritten in place (same inode), as bind-mounted routes files are.
     env.write_routes("tcp:\n  - upstream.test:not-a-port\n");
     env.signal_gateway(egress_e2e::SIGHUP);
-    env.wait_for_log("routes reload failed; keeping the previous policy");
+    env.wait_for_log("reload failed; keeping the previous routes and credentials");
     assert!(env.gateway_log().contains("tcp[0]"), "the reload error names the field");
     assert!(curl(&env, &a), "old policy lost after a broken reload");
     assert!(!curl(&env, &b));
 
     env.write_routes(&format!("tcp:\n  - upstream.test:{}\n", b.port()));
     env.signal_gateway(egress_e2e::SIGHUP);
-    env.wait_for_log("\"message\":\"routes reloaded\"");
+    env.wait_for_log("\"message\":\"routes and credentials reloaded\"");
     assert!(curl(&env, &b), "new policy not applied");
     assert!(!curl(&env, &a), "old policy still applied");
 }

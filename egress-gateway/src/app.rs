@@ -19,24 +19,63 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{bpf, ca::CertificateAuthority, config, dns, netns, policy, proxy, resolve::Resolver, telemetry};
+use crate::{
+    admin::{self, BottleSource, ControlError},
+    bpf,
+    ca::CertificateAuthority,
+    config,
+    credentials::Credentials,
+    dlp, dns, netns, policy, proxy,
+    resolve::Resolver,
+    telemetry,
+};
+
+/// What a bottle's requests are decided with, replaced as a whole on reload: a request
+/// takes one snapshot, so it never sees new routes with old credentials.
+pub struct BottleLive {
+    pub routes: Arc<policy::Routes>,
+    /// The bottle's `credentials_file` (empty without one).
+    pub credentials: Arc<Credentials>,
+    /// The shared rules with this bottle's known secrets (and its own clean cache).
+    pub dlp: Arc<dlp::Engine>,
+}
+
+impl BottleLive {
+    /// The value of a route's `token_env` for this bottle: its credentials file first,
+    /// then the gateway's environment. Never another bottle's file.
+    pub fn credential(&self, name: &str) -> Option<String> {
+        match self.credentials.get(name) {
+            Some(v) => Some(v.to_string()),
+            None => std::env::var(name).ok().filter(|v| !v.is_empty()),
+        }
+    }
+}
 
 /// A configured bottle and its live policy.
 pub struct BottleState {
     pub config: config::Bottle,
-    routes: ArcSwap<policy::Routes>,
+    live: ArcSwap<BottleLive>,
+    /// The gateway-wide engine each of this bottle's engines is derived from.
+    base_dlp: Arc<dlp::Engine>,
+    /// Routes given inline when the bottle was attached at run time (it has no routes
+    /// file): a reload keeps them.
+    inline_routes: Option<Arc<policy::Routes>>,
     /// Holds supervised requests; `None` when the bottle has no `supervise:` block.
     pub supervisor: Option<Arc<crate::supervise::Supervisor>>,
 }
 
 impl BottleState {
-    pub fn routes(&self) -> arc_swap::Guard<Arc<policy::Routes>> {
-        self.routes.load()
-    }
-
-    /// The bottle's live state: its routes and its supervisor.
-    pub fn build(bottle: &config::Bottle, config: &config::Config) -> anyhow::Result<BottleState> {
-        let routes = Self::load_routes(bottle)?;
+    /// Everything a bottle needs, checked: routes, credentials file, known secrets,
+    /// supervise store. Nothing is attached or served yet.
+    pub fn build(
+        config: &config::Config,
+        bottle: &config::Bottle,
+        base_dlp: &Arc<dlp::Engine>,
+        inline_routes: Option<policy::Routes>,
+    ) -> anyhow::Result<Self> {
+        let inline_routes = inline_routes.map(Arc::new);
+        let live = Self::load_live(bottle, inline_routes.as_ref(), base_dlp)
+            .with_context(|| format!("bottle {}", bottle.name))?;
         let supervisor = match &bottle.supervise {
             Some(s) => {
                 let sup = crate::supervise::Supervisor::from_config(&bottle.name, s, &config.state_dir)
@@ -45,22 +84,72 @@ impl BottleState {
             }
             None => None,
         };
-        Ok(BottleState { config: bottle.clone(), routes: ArcSwap::from_pointee(routes), supervisor })
+        Ok(BottleState {
+            config: bottle.clone(),
+            live: ArcSwap::from_pointee(live),
+            base_dlp: base_dlp.clone(),
+            inline_routes,
+            supervisor,
+        })
     }
 
-    /// Loads the bottle's routes file (none: deny everything).
-    fn load_routes(bottle: &config::Bottle) -> Result<policy::Routes, config::ConfigError> {
-        match &bottle.routes {
-            Some(path) => policy::Routes::load(path),
-            None => Ok(policy::Routes::deny_all()),
+    /// One consistent view of the bottle's policy, credentials and DLP engine.
+    pub fn live(&self) -> Arc<BottleLive> {
+        self.live.load_full()
+    }
+
+    pub fn routes(&self) -> Arc<policy::Routes> {
+        self.live.load().routes.clone()
+    }
+
+    /// The bottle's DLP engine: the gateway's rules with the bottle's known secrets.
+    pub fn dlp(&self) -> Arc<dlp::Engine> {
+        self.live.load().dlp.clone()
+    }
+
+    /// Whether the routes came inline with a run-time attach.
+    pub fn has_inline_routes(&self) -> bool {
+        self.inline_routes.is_some()
+    }
+
+    /// Routes (inline, a file, or none: deny everything), credentials, and the engine
+    /// that knows them.
+    fn load_live(
+        bottle: &config::Bottle,
+        inline_routes: Option<&Arc<policy::Routes>>,
+        base_dlp: &dlp::Engine,
+    ) -> anyhow::Result<BottleLive> {
+        let routes = match (inline_routes, &bottle.routes) {
+            (Some(inline), _) => inline.clone(),
+            (None, Some(path)) => Arc::new(policy::Routes::load(path)?),
+            (None, None) => Arc::new(policy::Routes::deny_all()),
+        };
+        let credentials = match &bottle.credentials_file {
+            Some(path) => Credentials::load(path)?,
+            None => Credentials::empty(),
+        };
+        // Known secrets: every value of the file (injected or not), and the gateway
+        // environment's value of each `token_env` these routes name, on top of the
+        // gateway-wide ones.
+        let mut own: Vec<(String, String)> =
+            credentials.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
+        for route in routes.routes() {
+            if let Some(auth) = &route.auth
+                && let Ok(value) = std::env::var(&auth.token_env)
+            {
+                own.push((auth.token_env.clone(), value));
+            }
         }
+        let dlp = base_dlp.with_known_secrets(base_dlp.known_secrets().extended(own));
+        Ok(BottleLive { routes, credentials: Arc::new(credentials), dlp: Arc::new(dlp) })
     }
 
-    /// Re-reads the routes file; on error the current policy stays and the error is
-    /// returned for the log.
-    pub fn reload(&self) -> Result<(), config::ConfigError> {
-        let routes = Self::load_routes(&self.config)?;
-        self.routes.store(Arc::new(routes));
+    /// Re-reads the routes and credentials files and rebuilds the known secrets, then
+    /// swaps them in together; on any error nothing changes and the error (which names
+    /// files and lines, never a value) is returned for the log.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let live = Self::load_live(&self.config, self.inline_routes.as_ref(), &self.base_dlp)?;
+        self.live.store(Arc::new(live));
         Ok(())
     }
 }
@@ -76,13 +165,19 @@ pub struct Gateway {
     bottles: ArcSwap<HashMap<u32, Arc<Served>>>,
     /// Serialises attach and detach (each is several kernel and file-system steps).
     changes: tokio::sync::Mutex<()>,
+    /// Bottles attached at run time, kept for the next start.
+    runtime: crate::control::RuntimeStore,
+    /// This gateway, for the listener tasks a run-time attach spawns.
+    me: std::sync::Weak<Gateway>,
     next_conn_id: AtomicU64,
 }
 
-/// A bottle being served: its policy, and the listener tasks opened in its network
-/// namespace (none for a bottle in the gateway's namespace: it uses the shared ones).
+/// A bottle being served: its policy, where it came from, and the listener tasks opened
+/// in its network namespace (none for a bottle in the gateway's namespace: it uses the
+/// shared ones).
 pub struct Served {
     pub state: Arc<BottleState>,
+    pub source: BottleSource,
     listeners: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -118,25 +213,30 @@ impl Gateway {
         }
     }
 
-    pub fn bottles(&self) -> Vec<Arc<BottleState>> {
-        let mut all: Vec<_> = self.bottles.load().values().map(|s| s.state.clone()).collect();
-        all.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+    /// Every bottle served, by name.
+    pub fn served(&self) -> Vec<Arc<Served>> {
+        let mut all: Vec<_> = self.bottles.load().values().cloned().collect();
+        all.sort_by(|a, b| a.state.config.name.cmp(&b.state.config.name));
         all
+    }
+
+    pub fn bottles(&self) -> Vec<Arc<BottleState>> {
+        self.served().into_iter().map(|s| s.state.clone()).collect()
     }
 
     fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Starts serving `bottle`: its policy is loaded first (a bad routes file attaches
-    /// nothing), then its namespace and in-namespace listeners, then its programs, so a
-    /// redirected socket always finds a listener.
-    pub async fn attach(self: &Arc<Self>, bottle: config::Bottle) -> anyhow::Result<Arc<BottleState>> {
-        let _change = self.changes.lock().await;
-        if self.bottles.load().values().any(|s| s.state.config.name == bottle.name) {
-            anyhow::bail!("bottle {} is already attached", bottle.name);
-        }
-        let state = Arc::new(BottleState::build(&bottle, &self.config)?);
+    fn arc(&self) -> Arc<Gateway> {
+        self.me.upgrade().expect("the gateway outlives its own tasks")
+    }
+
+    /// Starts serving a bottle whose state is built: its namespace and in-namespace
+    /// listeners first, then its programs, so a redirected socket always finds a
+    /// listener. The caller holds `changes`.
+    async fn serve_bottle(&self, state: Arc<BottleState>, source: BottleSource) -> anyhow::Result<()> {
+        let bottle = state.config.clone();
         let mut listeners = Vec::new();
         if let Some(path) = netns::ensure(&bottle)? {
             let (tcp_addr, dns_addr) = netns::listen_addrs(&self.config, &bottle);
@@ -146,26 +246,74 @@ impl Gateway {
             let tcp = TcpListener::from_std(ns.tcp)?;
             let udp = UdpSocket::from_std(ns.udp)?;
             let scope = ListenerScope::Bottle(bottle.id);
-            listeners.push(tokio::spawn(accept_loop(tcp, cookie, scope, self.clone())));
-            listeners.push(tokio::spawn(dns::serve(udp, scope, self.clone())));
+            listeners.push(tokio::spawn(accept_loop(tcp, cookie, scope, self.arc())));
+            listeners.push(tokio::spawn(dns::serve(udp, scope, self.arc())));
         }
+        // If attaching fails, dropping `served` stops its listeners.
+        let served = Arc::new(Served { state, source, listeners });
         let config = self.config.clone();
         let b = bottle.clone();
         tokio::task::spawn_blocking(move || bpf::attach_bottle(&config, &b))
             .await?
             .with_context(|| format!("attaching bottle {}", bottle.name))?;
-        let served = Arc::new(Served { state: state.clone(), listeners });
         let mut next = HashMap::clone(&self.bottles.load());
         next.insert(bottle.id, served);
         self.bottles.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// A run-time attach (admin API): checked against the bottles served, built, served,
+    /// then kept for the next start. On any error nothing stays attached or kept.
+    pub async fn attach_runtime(
+        &self,
+        bottle: config::Bottle,
+        spec: admin::AttachSpec,
+    ) -> Result<Arc<BottleState>, ControlError> {
+        let _change = self.changes.lock().await;
+        let existing: Vec<config::Bottle> = self.bottles().iter().map(|b| b.config.clone()).collect();
+        admin::check_attach(&self.config.state_dir, &existing, &bottle)?;
+        let inline = spec.inline_routes.map(|i| i.routes);
+        let state = Arc::new(
+            BottleState::build(&self.config, &bottle, &self.proxy.dlp, inline)
+                .map_err(|e| ControlError::Invalid { message: format!("{e:#}"), problems: Vec::new() })?,
+        );
+        self.serve_bottle(state.clone(), BottleSource::Runtime).await?;
+        if let Err(e) = self.runtime.save(&bottle.name, &spec.record) {
+            // Not kept means not attached again after a restart: undo, and say why.
+            let _ = self.stop_serving(&bottle.name, true).await;
+            return Err(ControlError::Internal(e.context("keeping the bottle for the next start")));
+        }
         Ok(state)
     }
 
-    /// Stops serving a bottle and removes its programs (refused while processes live
-    /// unless `force`: they would get direct egress). A namespace the gateway created goes
-    /// too.
-    pub async fn detach(&self, name: &str, force: bool) -> anyhow::Result<()> {
+    /// A run-time detach (admin API): refused while processes live unless `force`.
+    /// A bottle from gateway.yaml is detached until the next start.
+    pub async fn detach_runtime(&self, name: &str, force: bool) -> Result<(), ControlError> {
         let _change = self.changes.lock().await;
+        let served = self.served().into_iter().find(|s| s.state.config.name == name);
+        let Some(served) = served else { return Err(ControlError::NotFound(name.to_string())) };
+        if !force {
+            let dir = crate::cgroup::bottle_path(&self.config, &served.state.config)?;
+            let live = crate::cgroup::processes(&dir);
+            if !live.is_empty() {
+                return Err(ControlError::Conflict(format!(
+                    "bottle {name} still has {} process(es) in {}: detaching would give them direct egress; stop \
+                     them first or pass force=true",
+                    live.len(),
+                    dir.display()
+                )));
+            }
+        }
+        self.stop_serving(name, force).await?;
+        if served.source == BottleSource::Runtime {
+            self.runtime.remove(name)?;
+        }
+        Ok(())
+    }
+
+    /// Stops serving a bottle and removes its programs; a namespace the gateway created
+    /// goes too. The caller holds `changes`.
+    async fn stop_serving(&self, name: &str, force: bool) -> anyhow::Result<()> {
         let current = self.bottles.load_full();
         let Some((&id, served)) = current.iter().find(|(_, s)| s.state.config.name == name) else {
             anyhow::bail!("no bottle named {name:?} is attached");
@@ -183,6 +331,26 @@ impl Gateway {
         tracing::info!(bottle = %name, "bottle detached");
         Ok(())
     }
+
+    /// Reloads every bottle (SIGHUP, `POST /v1/reload`): each swaps its routes,
+    /// credentials and known secrets together, or keeps them all.
+    pub fn reload_all(&self) -> Vec<(String, Result<(), String>)> {
+        self.bottles()
+            .iter()
+            .map(|b| {
+                let result = b.reload().map_err(|e| format!("{e:#}"));
+                match &result {
+                    Ok(()) => tracing::info!(bottle = %b.config.name, "routes and credentials reloaded"),
+                    Err(e) => tracing::error!(
+                        bottle = %b.config.name,
+                        error = %e,
+                        "reload failed; keeping the previous routes and credentials"
+                    ),
+                }
+                (b.config.name.clone(), result)
+            })
+            .collect()
+    }
 }
 
 pub fn run(config: config::Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
@@ -193,19 +361,30 @@ pub fn run(config: config::Config, config_path: Option<PathBuf>) -> anyhow::Resu
 }
 
 async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    // Policy first: a bad routes file stops the start before anything is attached.
+    // Policy first: a bad routes or credentials file stops the start before anything is
+    // attached.
+    let dlp = Arc::new(build_dlp(&config.dlp)?);
+    tracing::info!(known_secrets = dlp.known_secrets().len(), "dlp engine ready");
+    let mut states = Vec::new();
     for b in &config.bottles {
-        BottleState::load_routes(b)?;
+        let state = BottleState::build(&config, b, &dlp, None)?;
+        tracing::info!(
+            bottle = %b.name,
+            credentials = state.live().credentials.len(),
+            known_secrets = state.dlp().known_secrets().len(),
+            "bottle ready"
+        );
+        states.push(Arc::new(state));
     }
 
     let resolver = Resolver::new(config.hosts.clone());
     let ca = CertificateAuthority::load_or_create(&config.state_dir).context("loading the interception CA")?;
     let upstream = proxy::upstream::Upstream::new(resolver.clone(), &config.upstream_ca_files)
         .context("building the upstream TLS client")?;
-    let dlp = Arc::new(build_dlp(&config)?);
-    tracing::info!(known_secrets = dlp.known_secrets().len(), "dlp engine ready");
     let proxy = Arc::new(proxy::ProxyContext { resolver: resolver.clone(), dlp, ca: Arc::new(ca), upstream });
 
+    // The admin socket first: if another gateway runs, stop before touching anything.
+    let admin = admin::AdminListener::bind(&config.admin_socket).context("opening the admin socket")?;
     // Listeners before programs: once a bottle is attached, its connections must find them.
     let tcp = TcpListener::bind(config.listen)
         .await
@@ -221,35 +400,63 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let layout = bpf::PinLayout::new(&config);
     let maps = bpf::KernelMaps::open(&layout.maps_dir())?;
 
-    let gw = Arc::new(Gateway {
+    let gw = Arc::new_cyclic(|me| Gateway {
         resolver,
+        runtime: crate::control::RuntimeStore::new(&config.state_dir),
         config: config.clone(),
         maps,
         proxy,
         bottles: ArcSwap::from_pointee(HashMap::new()),
         changes: tokio::sync::Mutex::new(()),
+        me: me.clone(),
         next_conn_id: AtomicU64::new(1),
     });
     tokio::spawn(dns::serve(udp, ListenerScope::Shared, gw.clone()));
     tokio::spawn(accept_loop(tcp, shared_cookie, ListenerScope::Shared, gw.clone()));
 
-    for b in &config.bottles {
-        gw.attach(b.clone()).await?;
+    {
+        let _change = gw.changes.lock().await;
+        for state in states {
+            gw.serve_bottle(state, BottleSource::Config).await?;
+        }
     }
+    // Bottles attached at run time before the restart are attached again. One that no
+    // longer validates stays pinned (refused) and is reported.
+    for kept in gw.runtime.load_all() {
+        let result = match kept {
+            Ok((bottle, spec)) => {
+                let name = bottle.name.clone();
+                gw.attach_runtime(bottle, spec).await.map(|_| ()).map_err(|e| format!("bottle {name}: {e}"))
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::error!(
+                error = %e,
+                "a bottle attached at run time could not be attached again; its connections are refused"
+            );
+        }
+    }
+    let served: Vec<String> = gw.bottles().iter().map(|b| b.config.name.clone()).collect();
     for stale in layout.pinned_bottles() {
-        if config.bottle(&stale).is_none() {
+        if !served.contains(&stale) {
             tracing::warn!(
                 bottle = %stale,
-                "pinned bottle is not in the configuration: its connections are refused; \
-                 `egress-gateway detach` removes it"
+                "pinned bottle is not served: its connections are refused; `egress-gateway detach` removes it"
             );
         }
     }
 
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn(admin.serve(gw.clone(), async move {
+        let _ = admin_stopped.await;
+    }));
+
     tracing::info!(
         listen = %gw.config.listen,
         dns_listen = %gw.config.dns_listen,
-        bottles = gw.config.bottles.len(),
+        admin_socket = %gw.config.admin_socket.display(),
+        bottles = served.len(),
         config = %config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded default>".into()),
         "ready"
     );
@@ -259,21 +466,23 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&gw),
+            _ = hup.recv() => { gw.reload_all(); }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    let _ = stop_admin.send(());
+    let _ = admin_task.await;
     tracing::info!("stopping; bottles stay attached and are refused until the gateway is back");
     Ok(())
 }
 
-/// The DLP engine: built-in rules plus the configured rules file, and as known secrets
-/// every `EGRESS_TOKEN_*` variable, every variable named by a route's `token_env`, and
-/// every variable whose name starts with a prefix in `dlp.sensitive_prefixes` or in
-/// `BOT_BOTTLE_SENSITIVE_PREFIXES` (comma-separated), bot-bottle's knob.
-fn build_dlp(gateway: &config::Config) -> anyhow::Result<crate::dlp::Engine> {
-    let config = &gateway.dlp;
+/// The gateway-wide DLP engine: built-in rules plus the configured rules file, and as
+/// known secrets every `EGRESS_TOKEN_*` variable and every variable whose name starts
+/// with a prefix in `dlp.sensitive_prefixes` or in `BOT_BOTTLE_SENSITIVE_PREFIXES`
+/// (comma-separated), bot-bottle's knob. Each bottle's engine adds its own secrets to
+/// these (`BottleState::build`).
+fn build_dlp(config: &config::DlpConfig) -> anyhow::Result<dlp::Engine> {
     let mut prefixes: Vec<String> = std::env::var("BOT_BOTTLE_SENSITIVE_PREFIXES")
         .unwrap_or_default()
         .split(',')
@@ -281,34 +490,14 @@ fn build_dlp(gateway: &config::Config) -> anyhow::Result<crate::dlp::Engine> {
         .filter(|p| !p.is_empty())
         .collect();
     prefixes.extend(config.sensitive_prefixes.iter().cloned());
-    for b in &gateway.bottles {
-        for route in BottleState::load_routes(b)?.routes() {
-            if let Some(auth) = &route.auth {
-                prefixes.push(auth.token_env.clone());
-            }
-        }
-    }
-    let partial = config.partial_min_len.unwrap_or(crate::dlp::known::DEFAULT_PARTIAL_MIN_LEN);
-    let known = crate::dlp::KnownSecrets::from_env(std::env::vars(), &prefixes, partial);
+    let partial = config.partial_min_len.unwrap_or(dlp::known::DEFAULT_PARTIAL_MIN_LEN);
+    let known = dlp::KnownSecrets::from_env(std::env::vars(), &prefixes, partial);
     let rules = match &config.rules {
-        Some(path) => crate::dlp::cli::load_rules(path)?,
+        Some(path) => dlp::cli::load_rules(path)?,
         None => Vec::new(),
     };
     tracing::info!(user_rules = rules.len(), "dlp rules loaded");
-    crate::dlp::Engine::new(known, rules).context("building the DLP engine")
-}
-
-fn reload(gw: &Gateway) {
-    for b in gw.bottles() {
-        match b.reload() {
-            Ok(()) => tracing::info!(bottle = %b.config.name, "routes reloaded"),
-            Err(e) => tracing::error!(
-                bottle = %b.config.name,
-                error = %e,
-                "routes reload failed; keeping the previous policy"
-            ),
-        }
-    }
+    dlp::Engine::new(known, rules).context("building the DLP engine")
 }
 
 /// Accepts redirected connections on one listener. `netns` is the cookie of the

@@ -129,12 +129,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Every routes file too; report all broken ones, not just the first.
             let mut failed = false;
             for b in &config.bottles {
-                let Some(path) = &b.routes else { continue };
-                match crate::policy::Routes::load(path) {
-                    Ok(_) => println!("routes: {}: ok", path.display()),
-                    Err(e) => {
-                        eprintln!("egress-gateway: error: {e}");
-                        failed = true;
+                if let Some(path) = &b.routes {
+                    match crate::policy::Routes::load(path) {
+                        Ok(_) => println!("routes: {}: ok", path.display()),
+                        Err(e) => {
+                            eprintln!("egress-gateway: error: {e}");
+                            failed = true;
+                        }
+                    }
+                }
+                // Checked as `run` checks it, with this process's user as the gateway's.
+                if let Some(path) = &b.credentials_file {
+                    match crate::credentials::Credentials::load(path) {
+                        Ok(c) => println!("credentials: {}: ok, {} values", path.display(), c.len()),
+                        Err(e) => {
+                            eprintln!("egress-gateway: error: bottle {}: {e}", b.name);
+                            failed = true;
+                        }
                     }
                 }
             }

@@ -45,7 +45,7 @@ async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &Gate
         Err(wire::ParseError::Malformed) => return wire::error_reply(packet, wire::Rcode::FormErr),
     };
     // A namespaced bottle's listener is its own; the shared one asks the map which bottle
-    // sent from this port.
+    // sent from this address and port.
     let recorded = match scope {
         ListenerScope::Shared => gw.maps.dns_client_bottle(peer),
         ListenerScope::Bottle(_) => None,
@@ -55,7 +55,12 @@ async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &Gate
         _ => gw.bottle_for(scope, recorded),
     };
     let Some(bottle) = bottle else {
-        let name = crate::dlp::hostname::loggable(&gw.proxy.dlp, &query.name);
+        // No bottle to scope it to: withheld if it may carry any bottle's secret.
+        let mut name = crate::dlp::hostname::loggable(&gw.proxy.dlp, &query.name);
+        if name == query.name && gw.bottles().iter().any(|b| crate::dlp::hostname::carries_data(&b.dlp(), &query.name))
+        {
+            name = format!("(withheld: {} characters that may carry data)", query.name.len());
+        }
         tracing::warn!(client = %peer, name = %name, "dns query from an unknown client refused");
         return Some(wire::reply(&query, wire::Rcode::Refused, &[]));
     };
@@ -64,13 +69,15 @@ async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &Gate
         let addrs: &[IpAddr] = if query.qtype == wire::QTYPE_A { &[INTROSPECTION_ADDR] } else { &[] };
         return Some(wire::reply(&query, wire::Rcode::NoError, addrs));
     }
-    let allowed = bottle.routes().dns_name_allowed(&query.name);
+    // One snapshot: the names this bottle may resolve, and the secrets it knows.
+    let live = bottle.live();
+    let allowed = live.routes.dns_name_allowed(&query.name);
     if !allowed {
-        let name = crate::dlp::hostname::loggable(&gw.proxy.dlp, &query.name);
+        let name = crate::dlp::hostname::loggable(&live.dlp, &query.name);
         tracing::info!(bottle = %bottle.config.name, name = %name, decision = "nxdomain", "dns query denied");
         return Some(wire::reply(&query, wire::Rcode::NxDomain, &[]));
     }
-    if crate::dlp::hostname::carries_data(&gw.proxy.dlp, &query.name) {
+    if crate::dlp::hostname::carries_data(&live.dlp, &query.name) {
         // The name is not logged: its labels may be the data being smuggled out.
         tracing::warn!(
             bottle = %bottle.config.name,

@@ -12,6 +12,8 @@ pub mod ca;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod credentials;
 pub mod dlp;
 pub mod dns;
 pub mod exec;

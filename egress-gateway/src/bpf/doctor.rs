@@ -51,7 +51,7 @@ pub fn run(config: &config::Config) -> ExitCode {
     match yama.as_deref() {
         Some("0") | None => println!(
             "[warn] ptrace: kernel.yama.ptrace_scope is {}: a bottle process can trace same-uid processes outside              the bottle that it can see; run agents under their own uid (`exec --user`), or set it to 1 or more",
-            yama.as_deref().map_or("absent (no Yama)".to_string(), |v| format!("{v}"))
+            yama.as_deref().map_or("absent (no Yama)".to_string(), |v| v.to_string())
         ),
         Some(v) => println!("[ ok ] ptrace: kernel.yama.ptrace_scope is {v}"),
     }

@@ -22,10 +22,11 @@ pub struct KnownHit {
     pub redactable: bool,
 }
 
-#[derive(Default)]
 pub struct KnownSecrets {
     names: Vec<String>,
     values: Vec<Secret>,
+    /// Kept so `extended` builds its fragments the same way.
+    partial_min_len: usize,
     /// Every encoded form of every value; `variant[i]` says whose and which form.
     matcher: Option<AhoCorasick>,
     variant: Vec<(usize, &'static str)>,
@@ -103,6 +104,12 @@ impl std::fmt::Debug for KnownSecrets {
     }
 }
 
+impl Default for KnownSecrets {
+    fn default() -> Self {
+        KnownSecrets::new(std::iter::empty(), DEFAULT_PARTIAL_MIN_LEN)
+    }
+}
+
 impl KnownSecrets {
     /// From an environment (name, value): every `EGRESS_TOKEN_*` variable, and every one
     /// whose name starts with one of `prefixes`.
@@ -164,6 +171,7 @@ impl KnownSecrets {
             })
         };
         KnownSecrets {
+            partial_min_len,
             longest_form: patterns.iter().map(String::len).max().unwrap_or(0),
             matcher: build(&patterns),
             projections: build(&projections),
@@ -173,6 +181,13 @@ impl KnownSecrets {
             projection_owner,
             gate: Gate::new(&gate_forms),
         }
+    }
+
+    /// `more` (first: a value in both keeps its name from `more`) and these secrets,
+    /// with the same fragment length: a bottle's own secrets on top of the gateway's.
+    pub fn extended(&self, more: impl IntoIterator<Item = (String, String)>) -> Self {
+        let own = self.names.iter().cloned().zip(self.values.iter().map(|v| v.expose().to_string()));
+        Self::new(more.into_iter().chain(own), self.partial_min_len)
     }
 
     pub fn len(&self) -> usize {
@@ -314,6 +329,19 @@ mod tests {
             }
         }
         assert!(gated.find(&filler).is_empty());
+    }
+
+    #[test]
+    fn extended_adds_values_and_keeps_the_fragment_length() {
+        let base = KnownSecrets::new([("EGRESS_TOKEN_G".to_string(), "gateway-wide-value-000".to_string())], 16);
+        let bottle = base.extended([("EGRESS_TOKEN_0".to_string(), "bottle-only-value-111".to_string())]);
+        assert_eq!((base.len(), bottle.len()), (1, 2));
+        assert_eq!(bottle.find("x gateway-wide-value-000 y").len(), 1);
+        assert_eq!(bottle.find("x bottle-only-value-111 y")[0].name, "EGRESS_TOKEN_0");
+        assert!(base.find("x bottle-only-value-111 y").is_empty(), "the base is unchanged");
+        // A 16-byte fragment is a leak, a 12-byte one is not (the base's length, not the default).
+        assert_eq!(bottle.find("bottle-only-valu").len(), 1);
+        assert!(bottle.find("bottle-only-").is_empty());
     }
 
     #[test]

@@ -270,15 +270,23 @@ pub enum EngineError {
     Rule { id: String, reason: String },
 }
 
-/// The scanner, built once from the rules and the known secrets.
-pub struct Engine {
+/// The compiled token rules: built once per gateway and shared by every bottle's engine
+/// (compiling them is the costly part of an engine).
+struct RuleSet {
     rules: Vec<Rule>,
     /// Keyword prefilter: which rules can match a text (tags are rule indices).
     keywords: literals::LiteralSet,
     /// Rules without keywords, tried on every text.
     always: Vec<usize>,
+}
+
+/// The scanner: the shared rules, plus what is particular to one bottle (its known
+/// secrets, and the messages already seen clean under them).
+pub struct Engine {
+    rules: Arc<RuleSet>,
     known: KnownSecrets,
-    /// Conversation messages already seen clean.
+    /// Conversation messages already seen clean. Never shared between engines: a message
+    /// clean for one bottle may hold another bottle's known secret.
     clean: segments::CleanCache,
 }
 
@@ -338,7 +346,14 @@ impl Engine {
             }
         }
         let keywords = literals::LiteralSet::new(keywords);
-        Ok(Engine { rules, keywords, always, known, clean: segments::CleanCache::default() })
+        let rules = Arc::new(RuleSet { rules, keywords, always });
+        Ok(Engine { rules, known, clean: segments::CleanCache::default() })
+    }
+
+    /// An engine with the same (shared, not recompiled) rules and other known secrets,
+    /// with a clean-message cache of its own: one per bottle.
+    pub fn with_known_secrets(&self, known: KnownSecrets) -> Engine {
+        Engine { rules: self.rules.clone(), known, clean: self.clean.empty_like() }
     }
 
     /// The same engine with a per-message cache that never remembers: every scan pays
@@ -352,7 +367,8 @@ impl Engine {
     /// keyword hits: the reference the windowed search is tested against.
     #[doc(hidden)]
     pub fn without_windows(mut self) -> Engine {
-        self.rules.iter_mut().for_each(|r| r.window = None);
+        let rules = Arc::get_mut(&mut self.rules).expect("called on a fresh engine, before its rules are shared");
+        rules.rules.iter_mut().for_each(|r| r.window = None);
         self
     }
 
@@ -501,22 +517,23 @@ impl Engine {
             // something was hit: a conversation seen before is scanned as thousands of
             // short runs, nearly all without a hit.
             let mut found: Vec<(usize, usize)> = Vec::new();
-            self.keywords.for_each_hit(text.as_bytes(), |idx, at| found.push((idx, at)));
+            let set = &*self.rules;
+            set.keywords.for_each_hit(text.as_bytes(), |idx, at| found.push((idx, at)));
             let candidates: Vec<(usize, Vec<usize>)> = if found.is_empty() {
-                self.always.iter().map(|&idx| (idx, Vec::new())).collect()
+                set.always.iter().map(|&idx| (idx, Vec::new())).collect()
             } else {
-                let mut per_rule: Vec<Vec<usize>> = vec![Vec::new(); self.rules.len()];
+                let mut per_rule: Vec<Vec<usize>> = vec![Vec::new(); set.rules.len()];
                 for (idx, at) in found {
                     per_rule[idx].push(at);
                 }
                 per_rule
                     .into_iter()
                     .enumerate()
-                    .filter(|(idx, starts)| !starts.is_empty() || self.always.binary_search(idx).is_ok())
+                    .filter(|(idx, starts)| !starts.is_empty() || set.always.binary_search(idx).is_ok())
                     .collect()
             };
             for (idx, mut starts) in candidates {
-                let rule = &self.rules[idx];
+                let rule = &set.rules[idx];
                 starts.sort_unstable();
                 starts.dedup();
                 if rules::required_literal(rule.id).is_some_and(|lit| !text.contains(lit)) {

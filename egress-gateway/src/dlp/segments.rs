@@ -198,6 +198,11 @@ impl CleanCache {
         CleanCache { enabled: false, ..Default::default() }
     }
 
+    /// A new, empty cache, enabled or not like this one.
+    pub fn empty_like(&self) -> Self {
+        if self.enabled { CleanCache::default() } else { CleanCache::disabled() }
+    }
+
     /// Whether `text` is worth a lookup at all.
     pub fn cacheable(text: &str) -> bool {
         text.len() >= MIN_CACHED_LEN

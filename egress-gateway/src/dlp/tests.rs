@@ -351,3 +351,27 @@ fn a_second_encoded_copy_of_a_value_is_hidden_and_cannot_be_redacted() {
         format!("{{\"messages\":[{{\"role\":\"user\",\"content\":\"and again, spelled differently: {encoded}\"}}]}}");
     assert!(!scan_body(&engine, &alone, &HashSet::new()).is_empty());
 }
+
+#[test]
+fn per_bottle_engines_share_rules_but_not_known_secrets_or_clean_caches() {
+    let base = engine_with(&[("EGRESS_TOKEN_GW", "gateway-wide-secret-0001")]);
+    let a_secret = "alpha-secret-value-4242";
+    let a = base.with_known_secrets(base.known_secrets().extended([("EGRESS_TOKEN_0".into(), a_secret.into())]));
+    let b = base.with_known_secrets(
+        base.known_secrets().extended([("EGRESS_TOKEN_0".into(), "zulu-private-token-7373".into())]),
+    );
+    assert!(Arc::ptr_eq(&a.rules, &b.rules), "the compiled rules are shared");
+    let none = HashSet::new();
+    // Token rules and gateway-wide secrets apply to both.
+    let token = format!("ghp_{}", "aB3dE5fG7hJ9kL2mN4pQ6rS8tU1vW3xY5zA7");
+    for e in [&a, &b] {
+        assert_eq!(scan_body(e, &format!("x {token}"), &none).len(), 1);
+        assert_eq!(scan_body(e, "x gateway-wide-secret-0001", &none).len(), 1);
+    }
+    // A's credential is A's known secret only.
+    let body = conversation(0, &format!("{} {a_secret}", "lorem ipsum ".repeat(30)));
+    assert!(scan_body(&b, &body, &none).is_empty(), "B does not know A's value");
+    // B has now cached that message as clean; A's own cache has not seen it.
+    assert_eq!(scan_body(&a, &body, &none).len(), 1);
+    assert!(scan_body(&base, &body, &none).is_empty());
+}

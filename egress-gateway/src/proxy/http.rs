@@ -56,7 +56,10 @@ where
 
 /// The answer to one request; never an error, every failure is a response.
 async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>) -> Response<Body> {
-    let routes = flow.conn.bottle.routes().clone();
+    // One snapshot of the bottle for the whole request (a reload swaps all of it).
+    let live = flow.conn.bottle.live();
+    let routes = live.routes.clone();
+    let dlp = &live.dlp;
     let method = req.method().clone();
     let log_level = routes.log_level();
 
@@ -64,7 +67,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
         return connect(req, flow, ctx).await;
     }
     // The path as logs and refusals show it: a secret in it never reaches a log line.
-    let path = ctx.dlp.scrub(req.uri().path(), crate::dlp::Location::Path).into_owned();
+    let path = dlp.scrub(req.uri().path(), crate::dlp::Location::Path).into_owned();
 
     // === identify ===
     let host = match identify(&req, &flow) {
@@ -80,10 +83,10 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
             .body(full(body))
             .expect("static response");
     }
-    if crate::dlp::hostname::carries_data(&ctx.dlp, &host) {
+    if crate::dlp::hostname::carries_data(dlp, &host) {
         // Refused before any resolution (which would carry the name out), never logged.
         let reason = "egress: request blocked: the host name looks like it carries data (a secret or an encoded label)";
-        let shown = crate::dlp::hostname::loggable(&ctx.dlp, &host);
+        let shown = crate::dlp::hostname::loggable(dlp, &host);
         return deny(&flow, log_level, StatusCode::FORBIDDEN, &shown, &method, &path, reason);
     }
     if !ctx.resolver.is_address_of(&host, flow.dst.ip()).await {
@@ -125,7 +128,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
             headers: &parts.headers,
             body: body.data.clone(),
         };
-        match scan::outbound(&ctx.dlp, &route, outgoing, &safe, supervisor.is_some()) {
+        match scan::outbound(dlp, &route, outgoing, &safe, supervisor.is_some()) {
             scan::Outbound::Forward { path_and_query, headers, body, warnings } => {
                 for w in warnings {
                     tracing::warn!(bottle = %flow.conn.bottle.config.name, host = %host, method = %method, path = %path, reason = %w, "egress_dlp_warn");
@@ -159,16 +162,18 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     // === prepare ===
     let mut headers = forwardable_headers(&client_headers, is_websocket);
     if let Some(auth) = &route.auth {
-        match std::env::var(&auth.token_env) {
-            Ok(secret) if !secret.is_empty() => {
+        match live.credential(&auth.token_env) {
+            Some(secret) => {
                 let mut value = HeaderValue::from_str(&auth.scheme.header_value(&secret))
                     .unwrap_or_else(|_| HeaderValue::from_static(""));
                 value.set_sensitive(true);
                 headers.insert(header::AUTHORIZATION, value);
             }
             _ => {
-                let reason =
-                    format!("egress: credential {} for {host} is not configured on the gateway", auth.token_env);
+                let reason = format!(
+                    "egress: credential {} for {host} is not configured on the gateway (bottle credentials file or environment)",
+                    auth.token_env
+                );
                 return deny(&flow, log_level, StatusCode::BAD_GATEWAY, &host, &method, &path, &reason);
             }
         }
@@ -192,7 +197,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
             let reason = "egress: this connection cannot be upgraded";
             return deny(&flow, log_level, StatusCode::BAD_REQUEST, &host, &method, &path, reason);
         };
-        return websocket(&ctx, &flow, &route, uri, headers, client_upgrade, log_level).await;
+        return websocket(&ctx, &flow, dlp, &route, uri, headers, client_upgrade, log_level).await;
     }
     let client_h2 = parts.version == http::Version::HTTP_2;
     parts.uri = uri;
@@ -216,7 +221,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     }
     match scan::inbound_mode(&route, &parts.headers) {
         scan::InboundMode::Skip => return Response::from_parts(parts, body.map_err(Into::into).boxed()),
-        scan::InboundMode::Stream { sse } => return stream_response(&ctx, &flow, &host, &path, parts, body, sse),
+        scan::InboundMode::Stream { sse } => return stream_response(dlp, &flow, &host, &path, parts, body, sse),
         scan::InboundMode::Buffer => {}
     }
     let data = match body.collect().await {
@@ -226,7 +231,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
             return deny(&flow, log_level, StatusCode::BAD_GATEWAY, &host, &method, &path, &reason);
         }
     };
-    let inbound = scan::inbound(&ctx.dlp, &parts.headers, &data);
+    let inbound = scan::inbound(dlp, &parts.headers, &data);
     match inbound.verdict {
         InjectionVerdict::Block(reason) => {
             let reason = format!("egress: response blocked: {reason}");
@@ -252,7 +257,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
 /// decoded and scanned as it passes. A block cuts the stream and is logged: an SSE
 /// client gets a last `egress-blocked` event saying why, other bodies end with an error.
 fn stream_response(
-    ctx: &ProxyContext,
+    dlp: &Arc<crate::dlp::Engine>,
     flow: &Flow,
     host: &str,
     path: &str,
@@ -281,7 +286,7 @@ fn stream_response(
     // Sent decoded, and chunked: redaction may change the length.
     parts.headers.remove(header::CONTENT_ENCODING);
     parts.headers.remove(header::CONTENT_LENGTH);
-    let mut scanner = crate::dlp::stream::ResponseStream::new(ctx.dlp.clone(), sse);
+    let mut scanner = crate::dlp::stream::ResponseStream::new(dlp.clone(), sse);
     let (bottle, host, path) = (flow.conn.bottle.config.name.clone(), host.to_string(), path.to_string());
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, BoxError>>(8);
     tokio::spawn(async move {
@@ -428,14 +433,15 @@ fn host_of(authority: &str) -> String {
 /// target host must be routed; the gateway picks the address itself; the tunnel's
 /// content is then intercepted like any other stream.
 async fn connect(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>) -> Response<Body> {
-    let routes = flow.conn.bottle.routes().clone();
+    let live = flow.conn.bottle.live();
+    let (routes, dlp) = (&live.routes, &live.dlp);
     let log_level = routes.log_level();
     let target = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
     let host = host_of(&target);
     let port = req.uri().port_u16().unwrap_or(443);
-    if crate::dlp::hostname::carries_data(&ctx.dlp, &host) {
+    if crate::dlp::hostname::carries_data(dlp, &host) {
         let reason = "egress: CONNECT blocked: the host name looks like it carries data (a secret or an encoded label)";
-        let shown = crate::dlp::hostname::loggable(&ctx.dlp, &host);
+        let shown = crate::dlp::hostname::loggable(dlp, &host);
         return deny(&flow, log_level, StatusCode::FORBIDDEN, &shown, &Method::CONNECT, "-", reason);
     }
     if flow.connect_host.is_some() || flow.tls {
@@ -471,9 +477,11 @@ async fn connect(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>
 
 /// Relays a WebSocket upgrade over a dedicated HTTP/1.1 upstream connection, then the
 /// frames in both directions.
+#[allow(clippy::too_many_arguments)]
 async fn websocket(
     ctx: &ProxyContext,
     flow: &Flow,
+    dlp: &Arc<crate::dlp::Engine>,
     route: &Route,
     uri: Uri,
     mut headers: HeaderMap,
@@ -482,7 +490,7 @@ async fn websocket(
 ) -> Response<Body> {
     let method = Method::GET;
     // Logged for the life of the socket: scrubbed like every logged path.
-    let path = ctx.dlp.scrub(uri.path(), crate::dlp::Location::Path).into_owned();
+    let path = dlp.scrub(uri.path(), crate::dlp::Location::Path).into_owned();
     let host = uri.host().unwrap_or_default();
     // Ask for the upgrade explicitly: the hop-by-hop copies were dropped above.
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -524,7 +532,7 @@ async fn websocket(
     }
     let upstream_upgrade = hyper::upgrade::on(resp);
     let scanning = super::websocket::Scanning {
-        engine: ctx.dlp.clone(),
+        engine: dlp.clone(),
         selection: crate::dlp::Selection::from_names(route.dlp.outbound_detectors.as_deref()),
         on_match: route.dlp.on_match,
         inbound: scan::injection_detection_enabled(route),

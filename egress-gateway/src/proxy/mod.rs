@@ -38,6 +38,9 @@ pub struct Connection {
 /// What every connection handler shares: resolution, the CA, the upstream client.
 pub struct ProxyContext {
     pub resolver: Resolver,
+    /// The gateway-wide DLP engine (rules and the environment's known secrets), for what
+    /// belongs to no bottle. A bottle's traffic is scanned with `BottleState::dlp`,
+    /// which adds that bottle's own secrets.
     pub dlp: Arc<crate::dlp::Engine>,
     pub ca: Arc<CertificateAuthority>,
     pub upstream: upstream::Upstream,

@@ -44,7 +44,7 @@ where
             return;
         }
     };
-    if sni.as_deref().is_some_and(|name| crate::dlp::hostname::carries_data(&ctx.dlp, name)) {
+    if sni.as_deref().is_some_and(|name| crate::dlp::hostname::carries_data(&flow.conn.bottle.dlp(), name)) {
         let reason = "the TLS server name looks like it carries data (a secret or an encoded label)";
         tracing::warn!(decision = "deny", reason, "connection closed");
         return;

@@ -1,0 +1,137 @@
+//! The gateway's side of the admin API: the bottles it serves listed, attached and
+//! detached at run time, and reloaded. A bottle attached at run time is kept in
+//! `<state_dir>/bottles/<name>.json` (the normalised request) and attached again at the
+//! next start; in between its pinned programs refuse its connections.
+use std::{
+    fs,
+    io::Write as _,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+
+use crate::{
+    admin::{self, AttachSpec, BottleControl, BottleInfo, BottleSource, ControlError, ReloadFailure, ReloadReport},
+    app::Gateway,
+    bpf, cgroup, config,
+};
+
+/// Run-time bottles on disk: one JSON record each, written atomically, root-only.
+pub struct RuntimeStore {
+    dir: PathBuf,
+}
+
+impl RuntimeStore {
+    pub fn new(state_dir: &Path) -> Self {
+        RuntimeStore { dir: state_dir.join("bottles") }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    pub fn save(&self, name: &str, record: &[u8]) -> anyhow::Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let tmp = self.dir.join(format!(".{name}.json.tmp"));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(record)?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.path(name)).with_context(|| format!("writing {}", self.path(name).display()))
+    }
+
+    pub fn remove(&self, name: &str) -> anyhow::Result<()> {
+        match fs::remove_file(self.path(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", self.path(name).display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every kept bottle, read back through the request's validation; a record that no
+    /// longer validates is reported with its file, and skipped (its bottle stays pinned,
+    /// so refused).
+    pub fn load_all(&self) -> Vec<Result<(config::Bottle, AttachSpec), String>> {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        paths
+            .into_iter()
+            .map(|path| {
+                let bytes = fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                admin::api::parse_record(&bytes).map_err(|e| format!("{}: {}", path.display(), e.error))
+            })
+            .collect()
+    }
+
+    /// The kept bottle named `name`, for commands that run without the gateway (`exec`).
+    pub fn find(&self, name: &str) -> Option<config::Bottle> {
+        let bytes = fs::read(self.path(name)).ok()?;
+        admin::api::parse_record(&bytes).ok().map(|(b, _)| b)
+    }
+}
+
+/// A bottle by name: from the configuration, else one attached at run time.
+pub fn find_bottle(config: &config::Config, name: &str) -> anyhow::Result<config::Bottle> {
+    if let Some(b) = config.bottle(name) {
+        return Ok(b.clone());
+    }
+    RuntimeStore::new(&config.state_dir)
+        .find(name)
+        .with_context(|| format!("no bottle named {name:?} in the configuration or attached at run time"))
+}
+
+impl BottleControl for Gateway {
+    fn list(&self) -> Vec<BottleInfo> {
+        self.served()
+            .into_iter()
+            .map(|s| {
+                let mut info = BottleInfo::new(&s.state.config, s.source, s.state.has_inline_routes());
+                let pins = bpf::PinLayout::new(&self.config).bottle_dir(&s.state.config.name);
+                info.attached = pins.join("egress_connect4").exists();
+                info.processes = cgroup::bottle_path(&self.config, &s.state.config)
+                    .map(|p| cgroup::processes(&p).len())
+                    .unwrap_or(0);
+                info
+            })
+            .collect()
+    }
+
+    async fn attach(&self, bottle: config::Bottle, spec: AttachSpec) -> Result<BottleInfo, ControlError> {
+        let name = bottle.name.clone();
+        let state = self.attach_runtime(bottle, spec).await?;
+        tracing::info!(bottle = %name, "bottle attached at run time");
+        let mut info = BottleInfo::new(&state.config, BottleSource::Runtime, state.has_inline_routes());
+        info.attached = true;
+        Ok(info)
+    }
+
+    async fn detach(&self, name: &str, force: bool) -> Result<(), ControlError> {
+        self.detach_runtime(name, force).await
+    }
+
+    async fn reload(&self) -> Result<ReloadReport, ControlError> {
+        let mut report = ReloadReport::default();
+        for (name, result) in self.reload_all() {
+            match result {
+                Ok(()) => report.reloaded.push(name),
+                Err(error) => report.failed.push(ReloadFailure { bottle: name, error }),
+            }
+        }
+        Ok(report)
+    }
+}
