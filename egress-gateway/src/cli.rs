@@ -105,12 +105,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Exec(args) => {
             let config = args.config.load()?;
-            let bottle = config
-                .bottle(&args.bottle)
-                .with_context(|| format!("no bottle named {:?} in the configuration", args.bottle))?;
+            // A bottle of gateway.yaml, or one attached at run time (kept in the state dir).
+            let bottle = crate::control::find_bottle(&config, &args.bottle)?;
             let opts =
                 crate::exec::ExecOptions { user: args.user, keep_caps: args.keep_caps, allow_root: args.allow_root };
-            let status = crate::exec::run(&config, bottle, &args.command, &opts)?;
+            let status = crate::exec::run(&config, &bottle, &args.command, &opts)?;
             Ok(ExitCode::from(status))
         }
         Command::Detach(args) => {

@@ -124,6 +124,22 @@ impl BottleControl for Gateway {
         self.detach_runtime(name, force).await
     }
 
+    fn peer_bottle(&self, pid: u32) -> Option<String> {
+        // The peer's cgroup v2 path as the gateway's cgroup namespace shows it; a peer
+        // whose cgroup cannot be read is treated as bottled (fail closed).
+        let unknown = || Some(format!("(cgroup of pid {pid} unreadable)"));
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else { return unknown() };
+        let Some(own) = text.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim().to_string()) else {
+            return unknown();
+        };
+        let Ok(root) = cgroup::root(&self.config) else { return unknown() };
+        let peer = root.join(own.trim_start_matches('/'));
+        self.bottles().into_iter().find_map(|b| {
+            let dir = cgroup::bottle_path(&self.config, &b.config).ok()?;
+            peer.starts_with(&dir).then(|| b.config.name.clone())
+        })
+    }
+
     async fn reload(&self) -> Result<ReloadReport, ControlError> {
         let mut report = ReloadReport::default();
         for (name, result) in self.reload_all() {

@@ -41,6 +41,13 @@ pub trait BottleControl: Send + Sync + 'static {
 
     /// Re-reads every bottle's routes (as SIGHUP does).
     fn reload(&self) -> impl Future<Output = Result<ReloadReport, ControlError>> + Send;
+
+    /// The bottle whose cgroup holds process `pid`, if any: nothing inside a bottle may
+    /// use the admin socket, root included.
+    fn peer_bottle(&self, pid: u32) -> Option<String> {
+        let _ = pid;
+        None
+    }
 }
 
 /// Why an operation was refused; each maps to one HTTP status.

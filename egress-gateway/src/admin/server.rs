@@ -221,9 +221,13 @@ async fn connection<C: BottleControl>(stream: UnixStream, control: Arc<C>, euid:
     // Defence in depth behind the file mode: the kernel's word on who is connected.
     let peer = stream.peer_cred().ok();
     let uid = peer.map(|p| p.uid());
-    let allowed = uid.is_some_and(|u| peer_allowed(u, euid));
+    let pid = peer.and_then(|p| p.pid()).and_then(|p| u32::try_from(p).ok());
+    // Root inside a bottle passes the file mode and the uid check: the peer's cgroup says
+    // where it runs. A peer whose pid is unknown is refused too.
+    let bottled = pid.map_or(Some("(unknown pid)".to_string()), |p| control.peer_bottle(p));
+    let allowed = uid.is_some_and(|u| peer_allowed(u, euid)) && bottled.is_none();
     if !allowed {
-        tracing::warn!(uid = ?uid, pid = ?peer.and_then(|p| p.pid()), "admin socket: connection refused (not root)");
+        tracing::warn!(uid = ?uid, pid = ?pid, bottle = ?bottled, "admin socket: connection refused");
     }
     let service = hyper::service::service_fn(move |req| {
         let control = control.clone();
@@ -257,7 +261,7 @@ async fn handle<C: BottleControl>(
             Err(e) => Err(e),
         }
     } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, "the admin socket is for root only"))
+        Err(ApiError::new(StatusCode::FORBIDDEN, "the admin socket is for root outside every bottle only"))
     };
     let (status, response) = match response {
         Ok((status, body)) => (status, json_response(status, body)),

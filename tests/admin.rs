@@ -1,0 +1,201 @@
+//! Bottles attached and detached at run time through the admin socket, while other
+//! bottles' traffic runs; kept across restarts; and the socket itself, attacked with bad
+//! requests and from inside a bottle.
+#![cfg(feature = "root-tests")]
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    process::{Command, Output, Stdio},
+};
+
+use egress_e2e::{EnvSpec, gateway_bin, remove_netns, stderr, stdout, world::World};
+
+const HOSTS: [&str; 2] = ["a.upstream.test", "b.upstream.test"];
+
+fn routes(host: &str) -> String {
+    format!("log: 1\nroutes:\n  - host: {host}\n")
+}
+
+/// `curl --unix-socket` against the admin API: (status, body).
+fn api(socket: &std::path::Path, method: &str, path: &str, body: Option<&str>) -> (String, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-m", "30", "-w", "\n%{http_code}", "-X", method, "--unix-socket"])
+        .arg(socket)
+        .arg(format!("http://admin{path}"))
+        .stdin(Stdio::null());
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data-binary", b]);
+    }
+    let out = cmd.output().expect("curl");
+    let text = stdout(&out);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (code.to_string(), body.to_string())
+}
+
+/// Names of the bottles the gateway serves, from `egress-gateway bottles --json`.
+fn bottle_names(w: &World) -> Vec<String> {
+    let out = w.env.cli(&["bottles", "--json"]);
+    assert!(out.status.success(), "bottles --json: {}", stderr(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bottles --json is JSON");
+    let mut names: Vec<String> =
+        list.as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap().to_string()).collect();
+    names.sort();
+    names
+}
+
+/// A bottle attached with `egress-gateway attach`, its namespace removed at the end.
+struct Attached {
+    name: String,
+    cgroup_dir: std::path::PathBuf,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        remove_netns(&std::path::PathBuf::from(format!("/run/netns/egress-{}", self.name)));
+        let _ = std::fs::remove_dir(&self.cgroup_dir);
+    }
+}
+
+fn attach(w: &World, suffix: &str, routes_file: &str) -> (Attached, Output) {
+    let name = w.env.more_bottle(suffix);
+    let cgroup = format!("{}-{suffix}", w.env.cgroup_rel);
+    let routes = w.env.write_file(&format!("routes-{suffix}.yaml"), routes_file);
+    let out = w.env.cli(&[
+        "attach",
+        "--bottle",
+        &name,
+        "--cgroup",
+        &cgroup,
+        "--netns",
+        "new",
+        "--routes",
+        routes.to_str().unwrap(),
+    ]);
+    let cgroup_dir = egress_e2e::cgroup2_mount().unwrap().join(&cgroup);
+    (Attached { name, cgroup_dir }, out)
+}
+
+/// Fresh HTTPS connections to `host` for `secs` seconds; prints the status counts.
+const STEADY: &str = r#"
+import http.client, ssl, sys, time, collections
+host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+ctx = ssl.create_default_context()
+seen = collections.Counter()
+end = time.time() + secs
+while time.time() < end:
+    try:
+        c = http.client.HTTPSConnection(host, port, context=ctx, timeout=10)
+        c.request('GET', '/steady')
+        r = c.getresponse(); r.read(); c.close()
+        seen[r.status] += 1
+    except Exception as e:
+        seen[type(e).__name__] += 1
+print(dict(seen))
+"#;
+
+#[test]
+fn attach_traffic_detach_at_run_time_while_another_bottle_runs_and_a_restart_keeps_it() {
+    let spec = EnvSpec { routes: &routes(HOSTS[0]), netns: true, ..Default::default() };
+    let mut w = World::start_spec("admin-runtime", &HOSTS, spec, &[], &[]);
+    let port = w.up.port().to_string();
+    let steady = w.env.spawn_exec(&["python3", "-c", STEADY, HOSTS[0], &port, "12"], &w.trust_vars());
+
+    let (b, out) = attach(&w, "b", &routes(HOSTS[1]));
+    assert!(out.status.success(), "attach: {}{}", stdout(&out), stderr(&out));
+    assert_eq!(bottle_names(&w), [w.env.bottle().to_string(), b.name.clone()]);
+    let (code, body) = w.curl_in(&b.name, &[&w.url(HOSTS[1], "/b")]);
+    assert_eq!(code, "200", "run-time bottle, allowed host: {body}");
+    let (code, _) = w.curl_in(&b.name, &[&w.url(HOSTS[0], "/b")]);
+    assert_eq!(code, "403", "run-time bottle, the other bottle's host");
+
+    // A restart attaches it again, from the state directory.
+    w.env.stop_gateway();
+    w.env.start_gateway();
+    assert_eq!(bottle_names(&w), [w.env.bottle().to_string(), b.name.clone()]);
+    let (code, body) = w.curl_in(&b.name, &[&w.url(HOSTS[1], "/after-restart")]);
+    assert_eq!(code, "200", "run-time bottle after a restart: {body}");
+
+    let out = w.env.cli(&["detach", "--bottle", &b.name]);
+    assert!(out.status.success(), "detach: {}{}", stdout(&out), stderr(&out));
+    assert_eq!(bottle_names(&w), [w.env.bottle().to_string()]);
+    let out = w.run_in(&b.name, &["true"]);
+    assert!(!out.status.success(), "exec in a detached bottle ran");
+    assert!(!std::path::Path::new(&format!("/run/netns/egress-{}", b.name)).exists(), "namespace left behind");
+
+    // Bottle a's traffic: every request was answered 200, across attach, detach and the
+    // restart (the restart may refuse a connection or two while the gateway is down).
+    let out = steady.wait_with_output().unwrap();
+    let text = stdout(&out);
+    let counts: std::collections::BTreeMap<String, u64> =
+        serde_json::from_str(&text.replace('\'', "\"")).unwrap_or_else(|e| panic!("{e}: {text}{}", stderr(&out)));
+    let ok = counts.get("200").copied().unwrap_or(0);
+    assert!(ok > 10, "steady traffic of the other bottle: {text}");
+    assert!(!counts.contains_key("403"), "the other bottle was refused: {text}");
+    // The restart was the only interruption.
+    let errors: u64 = counts.iter().filter(|(k, _)| *k != "200").map(|(_, v)| v).sum();
+    assert!(errors <= 5, "the other bottle's traffic was interrupted: {text}");
+}
+
+#[test]
+fn the_admin_socket_refuses_bad_requests_and_bottles_and_changes_nothing() {
+    let spec = EnvSpec { routes: &routes(HOSTS[0]), netns: true, ..Default::default() };
+    let w = World::start_spec("admin-socket", &HOSTS, spec, &[], &[]);
+    let socket = w.env.dir.join("admin.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "admin socket mode");
+    let before = bottle_names(&w);
+    let cgroup = format!("/{}-x", w.env.cgroup_rel.trim_start_matches('/'));
+
+    let cases: Vec<(&str, String, String, &str)> = vec![
+        ("PUT", "/v1/bottles/x1".into(), "{not json".into(), "400"),
+        ("PUT", "/v1/bottles/x1".into(), format!(r#"{{"cgroup":"{cgroup}","rotues":"/r.yaml"}}"#), "400"),
+        ("PUT", format!("/v1/bottles/{}", w.env.bottle()), format!(r#"{{"cgroup":"{cgroup}"}}"#), "409"),
+        ("PUT", "/v1/bottles/..%2f..%2fetc".into(), format!(r#"{{"cgroup":"{cgroup}"}}"#), "400"),
+        ("PUT", "/v1/bottles/%2e%2e".into(), format!(r#"{{"cgroup":"{cgroup}"}}"#), "400"),
+        ("PUT", "/v1/bottles/Upper".into(), format!(r#"{{"cgroup":"{cgroup}"}}"#), "400"),
+        ("PUT", "/v1/bottles/x1".into(), r#"{"cgroup":"../escape"}"#.into(), "400"),
+        ("PUT", "/v1/bottles/x1".into(), format!(r#"{{"cgroup":"{cgroup}","routes":"relative.yaml"}}"#), "400"),
+        ("DELETE", "/v1/bottles/nope".into(), String::new(), "404"),
+        ("PATCH", "/v1/bottles".into(), String::new(), "405"),
+    ];
+    for (method, path, body, want) in &cases {
+        let body = (!body.is_empty()).then_some(body.as_str());
+        let (code, text) = api(&socket, method, path, body);
+        assert_eq!(code, *want, "{method} {path} {body:?}: {text}");
+        let error: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        assert!(error["error"].as_str().is_some_and(|e| !e.is_empty()), "{method} {path}: no clear error: {text}");
+        assert_eq!(bottle_names(&w), before, "{method} {path} changed the bottles");
+    }
+    assert!(!egress_e2e::cgroup2_mount().unwrap().join(cgroup.trim_start_matches('/')).exists(), "a cgroup was made");
+
+    // From inside a bottle: an unprivileged agent cannot open it, and root inside a
+    // namespaced bottle is refused by the gateway (the request never reaches the API).
+    let probe = format!(
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect('{}')\n    \
+         s.sendall(b'GET /v1/bottles HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n')\n    \
+         print(s.recv(200).split(b'\\r\\n')[0].decode())\nexcept OSError as e:\n    print('refused', e.errno)\n",
+        socket.display()
+    );
+    let out = w.env.exec_with_flags(w.env.bottle(), &["--user", "nobody"], &["python3", "-c", &probe], &[]);
+    assert_eq!(stdout(&out).trim(), "refused 13", "unprivileged agent and the admin socket: {}", stderr(&out));
+    let out = w.run(&["python3", "-c", &probe]);
+    assert_eq!(stdout(&out).trim(), "HTTP/1.1 403 Forbidden", "root inside a bottle: {}", stderr(&out));
+}
+
+#[test]
+fn cli_commands_say_plainly_when_the_gateway_is_not_running() {
+    let dir = std::env::temp_dir().join(format!("egress-e2e-admin-down-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!("admin_socket: {}/admin.sock\nstate_dir: {}/state\n", dir.display(), dir.display()),
+    )
+    .unwrap();
+    for args in [vec!["bottles"], vec!["attach", "--bottle", "x", "--cgroup", "egress/x"], vec!["reload"]] {
+        let out = Command::new(gateway_bin()).args(&args).arg("--config").arg(&config).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded with no gateway");
+        assert!(stderr(&out).contains("not running"), "{args:?}: {}", stderr(&out));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
