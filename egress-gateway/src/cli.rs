@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::{app, bpf, ca, config, dlp, supervise};
+use crate::{admin, app, bpf, ca, config, dlp, supervise};
 
 #[derive(Debug, Parser)]
 #[command(name = "egress-gateway", version, about = "Transparent egress gateway for agent sandboxes")]
@@ -21,8 +21,16 @@ pub enum Command {
     /// Run a command inside a bottle (its cgroup, its network namespace, a PID namespace of
     /// its own, no inherited descriptors, no capabilities) and return its exit status.
     Exec(ExecArgs),
-    /// Remove a bottle's eBPF programs and pins (the bottle then has no egress control).
+    /// Attach a bottle to the running gateway (through its admin socket).
+    Attach(AttachArgs),
+    /// Remove a bottle: the running gateway stops serving it and its eBPF programs and
+    /// pins go (the bottle then has no egress control). With the gateway stopped, only a
+    /// bottle of the configuration file can be detached (its pins are removed).
     Detach(DetachArgs),
+    /// List the running gateway's bottles: from the configuration and attached at run time.
+    Bottles(BottlesArgs),
+    /// Make the running gateway re-read every bottle's routes (as SIGHUP does), and report.
+    Reload(AdminArg),
     /// Validate the configuration and every routes file, and explain them.
     Check(ConfigArg),
     /// Check the kernel, cgroup v2, bpffs and permissions this machine gives the gateway.
@@ -67,10 +75,65 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
+/// Where the running gateway's admin socket is.
+#[derive(Debug, clap::Args)]
+pub struct AdminArg {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The admin socket (default: the configuration's `admin_socket`).
+    #[arg(long, env = "EGRESS_GATEWAY_ADMIN_SOCKET")]
+    pub admin_socket: Option<PathBuf>,
+}
+
+impl AdminArg {
+    /// The override, or the configuration's socket (the configuration is read only then).
+    pub fn client(&self) -> anyhow::Result<admin::AdminClient> {
+        let path = match &self.admin_socket {
+            Some(p) => p.clone(),
+            None => self.config.load()?.admin_socket,
+        };
+        Ok(admin::AdminClient::new(path))
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    #[command(flatten)]
+    pub admin: AdminArg,
+    /// The new bottle's name (1-64 characters of a-z, 0-9, '-', '_').
+    #[arg(long, short = 'b')]
+    pub bottle: String,
+    /// Its cgroup: relative to the cgroup v2 mount (not to this directory), or absolute.
+    #[arg(long)]
+    pub cgroup: PathBuf,
+    /// `new` (the gateway creates /run/netns/egress-NAME) or a namespace file.
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    /// Its routes file; without one, everything is denied.
+    #[arg(long)]
+    pub routes: Option<PathBuf>,
+    /// A KEY=VALUE file of the bottle's own credentials (mode 0600).
+    #[arg(long = "credentials")]
+    pub credentials_file: Option<PathBuf>,
+    /// A host path the bottle can see (repeatable): the state directory and supervise
+    /// stores must be outside them.
+    #[arg(long = "mount")]
+    pub mounts: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BottlesArgs {
+    #[command(flatten)]
+    pub admin: AdminArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DetachArgs {
     #[command(flatten)]
-    pub config: ConfigArg,
+    pub admin: AdminArg,
     #[arg(long, short = 'b')]
     pub bottle: String,
     /// Detach even if processes still run in the bottle (they get direct egress).
@@ -112,15 +175,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let status = crate::exec::run(&config, &bottle, &args.command, &opts)?;
             Ok(ExitCode::from(status))
         }
-        Command::Detach(args) => {
-            let config = args.config.load()?;
-            let bottle = config
-                .bottle(&args.bottle)
-                .with_context(|| format!("no bottle named {:?} in the configuration", args.bottle))?;
-            bpf::detach(&config, bottle, args.force, false)?;
-            crate::netns::remove_created(bottle)?;
-            println!("detached bottle {}", bottle.name);
+        Command::Attach(args) => {
+            let client = args.admin.client()?;
+            let request = attach_request(&args)?;
+            let info = block_on(client.attach(&args.bottle, &request))??;
+            println!("attached bottle {} (cgroup {})", info.name, info.cgroup.display());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Detach(args) => detach(&args),
+        Command::Bottles(args) => {
+            let bottles = block_on(args.admin.client()?.list())??;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&bottles)?);
+            } else {
+                print!("{}", bottles_table(&bottles));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload(args) => {
+            let report = block_on(args.client()?.reload())??;
+            for name in &report.reloaded {
+                println!("reloaded {name}");
+            }
+            for f in &report.failed {
+                eprintln!("egress-gateway: error: bottle {}: {} (its previous routes stay)", f.bottle, f.error);
+            }
+            Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Check(args) => {
             let config = args.load()?;
@@ -187,5 +267,162 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ca(args) => ca::run(args),
         Command::Dlp(args) => dlp::cli::run(args),
         Command::Supervise(args) => supervise::cli::run(args),
+    }
+}
+
+/// The CLI's admin commands are one request each: a small runtime is enough.
+fn block_on<F: std::future::Future>(f: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a runtime")?;
+    Ok(rt.block_on(f))
+}
+
+/// The request of `attach`, its file paths made absolute here: the gateway has no
+/// working directory to resolve them against. The cgroup stays as written.
+fn attach_request(args: &AttachArgs) -> anyhow::Result<admin::api::BottleRequest> {
+    let abs = |p: &PathBuf| std::path::absolute(p).with_context(|| format!("{}", p.display()));
+    let netns = match &args.netns {
+        Some(p) if p.as_os_str() == "new" => Some(p.clone()),
+        Some(p) => Some(abs(p)?),
+        None => None,
+    };
+    Ok(admin::api::BottleRequest {
+        name: None,
+        cgroup: args.cgroup.clone(),
+        netns,
+        routes: args.routes.as_ref().map(abs).transpose()?,
+        routes_inline: None,
+        credentials_file: args.credentials_file.as_ref().map(abs).transpose()?,
+        supervise: None,
+        mounts: args.mounts.iter().map(abs).collect::<anyhow::Result<_>>()?,
+    })
+}
+
+/// Through the running gateway when it answers, so it also stops serving the bottle.
+/// When it is not running, a bottle of the configuration file is detached offline as
+/// before (its pins removed; the gateway attaches it again when it starts, since the
+/// file still names it). A bottle attached at run time is refused offline: the gateway
+/// may attach it again at start, and only the gateway knows it.
+fn detach(args: &DetachArgs) -> anyhow::Result<ExitCode> {
+    let client = args.admin.client()?;
+    match block_on(client.detach(&args.bottle, args.force))? {
+        Ok(()) => {
+            println!("detached bottle {}", args.bottle);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.is_not_running() => {
+            // Offline: the pins (and a namespace the gateway made) are removed directly.
+            // A bottle attached at run time is forgotten too, or the next start would
+            // attach it again.
+            let config = args.admin.config.load()?;
+            let bottle = crate::control::find_bottle(&config, &args.bottle).with_context(|| e.to_string())?;
+            eprintln!("egress-gateway: {e}; detaching bottle {} offline", bottle.name);
+            bpf::detach(&config, &bottle, args.force, false)?;
+            crate::netns::remove_created(&bottle)?;
+            if config.bottle(&bottle.name).is_none() {
+                crate::control::RuntimeStore::new(&config.state_dir).remove(&bottle.name)?;
+                println!("detached bottle {} (attached at run time: forgotten)", bottle.name);
+            } else {
+                println!(
+                    "detached bottle {} (its pins are removed; `egress-gateway run` attaches it again)",
+                    bottle.name
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn bottles_table(bottles: &[admin::BottleInfo]) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "{:<20} {:<8} {:<9} {:>9}  {:<28} {:<20} {}\n",
+        "NAME", "SOURCE", "STATE", "PROCESSES", "CGROUP", "NETNS", "ROUTES"
+    );
+    for b in bottles {
+        let routes = match (&b.routes, b.routes_inline) {
+            (Some(p), _) => p.display().to_string(),
+            (None, true) => "(inline)".into(),
+            (None, false) => "(none: everything denied)".into(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:<9} {:>9}  {:<28} {:<20} {}",
+            b.name,
+            match b.source {
+                admin::BottleSource::Config => "config",
+                admin::BottleSource::Runtime => "runtime",
+            },
+            if b.attached { "attached" } else { "detached" },
+            b.processes,
+            b.cgroup.display(),
+            b.netns.as_deref().unwrap_or("-"),
+            routes
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn attach_makes_paths_absolute_but_not_the_cgroup() {
+        let cli = Cli::try_parse_from([
+            "egress-gateway",
+            "attach",
+            "--admin-socket",
+            "/tmp/a.sock",
+            "-b",
+            "job",
+            "--cgroup",
+            "egress/job",
+            "--netns",
+            "new",
+            "--routes",
+            "routes.yaml",
+            "--credentials",
+            "/etc/eg/job.env",
+            "--mount",
+            "work",
+        ])
+        .unwrap();
+        let Command::Attach(args) = cli.command else { panic!() };
+        let r = attach_request(&args).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(r.cgroup, PathBuf::from("egress/job"));
+        assert_eq!(r.netns, Some(PathBuf::from("new")));
+        assert_eq!(r.routes, Some(cwd.join("routes.yaml")));
+        assert_eq!(r.credentials_file, Some(PathBuf::from("/etc/eg/job.env")));
+        assert_eq!(r.mounts, vec![cwd.join("work")]);
+        assert_eq!(args.admin.client().unwrap().path(), std::path::Path::new("/tmp/a.sock"));
+    }
+
+    #[test]
+    fn the_socket_comes_from_the_configuration_without_an_override() {
+        let cli = Cli::try_parse_from(["egress-gateway", "bottles", "--json"]).unwrap();
+        let Command::Bottles(args) = cli.command else { panic!() };
+        let expected = std::env::var_os("EGRESS_GATEWAY_ADMIN_SOCKET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| config::DEFAULT_ADMIN_SOCKET.into());
+        if std::env::var_os("EGRESS_GATEWAY_CONFIG").is_none() {
+            assert_eq!(args.admin.client().unwrap().path(), expected);
+        }
+    }
+
+    #[test]
+    fn table_shows_each_bottle() {
+        let mut info = admin::BottleInfo::new(
+            &config::Config::embedded_default().unwrap().bottles[0],
+            admin::BottleSource::Config,
+            false,
+        );
+        info.attached = true;
+        let table = bottles_table(&[info]);
+        assert!(table.lines().nth(1).unwrap().starts_with("default              config   attached"), "{table}");
+        assert!(table.contains("(none: everything denied)"), "{table}");
     }
 }

@@ -31,7 +31,7 @@ const REQUEST: &str = "<request>";
 pub enum AdminRequest {
     List,
     Get(String),
-    Attach { bottle: Bottle, spec: AttachSpec },
+    Attach { bottle: Box<Bottle>, spec: AttachSpec },
     Detach { name: String, force: bool },
     Reload,
 }
@@ -240,7 +240,7 @@ pub fn parse(method: &Method, target: &str, body: &[u8]) -> Result<AdminRequest,
             let request: BottleRequest = serde_path_to_error::deserialize(&mut de).map_err(body_error)?;
             de.end().map_err(|e| ApiError::bad(format!("the body is not JSON: {e}")))?;
             let (bottle, spec) = parse_bottle(name, request)?;
-            Ok(AdminRequest::Attach { bottle, spec })
+            Ok(AdminRequest::Attach { bottle: Box::new(bottle), spec })
         }
     }
 }

@@ -32,6 +32,9 @@ pub enum ClientError {
     PermissionDenied(PathBuf),
     #[error("the admin socket {} is served by uid {uid}, neither root nor us: not talking to it", .path.display())]
     UntrustedServer { path: PathBuf, uid: u32 },
+    /// Refused here, before asking the gateway.
+    #[error("bottle name {0}")]
+    InvalidName(String),
     /// The gateway refused the request.
     #[error("{}", ApiDisplay(.0))]
     Api(ApiError),
@@ -192,12 +195,7 @@ impl AdminClient {
 /// `/v1/bottles/NAME`, the name checked here first so the error is the CLI's own.
 fn bottle_path(name: &str) -> Result<String, ClientError> {
     if let Some(msg) = crate::config::bottle_name_problem(name) {
-        return Err(ClientError::Api(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            error: format!("bottle name {msg}"),
-            problems: Vec::new(),
-            allow: None,
-        }));
+        return Err(ClientError::InvalidName(msg));
     }
     // Valid names are [a-z0-9_-]: nothing to escape.
     Ok(format!("/v1/bottles/{name}"))

@@ -304,7 +304,7 @@ async fn dispatch<C: BottleControl>(request: AdminRequest, control: Arc<C>) -> A
         AdminRequest::Attach { bottle, spec } => {
             let name = bottle.name.clone();
             let result = spawned(async move {
-                let info = control.attach(bottle, spec).await?;
+                let info = control.attach(*bottle, spec).await?;
                 Ok::<_, ApiError>((StatusCode::CREATED, api::json(&info)))
             })
             .await;
