@@ -90,7 +90,8 @@ while time.time() < end:
         seen[r.status] += 1
     except Exception as e:
         seen[type(e).__name__] += 1
-print(dict(seen))
+import json
+print(json.dumps({str(k): v for k, v in seen.items()}))
 "#;
 
 #[test]
@@ -98,7 +99,7 @@ fn attach_traffic_detach_at_run_time_while_another_bottle_runs_and_a_restart_kee
     let spec = EnvSpec { routes: &routes(HOSTS[0]), netns: true, ..Default::default() };
     let mut w = World::start_spec("admin-runtime", &HOSTS, spec, &[], &[]);
     let port = w.up.port().to_string();
-    let steady = w.env.spawn_exec(&["python3", "-c", STEADY, HOSTS[0], &port, "12"], &w.trust_vars());
+    let steady = w.env.spawn_exec(&["python3", "-c", STEADY, HOSTS[0], &port, "8"], &w.trust_vars());
 
     let (b, out) = attach(&w, "b", &routes(HOSTS[1]));
     assert!(out.status.success(), "attach: {}{}", stdout(&out), stderr(&out));
@@ -107,33 +108,33 @@ fn attach_traffic_detach_at_run_time_while_another_bottle_runs_and_a_restart_kee
     assert_eq!(code, "200", "run-time bottle, allowed host: {body}");
     let (code, _) = w.curl_in(&b.name, &[&w.url(HOSTS[0], "/b")]);
     assert_eq!(code, "403", "run-time bottle, the other bottle's host");
-
-    // A restart attaches it again, from the state directory.
-    w.env.stop_gateway();
-    w.env.start_gateway();
-    assert_eq!(bottle_names(&w), [w.env.bottle().to_string(), b.name.clone()]);
-    let (code, body) = w.curl_in(&b.name, &[&w.url(HOSTS[1], "/after-restart")]);
-    assert_eq!(code, "200", "run-time bottle after a restart: {body}");
+    let (c, out) = attach(&w, "c", &routes(HOSTS[1]));
+    assert!(out.status.success(), "attach: {}{}", stdout(&out), stderr(&out));
 
     let out = w.env.cli(&["detach", "--bottle", &b.name]);
     assert!(out.status.success(), "detach: {}{}", stdout(&out), stderr(&out));
-    assert_eq!(bottle_names(&w), [w.env.bottle().to_string()]);
+    assert_eq!(bottle_names(&w), [w.env.bottle().to_string(), c.name.clone()]);
     let out = w.run_in(&b.name, &["true"]);
     assert!(!out.status.success(), "exec in a detached bottle ran");
     assert!(!std::path::Path::new(&format!("/run/netns/egress-{}", b.name)).exists(), "namespace left behind");
 
-    // Bottle a's traffic: every request was answered 200, across attach, detach and the
-    // restart (the restart may refuse a connection or two while the gateway is down).
+    // Bottle a's traffic went on, every request answered, through both attaches and the
+    // detach.
     let out = steady.wait_with_output().unwrap();
     let text = stdout(&out);
     let counts: std::collections::BTreeMap<String, u64> =
-        serde_json::from_str(&text.replace('\'', "\"")).unwrap_or_else(|e| panic!("{e}: {text}{}", stderr(&out)));
-    let ok = counts.get("200").copied().unwrap_or(0);
-    assert!(ok > 10, "steady traffic of the other bottle: {text}");
-    assert!(!counts.contains_key("403"), "the other bottle was refused: {text}");
-    // The restart was the only interruption.
-    let errors: u64 = counts.iter().filter(|(k, _)| *k != "200").map(|(_, v)| v).sum();
-    assert!(errors <= 5, "the other bottle's traffic was interrupted: {text}");
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}{}", stderr(&out)));
+    assert!(counts.get("200").copied().unwrap_or(0) > 10, "steady traffic of the other bottle: {text}");
+    assert_eq!(counts.len(), 1, "the other bottle's traffic was interrupted: {text}");
+
+    // A restart attaches the run-time bottle again, from the state directory.
+    w.env.stop_gateway();
+    w.env.start_gateway();
+    assert_eq!(bottle_names(&w), [w.env.bottle().to_string(), c.name.clone()]);
+    let (code, body) = w.curl_in(&c.name, &[&w.url(HOSTS[1], "/after-restart")]);
+    assert_eq!(code, "200", "run-time bottle after a restart: {body}");
+    let out = w.env.cli(&["detach", "--bottle", &c.name]);
+    assert!(out.status.success(), "detach: {}{}", stdout(&out), stderr(&out));
 }
 
 #[test]
