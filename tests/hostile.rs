@@ -158,3 +158,27 @@ fn exec_refuses_a_cgroup_the_bottles_programs_are_not_attached_to() {
     assert!(!out.status.success(), "exec joined a cgroup without the bottle's programs");
     assert!(stderr(&out).contains("attached to another cgroup"), "{}", stderr(&out));
 }
+
+/// Attack 9: a route added by a reload injects a credential from a variable that was
+/// not a known secret at start; reflected by the upstream, it used to reach the agent.
+/// A reload rebuilds the bottle's known secrets.
+#[test]
+fn a_credential_of_a_route_added_by_reload_is_redacted_when_reflected() {
+    const VALUE: &str = "late-credential-5e0c9a1b77d2";
+    let hosts = ["api.upstream.test", "late.upstream.test"];
+    let before = "log: 1\nroutes:\n  - host: api.upstream.test\n";
+    let w = egress_e2e::world::World::start("reload-known", &hosts, before, &[("LATE_API_KEY", VALUE)]);
+    let (code, _) = w.curl(&[&w.url("late.upstream.test", "/whoami")]);
+    assert_eq!(code, "403", "the route is not there yet");
+    w.env.write_routes(&format!(
+        "{before}  - host: late.upstream.test\n    auth_scheme: Bearer\n    token_env: LATE_API_KEY\n"
+    ));
+    w.env.signal_gateway(egress_e2e::SIGHUP);
+    w.env.wait_for_log("routes and credentials reloaded");
+    let (code, body) = w.curl(&[&w.url("late.upstream.test", "/whoami")]);
+    assert_eq!(code, "200", "{body}");
+    let seen = w.up.requests().last().unwrap().headers["authorization"].clone();
+    assert_eq!(seen, format!("Bearer {VALUE}"), "the new route's credential was injected");
+    assert!(!body.contains(VALUE), "the agent saw the credential a reloaded route injected: {body}");
+    assert!(!w.env.gateway_log().contains(VALUE), "the credential was logged");
+}
