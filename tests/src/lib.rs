@@ -89,6 +89,8 @@ pub struct TestEnv {
     pub dns_port: u16,
     pub bpffs_dir: PathBuf,
     pub cgroup_rel: String,
+    /// The cgroups of `EnvSpec::extra_bottles`, by bottle name.
+    extra_cgroups: Vec<(String, String)>,
     gateway: Option<Child>,
     log_path: PathBuf,
     log_generation: u32,
@@ -106,6 +108,17 @@ pub struct EnvSpec<'a> {
     pub extra_config: &'a str,
     /// Extra lines in the bottle entry (indented by four spaces).
     pub extra_bottle: &'a str,
+    /// More bottles in the same gateway, each with its own cgroup and routes file.
+    pub extra_bottles: &'a [ExtraBottle<'a>],
+}
+
+/// A second (third...) bottle of a test's gateway.
+pub struct ExtraBottle<'a> {
+    pub name: &'a str,
+    /// Its routes file's contents (written as `routes-<name>.yaml`).
+    pub routes: &'a str,
+    /// Extra lines in its entry (indented by four spaces).
+    pub lines: &'a str,
 }
 
 impl TestEnv {
@@ -121,6 +134,11 @@ impl TestEnv {
             dns_port: free_port(),
             bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/egress-e2e-{unique}")),
             cgroup_rel: format!("egress-e2e/{unique}"),
+            extra_cgroups: spec
+                .extra_bottles
+                .iter()
+                .map(|b| (b.name.to_string(), format!("egress-e2e/{unique}-{}", b.name)))
+                .collect(),
             log_path: dir.join("gateway.log"),
             log_generation: 0,
             gateway: None,
@@ -133,6 +151,14 @@ impl TestEnv {
         for (name, addr) in spec.hosts {
             hosts.push_str(&format!("  {name}: {addr}\n"));
         }
+        let mut more_bottles = String::new();
+        for (b, (_, cgroup)) in spec.extra_bottles.iter().zip(&env.extra_cgroups) {
+            more_bottles.push_str(&format!(
+                "  - name: {}\n    cgroup: {cgroup}\n    routes: routes-{}.yaml\n{}\n",
+                b.name, b.name, b.lines
+            ));
+            fs::write(env.dir.join(format!("routes-{}.yaml", b.name)), b.routes).expect("write routes");
+        }
         let config = format!(
             "listen: 127.0.0.1:{listen}\n\
              dns_listen: 127.0.0.1:{dns}\n\
@@ -144,7 +170,8 @@ impl TestEnv {
                - name: {name}\n    \
                  cgroup: {cgroup}\n    \
                  routes: routes.yaml\n\
-             {extra_bottle}\n",
+             {extra_bottle}\n\
+             {more_bottles}",
             listen = env.listen_port,
             dns = env.dns_port,
             dir = env.dir.display(),
@@ -291,24 +318,29 @@ impl TestEnv {
     /// names and whose /etc/resolv.conf names a loopback server, so no client ever looks
     /// a name up at a real address.
     pub fn exec_with_env(&self, cmd: &[&str], vars: &[(&str, &str)]) -> Output {
-        self.exec_command(cmd, vars).output().expect("run egress-gateway exec")
+        self.exec_in(self.bottle(), cmd, vars)
+    }
+
+    /// As `exec_with_env`, in another bottle of this gateway (`EnvSpec::extra_bottles`).
+    pub fn exec_in(&self, bottle: &str, cmd: &[&str], vars: &[(&str, &str)]) -> Output {
+        self.exec_command(bottle, cmd, vars).output().expect("run egress-gateway exec")
     }
 
     /// Starts a command in the bottle without waiting for it (stdout and stderr piped).
     pub fn spawn_exec(&self, cmd: &[&str], vars: &[(&str, &str)]) -> Child {
-        self.exec_command(cmd, vars)
+        self.exec_command(self.bottle(), cmd, vars)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn egress-gateway exec")
     }
 
-    fn exec_command(&self, cmd: &[&str], vars: &[(&str, &str)]) -> Command {
+    fn exec_command(&self, bottle: &str, cmd: &[&str], vars: &[(&str, &str)]) -> Command {
         let mut command = Command::new(gateway_bin());
         command
             .args(["exec", "--config"])
             .arg(&self.config_path)
-            .args(["--bottle", self.bottle(), "--", "unshare", "--mount", "--", "sh", "-c"])
+            .args(["--bottle", bottle, "--", "unshare", "--mount", "--", "sh", "-c"])
             .arg("mount --bind \"$1\" /etc/hosts && mount --bind \"$2\" /etc/resolv.conf && shift 2 && exec \"$@\"")
             .arg("sh")
             .arg(self.dir.join("hosts"))
@@ -367,6 +399,28 @@ impl TestEnv {
         path
     }
 
+    /// Writes a file only its owner may read (mode 0600), as credentials files must be.
+    pub fn write_private_file(&self, name: &str, contents: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.write_file(name, contents);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 600");
+        path
+    }
+
+    /// Every file under the test's state directory (CA, queues, databases): with the
+    /// log, everything the gateway wrote.
+    pub fn state_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = entry.path();
+                if p.is_dir() { walk(&p, out) } else { out.push(p) }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.join("state"), &mut out);
+        out
+    }
+
     /// Waits for a child started with `spawn_in_cgroup` and returns its output.
     pub fn wait_child(&mut self, pid: u32) -> Output {
         let idx = self.children.iter().position(|c| c.id() == pid).expect("unknown child");
@@ -393,25 +447,31 @@ impl Drop for TestEnv {
         // Removing the pinned links detaches the programs; then the maps.
         let _ = remove_bpffs_tree(&self.bpffs_dir);
         if let Some(root) = cgroup2_mount() {
-            let cg = root.join(&self.cgroup_rel);
-            // Anything still in the bottle was started by this test (exec'd commands).
-            for pid in fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default().lines() {
-                if let Ok(pid) = pid.trim().parse::<u32>() {
-                    signal(pid, libc::SIGKILL);
-                }
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while cg.exists() && fs::remove_dir(&cg).is_err() && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(50));
-            }
-            // The shared parent goes when the last test's bottle is gone (EBUSY otherwise).
-            if let Some(parent) = cg.parent() {
-                let _ = fs::remove_dir(parent);
+            let extra = self.extra_cgroups.iter().map(|(_, cg)| cg);
+            for rel in std::iter::once(&self.cgroup_rel).chain(extra) {
+                remove_cgroup(&root.join(rel));
             }
         }
         if std::env::var_os("EGRESS_E2E_KEEP").is_none() {
             let _ = fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Kills what is left in a test's cgroup (all started by the test) and removes it.
+fn remove_cgroup(cg: &Path) {
+    for pid in fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default().lines() {
+        if let Ok(pid) = pid.trim().parse::<u32>() {
+            signal(pid, libc::SIGKILL);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cg.exists() && fs::remove_dir(cg).is_err() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The shared parent goes when the last test's bottle is gone (EBUSY otherwise).
+    if let Some(parent) = cg.parent() {
+        let _ = fs::remove_dir(parent);
     }
 }
 

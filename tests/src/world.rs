@@ -3,10 +3,31 @@
 use std::process::Output;
 
 use crate::{
-    EnvSpec, TestEnv,
+    EnvSpec, ExtraBottle, TestEnv,
     https::{HttpsUpstream, TestCa, make_git_repo},
     stdout,
 };
+
+/// What a `World` is made of; `Default` for everything not given.
+#[derive(Default, Clone, Copy)]
+pub struct WorldSpec<'a> {
+    /// Names served by the upstream, all on 127.0.0.2.
+    pub hosts: &'a [&'a str],
+    /// The first bottle's routes file.
+    pub routes: &'a str,
+    /// The gateway's own environment.
+    pub gateway_env: &'a [(&'a str, &'a str)],
+    /// Extra lines in the first bottle's entry (indented by four spaces).
+    pub bottle: &'a str,
+    /// Extra top-level gateway.yaml lines.
+    pub config: &'a str,
+    /// Files written next to gateway.yaml before the gateway starts.
+    pub files: &'a [(&'a str, &'a str)],
+    /// The same, mode 0600 (credentials files).
+    pub private_files: &'a [(&'a str, &'a str)],
+    /// More bottles in the gateway.
+    pub extra_bottles: &'a [ExtraBottle<'a>],
+}
 
 pub struct World {
     pub env: TestEnv,
@@ -37,14 +58,26 @@ impl World {
         config: &str,
         files: &[(&str, &str)],
     ) -> World {
+        let spec = WorldSpec { hosts, routes, gateway_env, bottle, config, files, ..Default::default() };
+        Self::start_spec(test, &spec)
+    }
+
+    /// The general form: see `WorldSpec`.
+    pub fn start_spec(test: &str, spec: &WorldSpec<'_>) -> World {
+        let WorldSpec { hosts, routes, gateway_env, bottle, config, files, private_files, extra_bottles } = *spec;
         let ca = TestCa::new();
         let extra_config = format!("upstream_ca_files: [test-ca.pem]\n{config}");
         let host_map: Vec<(&str, &str)> = hosts.iter().map(|h| (*h, "127.0.0.2")).collect();
-        let mut env =
-            TestEnv::new(test, EnvSpec { hosts: &host_map, routes, extra_config: &extra_config, extra_bottle: bottle });
+        let mut env = TestEnv::new(
+            test,
+            EnvSpec { hosts: &host_map, routes, extra_config: &extra_config, extra_bottle: bottle, extra_bottles },
+        );
         env.write_file("test-ca.pem", &ca.pem);
         for (name, contents) in files {
             env.write_file(name, contents);
+        }
+        for (name, contents) in private_files {
+            env.write_private_file(name, contents);
         }
         let git_root = env.dir.join("repos");
         std::fs::create_dir_all(&git_root).unwrap();
@@ -61,8 +94,18 @@ impl World {
 
     /// Runs a command in the bottle with the trust variables set.
     pub fn run(&self, cmd: &[&str]) -> Output {
+        self.run_in(self.env.bottle(), cmd)
+    }
+
+    /// As `run`, in another bottle of the gateway (`WorldSpec::extra_bottles`).
+    pub fn run_in(&self, bottle: &str, cmd: &[&str]) -> Output {
         let vars: Vec<(&str, &str)> = self.trust.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        self.env.exec_with_env(cmd, &vars)
+        self.env.exec_in(bottle, cmd, &vars)
+    }
+
+    /// curl in another bottle: (status code, body).
+    pub fn curl_in(&self, bottle: &str, args: &[&str]) -> (String, String) {
+        curl_result(&self.run_in(bottle, &Self::curl_argv(args)))
     }
 
     /// curl in the bottle: (status code, body).
