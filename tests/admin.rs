@@ -8,7 +8,10 @@ use std::{
     process::{Command, Output, Stdio},
 };
 
-use egress_e2e::{EnvSpec, gateway_bin, remove_netns, stderr, stdout, world::World};
+use egress_e2e::{
+    gateway_bin, remove_netns, stderr, stdout,
+    world::{World, WorldSpec},
+};
 
 const HOSTS: [&str; 2] = ["a.upstream.test", "b.upstream.test"];
 
@@ -96,8 +99,8 @@ print(json.dumps({str(k): v for k, v in seen.items()}))
 
 #[test]
 fn attach_traffic_detach_at_run_time_while_another_bottle_runs_and_a_restart_keeps_it() {
-    let spec = EnvSpec { routes: &routes(HOSTS[0]), netns: true, ..Default::default() };
-    let mut w = World::start_spec("admin-runtime", &HOSTS, spec, &[], &[]);
+    let spec = WorldSpec { hosts: &HOSTS, routes: &routes(HOSTS[0]), netns: true, ..Default::default() };
+    let mut w = World::start_spec("admin-runtime", &spec);
     let port = w.up.port().to_string();
     let steady = w.env.spawn_exec(&["python3", "-c", STEADY, HOSTS[0], &port, "8"], &w.trust_vars());
 
@@ -139,8 +142,8 @@ fn attach_traffic_detach_at_run_time_while_another_bottle_runs_and_a_restart_kee
 
 #[test]
 fn the_admin_socket_refuses_bad_requests_and_bottles_and_changes_nothing() {
-    let spec = EnvSpec { routes: &routes(HOSTS[0]), netns: true, ..Default::default() };
-    let w = World::start_spec("admin-socket", &HOSTS, spec, &[], &[]);
+    let spec = WorldSpec { hosts: &HOSTS, routes: &routes(HOSTS[0]), netns: true, ..Default::default() };
+    let w = World::start_spec("admin-socket", &spec);
     let socket = w.env.dir.join("admin.sock");
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "admin socket mode");

@@ -9,10 +9,9 @@ use std::{
 };
 
 use egress_e2e::{
-    EnvSpec,
     podman::{self, Cgroup, Container, Netns, Spec},
     stderr, stdout,
-    world::World,
+    world::{World, WorldSpec},
 };
 
 /// A listener inside the namespace, standing in for the gateway's in-namespace one.
@@ -122,8 +121,8 @@ fn a_podman_container_in_an_attached_bottle_reaches_only_what_its_routes_allow()
     podman::require_podman();
     let hosts = ["a.upstream.test", "b.upstream.test"];
     let routes = "log: 1\nroutes:\n  - host: a.upstream.test\n";
-    let spec = EnvSpec { routes, netns: true, ..Default::default() };
-    let w = World::start_spec("podman-bottle", &hosts, spec, &[], &[]);
+    let spec = WorldSpec { hosts: &hosts, routes, netns: true, ..Default::default() };
+    let w = World::start_spec("podman-bottle", &spec);
     let ns = w.env.netns_path(w.env.bottle());
     let bundle = w.env.dir.join("trust-bundle.pem");
     let etc_hosts = w.env.dir.join("hosts");

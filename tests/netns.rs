@@ -3,7 +3,10 @@
 //! never attributed across bottles whose clients have the same addresses.
 #![cfg(feature = "root-tests")]
 
-use egress_e2e::{EnvSpec, MoreBottle, stderr, stdout, world::World};
+use egress_e2e::{
+    MoreBottle, stderr, stdout,
+    world::{World, WorldSpec},
+};
 
 const HOSTS: [&str; 2] = ["a.upstream.test", "b.upstream.test"];
 
@@ -63,8 +66,8 @@ print('interfaces', sorted(l.split(':')[0].strip() for l in open('/proc/net/dev'
 
 #[test]
 fn a_bottle_in_its_own_namespace_reaches_allowed_hosts_and_nothing_else() {
-    let spec = EnvSpec { routes: &routes("a.upstream.test"), netns: true, ..Default::default() };
-    let mut w = World::start_spec("netns-basic", &HOSTS, spec, &[], &[]);
+    let spec = WorldSpec { hosts: &HOSTS, routes: &routes("a.upstream.test"), netns: true, ..Default::default() };
+    let mut w = World::start_spec("netns-basic", &spec);
     let ns = w.env.netns_path(w.env.bottle());
     assert!(ns.exists(), "netns: new did not create {}", ns.display());
 
@@ -123,8 +126,14 @@ print(dict(seen))
 fn two_namespaced_bottles_with_the_same_client_addresses_are_never_confused() {
     let b_routes = routes("b.upstream.test");
     let more = [MoreBottle { suffix: "b", routes: &b_routes, netns: true, ..Default::default() }];
-    let spec = EnvSpec { routes: &routes("a.upstream.test"), netns: true, more_bottles: &more, ..Default::default() };
-    let w = World::start_spec("netns-two", &HOSTS, spec, &[], &[]);
+    let spec = WorldSpec {
+        hosts: &HOSTS,
+        routes: &routes("a.upstream.test"),
+        netns: true,
+        more_bottles: &more,
+        ..Default::default()
+    };
+    let w = World::start_spec("netns-two", &spec);
     let (a, b) = (w.env.bottle().to_string(), w.env.more_bottle("b"));
     let port = w.up.port().to_string();
     let n = "200";

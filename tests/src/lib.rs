@@ -114,7 +114,7 @@ pub struct EnvSpec<'a> {
     pub extra_config: &'a str,
     /// Extra lines in the bottle entry (indented by four spaces).
     pub extra_bottle: &'a str,
-    /// Every bottle of the test gets `netns: new` (a namespace holding only `lo`).
+    /// The first bottle gets `netns: new` (a namespace holding only `lo`).
     pub netns: bool,
     /// Further bottles, each with its own cgroup and routes file.
     pub more_bottles: &'a [MoreBottle<'a>],
@@ -465,6 +465,28 @@ impl TestEnv {
         let path = self.dir.join(name);
         fs::write(&path, contents).expect("write test file");
         path
+    }
+
+    /// Writes a file only its owner may read (mode 0600), as credentials files must be.
+    pub fn write_private_file(&self, name: &str, contents: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.write_file(name, contents);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod 600");
+        path
+    }
+
+    /// Every file under the test's state directory (CA, queues, databases): with the
+    /// log, everything the gateway wrote.
+    pub fn state_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = entry.path();
+                if p.is_dir() { walk(&p, out) } else { out.push(p) }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.join("state"), &mut out);
+        out
     }
 
     /// Waits for a child started with `spawn_in_cgroup` and returns its output.

@@ -3,10 +3,33 @@
 use std::process::Output;
 
 use crate::{
-    EnvSpec, TestEnv,
+    EnvSpec, MoreBottle, TestEnv,
     https::{HttpsUpstream, TestCa, make_git_repo},
     stdout,
 };
+
+/// What a `World` is made of; `Default` for everything not given.
+#[derive(Default, Clone, Copy)]
+pub struct WorldSpec<'a> {
+    /// Names served by the upstream, all on 127.0.0.2.
+    pub hosts: &'a [&'a str],
+    /// The first bottle's routes file.
+    pub routes: &'a str,
+    /// The gateway's own environment.
+    pub gateway_env: &'a [(&'a str, &'a str)],
+    /// Extra lines in the first bottle's entry (indented by four spaces).
+    pub bottle: &'a str,
+    /// Extra top-level gateway.yaml lines.
+    pub config: &'a str,
+    /// Files written next to gateway.yaml before the gateway starts.
+    pub files: &'a [(&'a str, &'a str)],
+    /// The same, mode 0600 (credentials files).
+    pub private_files: &'a [(&'a str, &'a str)],
+    /// The first bottle gets `netns: new` (the others say so in `more_bottles`).
+    pub netns: bool,
+    /// More bottles in the gateway.
+    pub more_bottles: &'a [MoreBottle<'a>],
+}
 
 pub struct World {
     pub env: TestEnv,
@@ -37,26 +60,31 @@ impl World {
         config: &str,
         files: &[(&str, &str)],
     ) -> World {
-        let spec = EnvSpec { routes, extra_config: config, extra_bottle: bottle, ..Default::default() };
-        Self::start_spec(test, hosts, spec, gateway_env, files)
+        let spec = WorldSpec { hosts, routes, gateway_env, bottle, config, files, ..Default::default() };
+        Self::start_spec(test, &spec)
     }
 
-    /// The general form: `spec` as the bottle(s) should be (its `hosts` are replaced by
-    /// `hosts` on 127.0.0.2, and the upstream CA is added to its `extra_config`).
-    pub fn start_spec(
-        test: &str,
-        hosts: &[&str],
-        spec: EnvSpec<'_>,
-        gateway_env: &[(&str, &str)],
-        files: &[(&str, &str)],
-    ) -> World {
+    /// The general form: see `WorldSpec`.
+    pub fn start_spec(test: &str, spec: &WorldSpec<'_>) -> World {
+        let WorldSpec { hosts, routes, gateway_env, bottle, config, files, private_files, netns, more_bottles } = *spec;
         let ca = TestCa::new();
-        let extra_config = format!("upstream_ca_files: [test-ca.pem]\n{}", spec.extra_config);
+        let extra_config = format!("upstream_ca_files: [test-ca.pem]\n{config}");
         let host_map: Vec<(&str, &str)> = hosts.iter().map(|h| (*h, "127.0.0.2")).collect();
-        let mut env = TestEnv::new(test, EnvSpec { hosts: &host_map, extra_config: &extra_config, ..spec });
+        let env_spec = EnvSpec {
+            hosts: &host_map,
+            routes,
+            extra_config: &extra_config,
+            extra_bottle: bottle,
+            netns,
+            more_bottles,
+        };
+        let mut env = TestEnv::new(test, env_spec);
         env.write_file("test-ca.pem", &ca.pem);
         for (name, contents) in files {
             env.write_file(name, contents);
+        }
+        for (name, contents) in private_files {
+            env.write_private_file(name, contents);
         }
         let git_root = env.dir.join("repos");
         std::fs::create_dir_all(&git_root).unwrap();
