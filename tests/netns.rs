@@ -122,13 +122,25 @@ for i in range(n):
 print(dict(seen))
 "#;
 
+/// Routes to `host` with the bottle's own `EGRESS_TOKEN_0` injected.
+fn routes_with_token(host: &str) -> String {
+    format!("{}    auth_scheme: Bearer\n    token_env: EGRESS_TOKEN_0\n", routes(host))
+}
+
+const TOKEN_A: &str = "bottle-a-token-0-3f9e1c";
+const TOKEN_B: &str = "bottle-b-token-0-84d2aa";
+
 #[test]
 fn two_namespaced_bottles_with_the_same_client_addresses_are_never_confused() {
-    let b_routes = routes("b.upstream.test");
-    let more = [MoreBottle { suffix: "b", routes: &b_routes, netns: true, ..Default::default() }];
+    let b_routes = routes_with_token("b.upstream.test");
+    let more =
+        [MoreBottle { suffix: "b", routes: &b_routes, netns: true, extra: "    credentials_file: creds-b.env\n" }];
+    let (creds_a, creds_b) = (format!("EGRESS_TOKEN_0={TOKEN_A}\n"), format!("EGRESS_TOKEN_0={TOKEN_B}\n"));
     let spec = WorldSpec {
         hosts: &HOSTS,
-        routes: &routes("a.upstream.test"),
+        routes: &routes_with_token("a.upstream.test"),
+        bottle: "    credentials_file: creds-a.env\n",
+        private_files: &[("creds-a.env", &creds_a), ("creds-b.env", &creds_b)],
         netns: true,
         more_bottles: &more,
         ..Default::default()
@@ -150,7 +162,17 @@ fn two_namespaced_bottles_with_the_same_client_addresses_are_never_confused() {
         );
     }
     let requests = w.up.requests();
-    let per_host =
-        |h: &str| requests.iter().filter(|r| r.headers.get("host").is_some_and(|v| v.starts_with(h))).count();
-    assert_eq!((per_host(HOSTS[0]), per_host(HOSTS[1])), (100, 100), "only allowed requests reached the upstream");
+    let of_host = |h: &str| {
+        requests.iter().filter(|r| r.headers.get("host").is_some_and(|v| v.starts_with(h))).collect::<Vec<_>>()
+    };
+    let (to_a, to_b) = (of_host(HOSTS[0]), of_host(HOSTS[1]));
+    assert_eq!((to_a.len(), to_b.len()), (100, 100), "only allowed requests reached the upstream");
+    // Each upstream saw only its own bottle's token: no cross-talk in 400 connections.
+    for (reqs, token) in [(&to_a, TOKEN_A), (&to_b, TOKEN_B)] {
+        for r in reqs {
+            assert_eq!(r.headers.get("authorization").map(String::as_str), Some(format!("Bearer {token}").as_str()));
+        }
+    }
+    let log = w.env.gateway_log();
+    assert!(!log.contains(TOKEN_A) && !log.contains(TOKEN_B), "a token was logged");
 }
