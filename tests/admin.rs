@@ -203,3 +203,37 @@ fn cli_commands_say_plainly_when_the_gateway_is_not_running() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A namespace the gateway did not make (a container runtime's, named with `ip netns`):
+/// attached at run time with `--netns PATH`, served there, and left in place on detach.
+#[test]
+fn a_bottle_attached_to_an_existing_namespace_is_served_there_and_the_namespace_kept() {
+    let spec = WorldSpec { hosts: &HOSTS, routes: &routes(HOSTS[0]), ..Default::default() };
+    let w = World::start_spec("admin-netns-path", &spec);
+    let ns = egress_e2e::podman::Netns::new(&format!("egress-e2e-path-{}", std::process::id()));
+    let name = w.env.more_bottle("p");
+    let cgroup = format!("{}-p", w.env.cgroup_rel);
+    let routes_file = w.env.write_file("routes-p.yaml", &routes(HOSTS[1]));
+    let out = w.env.cli(&[
+        "attach",
+        "--bottle",
+        &name,
+        "--cgroup",
+        &cgroup,
+        "--netns",
+        ns.path().to_str().unwrap(),
+        "--routes",
+        routes_file.to_str().unwrap(),
+    ]);
+    let _cleanup = Attached { name: name.clone(), cgroup_dir: egress_e2e::cgroup2_mount().unwrap().join(&cgroup) };
+    assert!(out.status.success(), "attach: {}{}", stdout(&out), stderr(&out));
+    let out = w.run_in(&name, &["sh", "-c", "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '"]);
+    assert_eq!(stdout(&out).trim(), "lo", "the command runs in the given namespace: {}", stderr(&out));
+    let (code, body) = w.curl_in(&name, &[&w.url(HOSTS[1], "/p")]);
+    assert_eq!(code, "200", "{body}");
+    let (code, _) = w.curl_in(&name, &[&w.url(HOSTS[0], "/p")]);
+    assert_eq!(code, "403");
+    let out = w.env.cli(&["detach", "--bottle", &name]);
+    assert!(out.status.success(), "detach: {}", stderr(&out));
+    assert!(ns.path().exists(), "the gateway removed a namespace it did not make");
+}

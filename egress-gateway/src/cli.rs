@@ -245,7 +245,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status(args) => {
             let config = args.config.load()?;
-            let report = bpf::status(&config)?;
+            // gateway.yaml's bottles and those attached at run time.
+            let mut bottles = config.bottles.clone();
+            bottles.extend(crate::control::RuntimeStore::new(&config.state_dir).bottles());
+            let report = bpf::status(&config, &bottles)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -78,6 +78,12 @@ impl RuntimeStore {
             .collect()
     }
 
+    /// Every kept bottle that still validates (for `status`, which runs without the
+    /// gateway).
+    pub fn bottles(&self) -> Vec<config::Bottle> {
+        self.load_all().into_iter().filter_map(|r| r.ok().map(|(b, _)| b)).collect()
+    }
+
     /// The kept bottle named `name`, for commands that run without the gateway (`exec`).
     pub fn find(&self, name: &str) -> Option<config::Bottle> {
         let bytes = fs::read(self.path(name)).ok()?;

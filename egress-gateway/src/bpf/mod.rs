@@ -231,12 +231,12 @@ pub struct CounterReport {
     pub dropped: u64,
 }
 
-/// Attachment, process count and counters of every configured bottle.
-pub fn status(config: &config::Config) -> anyhow::Result<Vec<BottleStatus>> {
+/// Attachment, process count and counters of each of `bottles`.
+pub fn status(config: &config::Config, bottles: &[config::Bottle]) -> anyhow::Result<Vec<BottleStatus>> {
     let layout = PinLayout::new(config);
     let maps = KernelMaps::open(&layout.maps_dir()).ok();
     let mut out = Vec::new();
-    for b in &config.bottles {
+    for b in bottles {
         let c = maps.as_ref().map(|m| m.counters(b.id)).unwrap_or_default();
         out.push(BottleStatus {
             bottle: b.name.clone(),
