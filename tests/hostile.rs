@@ -182,3 +182,35 @@ fn a_credential_of_a_route_added_by_reload_is_redacted_when_reflected() {
     assert!(!body.contains(VALUE), "the agent saw the credential a reloaded route injected: {body}");
     assert!(!w.env.gateway_log().contains(VALUE), "the credential was logged");
 }
+
+/// Attack 3, root with its capabilities kept: in a bottle with a namespace of its own,
+/// packet sockets see only that namespace's `lo`, so there is no interface to send on.
+#[test]
+fn root_with_packet_sockets_in_a_namespaced_bottle_sees_only_lo() {
+    let mut env = TestEnv::new("packet", EnvSpec { routes: "routes: []\n", netns: true, ..Default::default() });
+    env.start_gateway();
+    let host_ifaces: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|s| s.trim().to_string()))
+        .filter(|n| n != "lo")
+        .collect();
+    let script = r#"
+import socket, sys
+print('ifaces', sorted(n for _, n in socket.if_nameindex()))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+for name in sys.argv[1:]:
+    try:
+        s.bind((name, 0)); print('bound', name)
+    except OSError as e:
+        print('no', name, e.errno)
+"#;
+    let mut argv = vec!["python3", "-c", script];
+    argv.extend(host_ifaces.iter().map(String::as_str));
+    let out = env.exec_with_flags(env.bottle(), &["--keep-caps"], &argv, &[]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}\n{text}", stderr(&out));
+    assert!(text.contains("ifaces ['lo']"), "{text}");
+    assert!(!text.contains("bound"), "a packet socket reached a host interface:\n{text}");
+}
