@@ -59,7 +59,8 @@ impl Drop for Attached {
     }
 }
 
-fn attach(w: &World, suffix: &str, routes_file: &str) -> (Attached, Output) {
+/// `egress-gateway attach` of bottle `<first>-<suffix>` in namespace `netns` (`new` or a path).
+fn attach(w: &World, suffix: &str, routes_file: &str, netns: &str) -> (Attached, Output) {
     let name = w.env.more_bottle(suffix);
     let cgroup = format!("{}-{suffix}", w.env.cgroup_rel);
     let routes = w.env.write_file(&format!("routes-{suffix}.yaml"), routes_file);
@@ -70,7 +71,7 @@ fn attach(w: &World, suffix: &str, routes_file: &str) -> (Attached, Output) {
         "--cgroup",
         &cgroup,
         "--netns",
-        "new",
+        netns,
         "--routes",
         routes.to_str().unwrap(),
     ]);
@@ -104,14 +105,14 @@ fn attach_traffic_detach_at_run_time_while_another_bottle_runs_and_a_restart_kee
     let port = w.up.port().to_string();
     let steady = w.env.spawn_exec(&["python3", "-c", STEADY, HOSTS[0], &port, "8"], &w.trust_vars());
 
-    let (b, out) = attach(&w, "b", &routes(HOSTS[1]));
+    let (b, out) = attach(&w, "b", &routes(HOSTS[1]), "new");
     assert!(out.status.success(), "attach: {}{}", stdout(&out), stderr(&out));
     assert_eq!(bottle_names(&w), [w.env.bottle().to_string(), b.name.clone()]);
     let (code, body) = w.curl_in(&b.name, &[&w.url(HOSTS[1], "/b")]);
     assert_eq!(code, "200", "run-time bottle, allowed host: {body}");
     let (code, _) = w.curl_in(&b.name, &[&w.url(HOSTS[0], "/b")]);
     assert_eq!(code, "403", "run-time bottle, the other bottle's host");
-    let (c, out) = attach(&w, "c", &routes(HOSTS[1]));
+    let (c, out) = attach(&w, "c", &routes(HOSTS[1]), "new");
     assert!(out.status.success(), "attach: {}{}", stdout(&out), stderr(&out));
 
     let out = w.env.cli(&["detach", "--bottle", &b.name]);
@@ -211,21 +212,8 @@ fn a_bottle_attached_to_an_existing_namespace_is_served_there_and_the_namespace_
     let spec = WorldSpec { hosts: &HOSTS, routes: &routes(HOSTS[0]), ..Default::default() };
     let w = World::start_spec("admin-netns-path", &spec);
     let ns = egress_e2e::podman::Netns::new(&format!("egress-e2e-path-{}", std::process::id()));
-    let name = w.env.more_bottle("p");
-    let cgroup = format!("{}-p", w.env.cgroup_rel);
-    let routes_file = w.env.write_file("routes-p.yaml", &routes(HOSTS[1]));
-    let out = w.env.cli(&[
-        "attach",
-        "--bottle",
-        &name,
-        "--cgroup",
-        &cgroup,
-        "--netns",
-        ns.path().to_str().unwrap(),
-        "--routes",
-        routes_file.to_str().unwrap(),
-    ]);
-    let _cleanup = Attached { name: name.clone(), cgroup_dir: egress_e2e::cgroup2_mount().unwrap().join(&cgroup) };
+    let (attached, out) = attach(&w, "p", &routes(HOSTS[1]), ns.path().to_str().unwrap());
+    let name = attached.name.clone();
     assert!(out.status.success(), "attach: {}{}", stdout(&out), stderr(&out));
     let out = w.run_in(&name, &["sh", "-c", "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '"]);
     assert_eq!(stdout(&out).trim(), "lo", "the command runs in the given namespace: {}", stderr(&out));
