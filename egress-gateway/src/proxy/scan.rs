@@ -359,6 +359,61 @@ mod tests {
     }
 
     #[test]
+    fn method_and_names_refuse_under_every_policy_and_trailer_values_are_redacted() {
+        let text = "routes:\n  - host: a.test\n    dlp: {outbound_on_match: redact}\n  - host: b.test\n    dlp: {outbound_on_match: block}\n";
+        let routes = crate::policy::Routes::parse(std::path::Path::new("r.yaml"), text).unwrap();
+        let engine = dlp::Engine::new(dlp::KnownSecrets::default(), Vec::new()).unwrap();
+        let token = "ghp_aB3dE5fG7hJ9kL2mN4pQ6rS8tU1vW3xY5zA7";
+        let lower = token.to_ascii_lowercase();
+        let plain = headers(&[("x-ok", "1")]);
+        let named = headers(&[(lower.as_str(), "1")]);
+        let trailer_named = headers(&[(lower.as_str(), "1")]);
+        let trailer_valued = headers(&[("x-checksum", token), ("x-other", "kept")]);
+        for route in routes.routes() {
+            let cases: [(&str, &HeaderMap, Option<&HeaderMap>, &str); 3] = [
+                (token, &plain, None, "in method"),
+                ("GET", &named, None, "in a header name"),
+                ("POST", &plain, Some(&trailer_named), "in a trailer name"),
+            ];
+            for (method, h, trailers, want) in cases {
+                let req =
+                    Outgoing { host: "a.test", method, path_and_query: "/", headers: h, body: Bytes::new(), trailers };
+                match outbound(&engine, route, req, &dlp::NoneSafe, true) {
+                    Outbound::Refuse(status, reason) => {
+                        assert_eq!(status, StatusCode::FORBIDDEN);
+                        assert!(reason.contains(want) && !reason.contains(&lower[4..]), "{reason}");
+                    }
+                    _ => panic!("{want}: not refused on {}", route.host),
+                }
+            }
+        }
+        let req = Outgoing {
+            host: "a.test",
+            method: "POST",
+            path_and_query: "/",
+            headers: &plain,
+            body: Bytes::from_static(b"x"),
+            trailers: Some(&trailer_valued),
+        };
+        let Outbound::Forward { trailers: Some(t), .. } =
+            outbound(&engine, &routes.routes()[0], req, &dlp::NoneSafe, false)
+        else {
+            panic!("redact route: trailer not redacted and forwarded")
+        };
+        assert_eq!(t["x-checksum"], "********");
+        assert_eq!(t["x-other"], "kept");
+        let req = Outgoing {
+            host: "b.test",
+            method: "POST",
+            path_and_query: "/",
+            headers: &plain,
+            body: Bytes::new(),
+            trailers: Some(&trailer_valued),
+        };
+        assert!(matches!(outbound(&engine, &routes.routes()[1], req, &dlp::NoneSafe, false), Outbound::Refuse(..)));
+    }
+
+    #[test]
     fn inbound_mode_buffers_small_text_streams_the_rest_and_skips_binary() {
         let text = "routes:\n  - host: a.test\n  - host: b.test\n    dlp: {inbound_detectors: false}\n";
         let routes = crate::policy::Routes::parse(std::path::Path::new("r.yaml"), text).unwrap();
