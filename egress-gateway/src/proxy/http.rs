@@ -636,7 +636,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The header names as a log shows them: scrubbed, since a name can carry a secret.
 fn header_names(dlp: &crate::dlp::Engine, headers: &HeaderMap) -> Vec<String> {
-    headers.keys().map(|n| dlp.scrub(n.as_str(), crate::dlp::Location::HeaderName).into_owned()).collect()
+    headers
+        .keys()
+        .map(|n| {
+            if dlp.known_secrets().find_folded(n.as_str()).is_empty() {
+                dlp.scrub(n.as_str(), crate::dlp::Location::HeaderName).into_owned()
+            } else {
+                "(withheld: a known secret)".to_string()
+            }
+        })
+        .collect()
 }
 
 /// A refusal: logged (at `log: 1` and above) with bottle, host, method, path without the

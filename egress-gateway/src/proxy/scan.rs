@@ -65,11 +65,13 @@ pub fn outbound(
     // finding there refuses the request whatever the policy, and nothing names them.
     let mut names = Vec::new();
     engine.scan_surface(req.method, Location::Method, selection, safe, &mut names);
-    for name in req.headers.keys() {
-        engine.scan_surface(name.as_str(), Location::HeaderName, selection, safe, &mut names);
-    }
-    for name in req.trailers.into_iter().flat_map(HeaderMap::keys) {
-        engine.scan_surface(name.as_str(), Location::TrailerName, selection, safe, &mut names);
+    let header_names = req.headers.keys().map(|n| (n, Location::HeaderName));
+    let trailer_names = req.trailers.into_iter().flat_map(HeaderMap::keys).map(|n| (n, Location::TrailerName));
+    for (name, loc) in header_names.chain(trailer_names) {
+        engine.scan_surface(name.as_str(), loc.clone(), selection, safe, &mut names);
+        if selection.known_secrets {
+            names.extend(folded_known_secrets(engine, name.as_str(), loc, safe));
+        }
     }
     if let Some(f) = names.iter().find(|f| f.severity == Severity::Block) {
         return Outbound::Refuse(
@@ -151,6 +153,27 @@ pub fn outbound(
             redact(req.path_and_query, headers, trailers, &decoded, &blocking, rescan, warnings)
         }
     }
+}
+
+/// Known secrets found lower-cased in a header or trailer name (names are folded, so the
+/// exact match misses a value with upper-case letters).
+pub fn folded_known_secrets(engine: &dlp::Engine, name: &str, loc: Location, safe: &dyn dlp::SafeSet) -> Vec<Finding> {
+    engine
+        .known_secrets()
+        .find_folded(name)
+        .into_iter()
+        .filter(|(_, value)| !safe.contains(value.expose()))
+        .map(|(var, value)| Finding {
+            rule_id: "known-secret".into(),
+            reason: format!("known_secrets: value of {var} (lower-cased)"),
+            location: loc.clone(),
+            span: (0, name.len()),
+            context: "********".into(),
+            severity: Severity::Block,
+            redactable: false,
+            matched: Some(value),
+        })
+        .collect()
 }
 
 /// Rewrites every surface with a finding. A compressed body is sent decoded (identity).
@@ -411,6 +434,25 @@ mod tests {
             trailers: Some(&trailer_valued),
         };
         assert!(matches!(outbound(&engine, &routes.routes()[1], req, &dlp::NoneSafe, false), Outbound::Refuse(..)));
+
+        // A known secret with upper-case letters, folded into a header name.
+        let known = dlp::KnownSecrets::new([("EGRESS_TOKEN_X".to_string(), "MixedCaseSecretValue99".to_string())], 12);
+        let engine = dlp::Engine::new(known, Vec::new()).unwrap();
+        let h = headers(&[("x-mixedcasesecretvalue99", "1")]);
+        let req = Outgoing {
+            host: "b.test",
+            method: "GET",
+            path_and_query: "/",
+            headers: &h,
+            body: Bytes::new(),
+            trailers: None,
+        };
+        match outbound(&engine, &routes.routes()[1], req, &dlp::NoneSafe, false) {
+            Outbound::Refuse(_, reason) => {
+                assert!(reason.contains("EGRESS_TOKEN_X") && !reason.contains("mixedcase"), "{reason}")
+            }
+            _ => panic!("a folded known secret in a header name passed"),
+        }
     }
 
     #[test]
