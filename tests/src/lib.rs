@@ -98,6 +98,8 @@ pub struct TestEnv {
     /// Names of the bottles that have a namespace of their own (removed on drop).
     netns_bottles: Vec<String>,
     gateway: Option<Child>,
+    /// A resolv.conf the gateway sees instead of the machine's (`EnvSpec::gateway_nameserver`).
+    gateway_resolv_conf: Option<PathBuf>,
     log_path: PathBuf,
     log_generation: u32,
     children: Vec<Child>,
@@ -118,6 +120,9 @@ pub struct EnvSpec<'a> {
     pub netns: bool,
     /// Further bottles, each with its own cgroup and routes file.
     pub more_bottles: &'a [MoreBottle<'a>],
+    /// The gateway runs in a mount namespace of its own whose /etc/resolv.conf names only
+    /// this (loopback) nameserver, so a test can see every name the gateway resolves.
+    pub gateway_nameserver: Option<&'a str>,
 }
 
 /// A further bottle of a test: `<first bottle's name>-<suffix>`, routes in
@@ -164,6 +169,7 @@ impl TestEnv {
             log_path: dir.join("gateway.log"),
             log_generation: 0,
             gateway: None,
+            gateway_resolv_conf: spec.gateway_nameserver.map(|_| dir.join("gateway-resolv.conf")),
             children: Vec::new(),
             dir,
         };
@@ -219,6 +225,9 @@ impl TestEnv {
         fs::write(env.dir.join("hosts"), etc_hosts).expect("write hosts");
         fs::write(env.dir.join("resolv.conf"), "nameserver 127.0.0.53\n").expect("write resolv.conf");
         fs::write(env.dir.join("routes.yaml"), spec.routes).expect("write routes.yaml");
+        if let (Some(path), Some(ns)) = (&env.gateway_resolv_conf, spec.gateway_nameserver) {
+            fs::write(path, format!("nameserver {ns}\noptions timeout:1 attempts:1\n")).expect("write resolv.conf");
+        }
         env
     }
 
@@ -254,7 +263,20 @@ impl TestEnv {
         assert!(self.gateway.is_none(), "gateway already running");
         self.log_generation += 1;
         let log = fs::File::create(self.current_log()).expect("create gateway log");
-        let child = Command::new(gateway_bin())
+        let mut command = match &self.gateway_resolv_conf {
+            // `unshare` execs the shell, which execs the gateway: the pid stays the gateway's.
+            Some(resolv) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg("mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"")
+                    .arg("sh")
+                    .arg(resolv)
+                    .arg(gateway_bin());
+                c
+            }
+            None => Command::new(gateway_bin()),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&self.config_path)
             .envs(vars.iter().copied())

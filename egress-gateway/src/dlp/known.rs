@@ -202,6 +202,18 @@ impl KnownSecrets {
         self.longest_form
     }
 
+    /// Values with upper-case letters found lower-cased in `text`: for header and trailer
+    /// names, which the protocols fold to lower case. (variable name, value).
+    pub fn find_folded(&self, text: &str) -> Vec<(String, Secret)> {
+        self.names
+            .iter()
+            .zip(&self.values)
+            .filter(|(_, v)| v.expose().bytes().any(|b| b.is_ascii_uppercase()))
+            .filter(|(_, v)| text.contains(&v.expose().to_ascii_lowercase()))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect()
+    }
+
     /// Every occurrence in `text`.
     pub fn find(&self, text: &str) -> Vec<KnownHit> {
         let mut hits = Vec::new();

@@ -75,6 +75,24 @@ pub enum Location {
     Body,
     /// A client-to-server WebSocket message.
     WebSocket,
+    /// The request method (an extension method is any token).
+    Method,
+    /// A header's name. It is never shown: it may be the secret.
+    HeaderName,
+    /// A trailer's value (chunked HTTP/1.1 or HTTP/2 trailers), by its name.
+    Trailer(String),
+    /// A trailer's name, never shown.
+    TrailerName,
+    /// The payload of a client-to-server WebSocket ping, pong or close frame.
+    WebSocketControl,
+}
+
+impl Location {
+    /// Whether a match here can be cut out of the text and the rest forwarded: not in a
+    /// host name, a method or a header or trailer name (the request would change meaning).
+    pub fn redactable(&self) -> bool {
+        !matches!(self, Location::Host | Location::Method | Location::HeaderName | Location::TrailerName)
+    }
 }
 
 impl fmt::Display for Location {
@@ -86,6 +104,11 @@ impl fmt::Display for Location {
             Location::Header(h) => write!(f, "header {h}"),
             Location::Body => f.write_str("body"),
             Location::WebSocket => f.write_str("websocket message"),
+            Location::Method => f.write_str("method"),
+            Location::HeaderName => f.write_str("a header name"),
+            Location::Trailer(t) => write!(f, "trailer {t}"),
+            Location::TrailerName => f.write_str("a trailer name"),
+            Location::WebSocketControl => f.write_str("websocket control frame"),
         }
     }
 }
@@ -472,7 +495,7 @@ impl Engine {
     /// Scans one text surface: as written, and normalised (Unicode evasion and encodings
     /// undone). A value found only after normalisation cannot be redacted.
     pub fn scan_surface(&self, text: &str, loc: Location, sel: Selection, safe: &dyn SafeSet, out: &mut Vec<Finding>) {
-        let redactable_surface = loc != Location::Host;
+        let redactable_surface = loc.redactable();
         // Every match first, approved values included, so that each context can mask all
         // of them (a context shows the text around one match, where another may sit).
         let mut found = Vec::new();

@@ -2,6 +2,7 @@
 //! which credential and DLP policy. Pure: `load` parses and validates a routes file
 //! (bot-bottle's rendered `routes.yaml`, JSON accepted), `decide` answers one request.
 mod load;
+pub mod target;
 
 use std::path::Path;
 
@@ -247,10 +248,8 @@ impl Routes {
             return Decision::Deny(Denial::new(format!("egress: host {host} is not in the allowlist")));
         };
         let (path, query) = req.path_and_query.split_once('?').unwrap_or((req.path_and_query, ""));
-        if !is_canonical_path(path) {
-            return Decision::Deny(Denial::new(format!(
-                "egress: request path for {host} is not in canonical form (dot segments or encoded separators)"
-            )));
+        if let Err(why) = target::check_path(path) {
+            return Decision::Deny(Denial::new(format!("egress: request path for {host} refused: {why}")));
         }
         match git_service(path, query) {
             Some(GitService::ReceivePack) => {
@@ -369,18 +368,6 @@ fn normalize_host(host: &str) -> String {
 /// `host` is a subdomain (any depth) of `suffix`, not `suffix` itself nor `xsuffix`.
 fn is_strict_subdomain(host: &str, suffix: &str) -> bool {
     host.len() > suffix.len() + 1 && host.ends_with(suffix) && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-}
-
-/// Rejects paths an upstream could resolve differently from how we matched them.
-fn is_canonical_path(path: &str) -> bool {
-    if !path.starts_with('/') && path != "*" {
-        return false;
-    }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c") || path.contains('\\') {
-        return false;
-    }
-    !path.split('/').any(|seg| seg == "." || seg == "..")
 }
 
 enum GitService {

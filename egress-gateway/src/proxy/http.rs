@@ -66,8 +66,10 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     if method == Method::CONNECT {
         return connect(req, flow, ctx).await;
     }
-    // The path as logs and refusals show it: a secret in it never reaches a log line.
+    // The path and method as logs and refusals show them: a secret in either never
+    // reaches a log line.
     let path = dlp.scrub(req.uri().path(), crate::dlp::Location::Path).into_owned();
+    let shown_method = dlp.scrub(method.as_str(), crate::dlp::Location::Method).into_owned();
 
     // === identify ===
     let host = match identify(&req, &flow) {
@@ -89,12 +91,16 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
         let shown = crate::dlp::hostname::loggable(dlp, &host);
         return deny(&flow, log_level, StatusCode::FORBIDDEN, &shown, &method, &path, reason);
     }
-    if !ctx.resolver.is_address_of(&host, flow.dst.ip()).await {
-        let reason = format!("egress: {} is not an address of {host}", flow.dst.ip());
-        return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &method, &path, &reason);
+    // A path an upstream could read differently from how the routes match it is refused
+    // before the routes are asked.
+    if let Err(why) = crate::policy::target::check_path(req.uri().path()) {
+        let reason = format!("egress: request path refused: {why}");
+        return deny(&flow, log_level, StatusCode::BAD_REQUEST, &host, &method, &path, &reason);
     }
 
     // === authorize ===
+    // The routes decide before anything resolves the name: a name they do not allow is
+    // never sent to a resolver (it could carry data to the name's DNS server).
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let route: Route = match routes.decide(&RequestHead {
         host: &host,
@@ -107,6 +113,10 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
             return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &method, &path, &denial.reason);
         }
     };
+    if !ctx.resolver.is_address_of(&host, flow.dst.ip()).await {
+        let reason = format!("egress: {} is not an address of {host}", flow.dst.ip());
+        return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &method, &path, &reason);
+    }
 
     // === scan ===
     let is_websocket = is_websocket_upgrade(&req);
@@ -120,20 +130,21 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     let supervisor = flow.conn.bottle.supervisor.clone();
     // The bottle's approved values, plus those approved `once` for this request.
     let mut safe = crate::supervise::RequestSafe::new(supervisor.as_deref());
-    let (path_and_query, client_headers, body_data) = loop {
+    let (path_and_query, client_headers, body_data, trailers) = loop {
         let outgoing = scan::Outgoing {
             host: &host,
             method: method.as_str(),
             path_and_query: &path_and_query,
             headers: &parts.headers,
             body: body.data.clone(),
+            trailers: body.trailers.as_ref(),
         };
         match scan::outbound(dlp, &route, outgoing, &safe, supervisor.is_some()) {
-            scan::Outbound::Forward { path_and_query, headers, body, warnings } => {
+            scan::Outbound::Forward { path_and_query, headers, body, trailers, warnings } => {
                 for w in warnings {
-                    tracing::warn!(bottle = %flow.conn.bottle.config.name, host = %host, method = %method, path = %path, reason = %w, "egress_dlp_warn");
+                    tracing::warn!(bottle = %flow.conn.bottle.config.name, host = %host, method = %shown_method, path = %path, reason = %w, "egress_dlp_warn");
                 }
-                break (path_and_query, headers, body);
+                break (path_and_query, headers, body, trailers);
             }
             scan::Outbound::Refuse(status, reason) => {
                 return deny(&flow, log_level, status, &host, &method, &path, &reason);
@@ -180,7 +191,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     }
     let scheme = if flow.tls { "https" } else { "http" };
     let port = flow.dst.port();
-    let uri: Uri = match format!("{scheme}://{host}:{port}{path_and_query}").parse() {
+    let uri = match upstream_uri(scheme, &host, port, &path_and_query) {
         Ok(u) => u,
         Err(e) => {
             let reason = format!("egress: cannot form the upstream URI: {e}");
@@ -188,7 +199,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
         }
     };
     if log_level >= LogLevel::Full {
-        tracing::info!(host = %host, method = %method, path = %path, headers = ?header_names(&headers), "egress_request");
+        tracing::info!(host = %host, method = %shown_method, path = %path, headers = ?header_names(dlp, &headers), "egress_request");
     }
 
     // === forward ===
@@ -203,8 +214,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     parts.uri = uri;
     parts.headers = headers;
     parts.version = http::Version::HTTP_11;
-    let upstream_req =
-        Request::from_parts(parts, BufferedBody { data: body_data, trailers: body.trailers }.into_body());
+    let upstream_req = Request::from_parts(parts, BufferedBody { data: body_data, trailers }.into_body());
     let resp = match ctx.upstream.send(upstream_req, client_h2).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -217,7 +227,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     if log_level >= LogLevel::Full {
-        tracing::info!(host = %host, method = %method, path = %path, status = parts.status.as_u16(), "egress_response");
+        tracing::info!(host = %host, method = %shown_method, path = %path, status = parts.status.as_u16(), "egress_response");
     }
     match scan::inbound_mode(&route, &parts.headers) {
         scan::InboundMode::Skip => return Response::from_parts(parts, body.map_err(Into::into).boxed()),
@@ -238,7 +248,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
             return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &method, &path, &reason);
         }
         InjectionVerdict::Warn(reason) => {
-            tracing::warn!(bottle = %flow.conn.bottle.config.name, host = %host, method = %method, path = %path, status = parts.status.as_u16(), reason = %reason, "egress_inbound_warn");
+            tracing::warn!(bottle = %flow.conn.bottle.config.name, host = %host, method = %shown_method, path = %path, status = parts.status.as_u16(), reason = %reason, "egress_inbound_warn");
         }
         InjectionVerdict::Clean => {}
     }
@@ -405,6 +415,11 @@ fn identify(req: &Request<Incoming>, flow: &Flow) -> Result<String, (StatusCode,
     if host.is_empty() {
         return Err((StatusCode::BAD_REQUEST, "egress: request has an empty Host".into()));
     }
+    // Parsed as an authority, and the host a plain name or IP literal: `a.test/.b.test`
+    // or `x@a.test` must never reach the routes or an upstream URI.
+    if http::uri::Authority::try_from(authority.as_str()).is_err() || !crate::policy::target::is_valid_host(&host) {
+        return Err((StatusCode::BAD_REQUEST, "egress: the Host is not a valid host name".into()));
+    }
     if let Some(sni) = flow.sni.as_ref().filter(|sni| **sni != host) {
         return Err((
             StatusCode::MISDIRECTED_REQUEST,
@@ -418,6 +433,26 @@ fn identify(req: &Request<Incoming>, flow: &Flow) -> Result<String, (StatusCode,
         ));
     }
     Ok(host)
+}
+
+/// The upstream URI, built from its parts (never by formatting the agent's Host into a
+/// string to parse): `host` must already be a valid name or IP literal.
+fn upstream_uri(scheme: &str, host: &str, port: u16, path_and_query: &str) -> Result<Uri, String> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let shown = match bare.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => bare.to_string(),
+    };
+    let authority =
+        http::uri::Authority::from_maybe_shared(Bytes::from(format!("{shown}:{port}"))).map_err(|e| e.to_string())?;
+    // The authority must be exactly the host and port given: nothing in `host` may have
+    // been read as userinfo, a path or another port.
+    if authority.host() != shown || authority.port_u16() != Some(port) {
+        return Err(format!("{host} is not a plain host name"));
+    }
+    let path_and_query = http::uri::PathAndQuery::from_maybe_shared(Bytes::from(path_and_query.to_string()))
+        .map_err(|e| e.to_string())?;
+    Uri::builder().scheme(scheme).authority(authority).path_and_query(path_and_query).build().map_err(|e| e.to_string())
 }
 
 /// `Host`/`:authority` without port and brackets, lower-case, no trailing dot.
@@ -439,6 +474,10 @@ async fn connect(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>
     let target = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
     let host = host_of(&target);
     let port = req.uri().port_u16().unwrap_or(443);
+    if !crate::policy::target::is_valid_host(&host) {
+        let reason = "egress: the CONNECT target is not a valid host name";
+        return deny(&flow, log_level, StatusCode::BAD_REQUEST, "-", &Method::CONNECT, "-", reason);
+    }
     if crate::dlp::hostname::carries_data(dlp, &host) {
         let reason = "egress: CONNECT blocked: the host name looks like it carries data (a secret or an encoded label)";
         let shown = crate::dlp::hostname::loggable(dlp, &host);
@@ -595,8 +634,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn header_names(headers: &HeaderMap) -> Vec<&str> {
-    headers.keys().map(HeaderName::as_str).collect()
+/// The header names as a log shows them: scrubbed, since a name can carry a secret.
+fn header_names(dlp: &crate::dlp::Engine, headers: &HeaderMap) -> Vec<String> {
+    headers
+        .keys()
+        .map(|n| {
+            if dlp.known_secrets().find_folded(n.as_str()).is_empty() {
+                dlp.scrub(n.as_str(), crate::dlp::Location::HeaderName).into_owned()
+            } else {
+                "(withheld: a known secret)".to_string()
+            }
+        })
+        .collect()
 }
 
 /// A refusal: logged (at `log: 1` and above) with bottle, host, method, path without the
@@ -611,6 +660,8 @@ fn deny(
     reason: &str,
 ) -> Response<Body> {
     if log_level >= LogLevel::Blocks || status != StatusCode::FORBIDDEN {
+        // An extension method can carry a secret: it is logged scrubbed.
+        let method = flow.conn.bottle.dlp().scrub(method.as_str(), crate::dlp::Location::Method).into_owned();
         tracing::warn!(
             bottle = %flow.conn.bottle.config.name,
             host = %host,
@@ -647,6 +698,17 @@ mod tests {
         assert_eq!(host_of("api.example.test."), "api.example.test");
         assert_eq!(host_of("[::1]:443"), "::1");
         assert_eq!(host_of("127.0.0.2"), "127.0.0.2");
+    }
+
+    #[test]
+    fn upstream_uri_is_built_from_a_validated_authority() {
+        let u = upstream_uri("https", "api.example.test", 443, "/v1/x?y=z").unwrap();
+        assert_eq!(u.to_string(), "https://api.example.test:443/v1/x?y=z");
+        assert_eq!(upstream_uri("http", "::1", 80, "/").unwrap().to_string(), "http://[::1]:80/");
+        // A Host that would move the authority is refused, never re-parsed.
+        for bad in ["evil.test/.allowed.test", "x@evil.test", "evil.test:1", "evil.test?.allowed", "a b"] {
+            assert!(upstream_uri("https", bad, 443, "/").is_err(), "{bad}");
+        }
     }
 
     #[test]

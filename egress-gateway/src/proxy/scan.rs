@@ -12,7 +12,13 @@ use crate::{
 /// What the outbound phase decided.
 pub enum Outbound {
     /// Forward, possibly rewritten (redacted).
-    Forward { path_and_query: String, headers: HeaderMap, body: Bytes, warnings: Vec<String> },
+    Forward {
+        path_and_query: String,
+        headers: HeaderMap,
+        body: Bytes,
+        trailers: Option<HeaderMap>,
+        warnings: Vec<String>,
+    },
     /// Refuse with this status and one-line reason.
     Refuse(StatusCode, String),
     /// Hold for the operator's decision on this value (shown as `payload`).
@@ -26,6 +32,8 @@ pub struct Outgoing<'a> {
     pub path_and_query: &'a str,
     pub headers: &'a HeaderMap,
     pub body: Bytes,
+    /// Chunked HTTP/1.1 or HTTP/2 trailers, sent after the body.
+    pub trailers: Option<&'a HeaderMap>,
 }
 
 /// Scans the request and applies the route's policy. Under `supervise`, a finding with a
@@ -53,8 +61,36 @@ pub fn outbound(
         .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let selection = dlp::Selection::from_names(route.dlp.outbound_detectors.as_deref());
+    // Surfaces no redaction can rewrite (the method, header and trailer names) first: a
+    // finding there refuses the request whatever the policy, and nothing names them.
+    let mut names = Vec::new();
+    engine.scan_surface(req.method, Location::Method, selection, safe, &mut names);
+    let header_names = req.headers.keys().map(|n| (n, Location::HeaderName));
+    let trailer_names = req.trailers.into_iter().flat_map(HeaderMap::keys).map(|n| (n, Location::TrailerName));
+    for (name, loc) in header_names.chain(trailer_names) {
+        engine.scan_surface(name.as_str(), loc.clone(), selection, safe, &mut names);
+        if selection.known_secrets {
+            names.extend(folded_known_secrets(engine, name.as_str(), loc, safe));
+        }
+    }
+    if let Some(f) = names.iter().find(|f| f.severity == Severity::Block) {
+        return Outbound::Refuse(
+            StatusCode::FORBIDDEN,
+            format!("egress: request blocked, cannot be redacted: {} in {} ({})", f.reason, f.location, f.context),
+        );
+    }
     let request = dlp::Request { host: req.host, path, query, headers: &header_pairs, body: &decoded };
-    let findings = engine.scan_request(&request, selection, safe);
+    let mut findings = engine.scan_request(&request, selection, safe);
+    findings.extend(names);
+    let trailer_pairs: Vec<(String, String)> = req
+        .trailers
+        .into_iter()
+        .flat_map(HeaderMap::iter)
+        .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    for (name, value) in &trailer_pairs {
+        engine.scan_surface(value, Location::Trailer(name.clone()), selection, safe, &mut findings);
+    }
     let warnings: Vec<String> = findings
         .iter()
         .filter(|f| f.severity == Severity::Warn)
@@ -66,6 +102,7 @@ pub fn outbound(
             path_and_query: req.path_and_query.to_string(),
             headers: req.headers.clone(),
             body: req.body,
+            trailers: req.trailers.cloned(),
             warnings,
         };
     }
@@ -112,17 +149,39 @@ pub fn outbound(
                 found.retain(|f| f.severity == Severity::Block);
                 found
             };
-            redact(req.path_and_query, req.headers, &decoded, &header_pairs, &blocking, rescan, warnings)
+            let (headers, trailers) = ((req.headers, &header_pairs[..]), req.trailers.map(|t| (t, &trailer_pairs[..])));
+            redact(req.path_and_query, headers, trailers, &decoded, &blocking, rescan, warnings)
         }
     }
+}
+
+/// Known secrets found lower-cased in a header or trailer name (names are folded, so the
+/// exact match misses a value with upper-case letters).
+pub fn folded_known_secrets(engine: &dlp::Engine, name: &str, loc: Location, safe: &dyn dlp::SafeSet) -> Vec<Finding> {
+    engine
+        .known_secrets()
+        .find_folded(name)
+        .into_iter()
+        .filter(|(_, value)| !safe.contains(value.expose()))
+        .map(|(var, value)| Finding {
+            rule_id: "known-secret".into(),
+            reason: format!("known_secrets: value of {var} (lower-cased)"),
+            location: loc.clone(),
+            span: (0, name.len()),
+            context: "********".into(),
+            severity: Severity::Block,
+            redactable: false,
+            matched: Some(value),
+        })
+        .collect()
 }
 
 /// Rewrites every surface with a finding. A compressed body is sent decoded (identity).
 fn redact(
     path_and_query: &str,
-    headers: &HeaderMap,
+    (headers, header_pairs): (&HeaderMap, &[(String, String)]),
+    trailers: Option<(&HeaderMap, &[(String, String)])>,
     body: &[u8],
-    header_pairs: &[(String, String)],
     findings: &[&Finding],
     rescan: impl Fn(&str, Location) -> Vec<Finding>,
     warnings: Vec<String>,
@@ -144,43 +203,63 @@ fn redact(
     let new_query = query.map(|q| redact_surface(Location::Query, q));
     let body_text = String::from_utf8_lossy(body);
     let new_body = redact_surface(Location::Body, &body_text);
-    // A finding names its header, not which value of a repeated one: each value of a
-    // named header is scanned again on its own, and all of them are kept, in order.
-    let mut new_headers = headers.clone();
-    let mut names: Vec<&str> = findings
-        .iter()
-        .filter_map(|f| match &f.location {
-            Location::Header(name) => Some(name.as_str()),
+    let Some(mut new_headers) = redact_fields(headers, header_pairs, findings, &rescan, |loc| match loc {
+        Location::Header(name) => Some(name.as_str()),
+        _ => None,
+    }) else {
+        return Outbound::Refuse(StatusCode::FORBIDDEN, "egress: a header cannot be redacted".into());
+    };
+    let trailers = match trailers {
+        Some((map, pairs)) => match redact_fields(map, pairs, findings, &rescan, |loc| match loc {
+            Location::Trailer(name) => Some(name.as_str()),
             _ => None,
-        })
-        .collect();
-    names.dedup();
-    for name in names {
-        let header_name = http::HeaderName::from_bytes(name.as_bytes()).expect("came from a header");
-        new_headers.remove(&header_name);
-        for (_, value) in header_pairs.iter().filter(|(n, _)| n == name) {
-            let own = rescan(value, Location::Header(name.to_string()));
-            let spans: Vec<&str> = own.iter().filter_map(|f| value.get(f.span.0..f.span.1)).collect();
-            match HeaderValue::from_str(&dlp::redact_text(value, &spans)) {
-                Ok(v) => {
-                    new_headers.append(&header_name, v);
-                }
-                Err(_) => {
-                    return Outbound::Refuse(
-                        StatusCode::FORBIDDEN,
-                        format!("egress: header {name} cannot be redacted"),
-                    );
-                }
-            }
-        }
-    }
+        }) {
+            Some(t) => Some(t),
+            None => return Outbound::Refuse(StatusCode::FORBIDDEN, "egress: a trailer cannot be redacted".into()),
+        },
+        None => None,
+    };
     new_headers.remove(header::CONTENT_ENCODING);
     new_headers.remove(header::CONTENT_LENGTH);
     let path_and_query = match new_query {
         Some(q) => format!("{new_path}?{q}"),
         None => new_path,
     };
-    Outbound::Forward { path_and_query, headers: new_headers, body: Bytes::from(new_body.into_bytes()), warnings }
+    Outbound::Forward {
+        path_and_query,
+        headers: new_headers,
+        body: Bytes::from(new_body.into_bytes()),
+        trailers,
+        warnings,
+    }
+}
+
+/// `fields` (headers or trailers) with every value of each field `named` by a finding
+/// scanned again on its own and redacted; all values are kept, in order. `None` when a
+/// redacted value is not a valid field value.
+fn redact_fields(
+    fields: &HeaderMap,
+    pairs: &[(String, String)],
+    findings: &[&Finding],
+    rescan: &impl Fn(&str, Location) -> Vec<Finding>,
+    named: impl Fn(&Location) -> Option<&str>,
+) -> Option<HeaderMap> {
+    // A finding names its field, not which value of a repeated one.
+    let mut out = fields.clone();
+    let mut names: Vec<&str> = findings.iter().filter_map(|f| named(&f.location)).collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let field = http::HeaderName::from_bytes(name.as_bytes()).ok()?;
+        out.remove(&field);
+        for (_, value) in pairs.iter().filter(|(n, _)| n == name) {
+            let loc = findings.iter().map(|f| &f.location).find(|l| named(l) == Some(name)).cloned()?;
+            let own = rescan(value, loc);
+            let spans: Vec<&str> = own.iter().filter_map(|f| value.get(f.span.0..f.span.1)).collect();
+            out.append(&field, HeaderValue::from_str(&dlp::redact_text(value, &spans)).ok()?);
+        }
+    }
+    Some(out)
 }
 
 /// Largest response the inbound scan buffers whole (a block is then a clean 403);
@@ -282,7 +361,14 @@ mod tests {
         let token = "ghp_aB3dE5fG7hJ9kL2mN4pQ6rS8tU1vW3xY5zA7";
         for order in [["plain-value", token], [token, "plain-value"]] {
             let h = headers(&[("x-key", order[0]), ("x-key", order[1]), ("x-other", "kept")]);
-            let req = Outgoing { host: "a.test", method: "GET", path_and_query: "/", headers: &h, body: Bytes::new() };
+            let req = Outgoing {
+                host: "a.test",
+                method: "GET",
+                path_and_query: "/",
+                headers: &h,
+                body: Bytes::new(),
+                trailers: None,
+            };
             let Outbound::Forward { headers: out, .. } =
                 outbound(&engine, &routes.routes()[0], req, &dlp::NoneSafe, false)
             else {
@@ -292,6 +378,80 @@ mod tests {
             let want: Vec<&str> = order.iter().map(|v| if *v == token { "********" } else { *v }).collect();
             assert_eq!(values, want);
             assert_eq!(out["x-other"], "kept");
+        }
+    }
+
+    #[test]
+    fn method_and_names_refuse_under_every_policy_and_trailer_values_are_redacted() {
+        let text = "routes:\n  - host: a.test\n    dlp: {outbound_on_match: redact}\n  - host: b.test\n    dlp: {outbound_on_match: block}\n";
+        let routes = crate::policy::Routes::parse(std::path::Path::new("r.yaml"), text).unwrap();
+        let engine = dlp::Engine::new(dlp::KnownSecrets::default(), Vec::new()).unwrap();
+        let token = "ghp_aB3dE5fG7hJ9kL2mN4pQ6rS8tU1vW3xY5zA7";
+        let lower = token.to_ascii_lowercase();
+        let plain = headers(&[("x-ok", "1")]);
+        let named = headers(&[(lower.as_str(), "1")]);
+        let trailer_named = headers(&[(lower.as_str(), "1")]);
+        let trailer_valued = headers(&[("x-checksum", token), ("x-other", "kept")]);
+        for route in routes.routes() {
+            let cases: [(&str, &HeaderMap, Option<&HeaderMap>, &str); 3] = [
+                (token, &plain, None, "in method"),
+                ("GET", &named, None, "in a header name"),
+                ("POST", &plain, Some(&trailer_named), "in a trailer name"),
+            ];
+            for (method, h, trailers, want) in cases {
+                let req =
+                    Outgoing { host: "a.test", method, path_and_query: "/", headers: h, body: Bytes::new(), trailers };
+                match outbound(&engine, route, req, &dlp::NoneSafe, true) {
+                    Outbound::Refuse(status, reason) => {
+                        assert_eq!(status, StatusCode::FORBIDDEN);
+                        assert!(reason.contains(want) && !reason.contains(&lower[4..]), "{reason}");
+                    }
+                    _ => panic!("{want}: not refused on {}", route.host),
+                }
+            }
+        }
+        let req = Outgoing {
+            host: "a.test",
+            method: "POST",
+            path_and_query: "/",
+            headers: &plain,
+            body: Bytes::from_static(b"x"),
+            trailers: Some(&trailer_valued),
+        };
+        let Outbound::Forward { trailers: Some(t), .. } =
+            outbound(&engine, &routes.routes()[0], req, &dlp::NoneSafe, false)
+        else {
+            panic!("redact route: trailer not redacted and forwarded")
+        };
+        assert_eq!(t["x-checksum"], "********");
+        assert_eq!(t["x-other"], "kept");
+        let req = Outgoing {
+            host: "b.test",
+            method: "POST",
+            path_and_query: "/",
+            headers: &plain,
+            body: Bytes::new(),
+            trailers: Some(&trailer_valued),
+        };
+        assert!(matches!(outbound(&engine, &routes.routes()[1], req, &dlp::NoneSafe, false), Outbound::Refuse(..)));
+
+        // A known secret with upper-case letters, folded into a header name.
+        let known = dlp::KnownSecrets::new([("EGRESS_TOKEN_X".to_string(), "MixedCaseSecretValue99".to_string())], 12);
+        let engine = dlp::Engine::new(known, Vec::new()).unwrap();
+        let h = headers(&[("x-mixedcasesecretvalue99", "1")]);
+        let req = Outgoing {
+            host: "b.test",
+            method: "GET",
+            path_and_query: "/",
+            headers: &h,
+            body: Bytes::new(),
+            trailers: None,
+        };
+        match outbound(&engine, &routes.routes()[1], req, &dlp::NoneSafe, false) {
+            Outbound::Refuse(_, reason) => {
+                assert!(reason.contains("EGRESS_TOKEN_X") && !reason.contains("mixedcase"), "{reason}")
+            }
+            _ => panic!("a folded known secret in a header name passed"),
         }
     }
 

@@ -130,6 +130,11 @@ where
                 Err(e) => return protocol_close(e),
             };
             let out = match reassembler.push(frame) {
+                Ok(Event::Control(frame)) if dir == Direction::Up => match scan_control(&frame, scanning) {
+                    Verdict::Pass => frame.raw,
+                    Verdict::Replace(bytes) => bytes,
+                    Verdict::Close(reason) => return End::Close(POLICY_VIOLATION, reason),
+                },
                 Ok(Event::Control(frame)) => frame.raw,
                 Ok(Event::Pending) => continue,
                 Ok(Event::Message(message)) => match scan(&message, dir, scanning, &mut injection) {
@@ -175,6 +180,33 @@ fn scan_outbound(message: &Message, text: &str, scanning: &Scanning) -> Verdict 
         return Verdict::Replace(ws_frame::encode(Opcode::Text, redacted.as_bytes(), Some(rand::random())));
     }
     Verdict::Close(format!("egress: websocket message blocked: {} ({})", first.reason, first.context))
+}
+
+/// A client's ping, pong or close frame: its payload (a close frame's reason) is scanned
+/// like a message. `redact` rewrites it when the result still fits a control frame;
+/// otherwise a finding closes both sides.
+fn scan_control(frame: &ws_frame::Frame, scanning: &Scanning) -> Verdict {
+    let (prefix, body) = match frame.opcode {
+        Opcode::Close if frame.payload.len() >= 2 => frame.payload.split_at(2),
+        _ => (&[][..], &frame.payload[..]),
+    };
+    let text = String::from_utf8_lossy(body);
+    let mut findings = Vec::new();
+    let loc = Location::WebSocketControl;
+    scanning.engine.scan_surface(&text, loc, scanning.selection, &*scanning.safe, &mut findings);
+    let blocking: Vec<_> = findings.into_iter().filter(|f| f.severity == Severity::Block).collect();
+    let Some(first) = blocking.first() else { return Verdict::Pass };
+    let utf8 = std::str::from_utf8(body).is_ok();
+    if scanning.on_match == OnMatch::Redact && utf8 && blocking.iter().all(|f| f.redactable) {
+        let values: Vec<&str> = blocking.iter().filter_map(|f| text.get(f.span.0..f.span.1)).collect();
+        let mut payload = prefix.to_vec();
+        payload.extend_from_slice(dlp::redact_text(&text, &values).as_bytes());
+        if payload.len() <= 125 {
+            tracing::warn!(bottle = %scanning.bottle, host = %scanning.host, path = %scanning.path, reason = %format!("{} in {}", first.reason, first.location), "egress_websocket_redacted");
+            return Verdict::Replace(ws_frame::encode(frame.opcode, &payload, Some(rand::random())));
+        }
+    }
+    Verdict::Close(format!("egress: websocket control frame blocked: {} ({})", first.reason, first.context))
 }
 
 fn scan_inbound(message: &Message, text: &str, scanning: &Scanning, injection: &mut InjectionStream) -> Verdict {
@@ -293,6 +325,33 @@ mod tests {
         let to_server = read_frames(&mut upstream, true).await;
         let raw: Vec<u8> = to_server.iter().flat_map(|f| f.raw.clone()).collect();
         assert_eq!(raw, wire);
+    }
+
+    #[tokio::test]
+    async fn a_token_in_a_ping_pong_or_close_payload_is_blocked_or_redacted() {
+        for op in [Opcode::Ping, Opcode::Pong, Opcode::Close] {
+            let payload = if op == Opcode::Close {
+                [&1000u16.to_be_bytes()[..], TOKEN.as_bytes()].concat()
+            } else {
+                TOKEN.as_bytes().to_vec()
+            };
+            let (mut client, mut upstream) = start(scanning(OnMatch::Block, &[]));
+            client.write_all(&ws_frame::encode(op, &payload, Some([9, 8, 7, 6]))).await.unwrap();
+            let to_server = read_frames(&mut upstream, true).await;
+            assert_eq!(to_server.len(), 1, "{op:?}: only our close reaches the server: {to_server:?}");
+            assert_eq!(to_server[0].opcode, Opcode::Close);
+            assert_eq!(&to_server[0].payload[..2], &1008u16.to_be_bytes());
+            assert!(!String::from_utf8_lossy(&to_server[0].payload).contains(TOKEN));
+
+            let (mut client, mut upstream) = start(scanning(OnMatch::Redact, &[]));
+            client.write_all(&ws_frame::encode(op, &payload, Some([9, 8, 7, 6]))).await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = upstream.read(&mut buf).await.unwrap();
+            let (frame, _) = ws_frame::parse(&buf[..n], true).unwrap().unwrap();
+            assert_eq!(frame.opcode, op);
+            assert!(frame.payload.ends_with(b"********"), "{op:?}: {:?}", frame.payload);
+            assert!(!String::from_utf8_lossy(&frame.payload).contains(TOKEN));
+        }
     }
 
     #[tokio::test]

@@ -1,0 +1,170 @@
+//! What a request targets, checked before any route is matched or any name resolved:
+//! the host must be a plain DNS name or IP literal, and the path must mean the same to
+//! every upstream, however many times it decodes it and whatever it makes of `;`.
+//!
+//! The path rule (see docs/security.md):
+//! - it starts with `/` (or is `*`); no backslash, raw or encoded;
+//! - every `%` starts a two-hex-digit escape (no `%u002e`, no bare `%`);
+//! - no encoded `/` (`%2f`), and no `%25` that would form a new escape once decoded
+//!   (`%252e`): a second decoding finds nothing new;
+//! - decoded once, it is valid UTF-8 (overlong forms like `%c0%ae` are not) without
+//!   control characters or look-alike dots and slashes (U+FF0E, U+2215, ...);
+//! - no segment, decoded and with its `;` parameters removed, is `.` or `..` (so
+//!   `/..;/`, `/.%2e/` and `/..%3bx/` are all refused). Other `;` parameters
+//!   (`/a;v=1/b`) and escapes of ordinary characters (`%20`, `%41`) pass.
+
+/// Why a path was refused: one line for the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRefusal(pub &'static str);
+
+impl std::fmt::Display for PathRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// Characters some servers fold into `.`, `/` or `\`.
+const LOOKALIKES: &[char] = &['\u{FF0E}', '\u{FF0F}', '\u{FF3C}', '\u{2215}', '\u{2216}', '\u{2024}', '\u{2044}'];
+
+/// Checks a request path (without the query) against the rule above.
+pub fn check_path(path: &str) -> Result<(), PathRefusal> {
+    if path == "*" {
+        return Ok(());
+    }
+    if !path.starts_with('/') {
+        return Err(PathRefusal("the path does not start with /"));
+    }
+    if path.contains('\\') {
+        return Err(PathRefusal("the path contains a backslash"));
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            decoded.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let (Some(h), Some(l)) = (bytes.get(i + 1).and_then(hex), bytes.get(i + 2).and_then(hex)) else {
+            return Err(PathRefusal("the path has a % that is not a two-digit escape (%u or a bare %)"));
+        };
+        let byte = h << 4 | l;
+        match byte {
+            b'/' => return Err(PathRefusal("the path has an encoded / (%2f)")),
+            b'\\' => return Err(PathRefusal("the path contains a backslash")),
+            b'%' if bytes.get(i + 3).is_some_and(|b| hex(b).is_some())
+                && bytes.get(i + 4).is_some_and(|b| hex(b).is_some()) =>
+            {
+                return Err(PathRefusal("the path is encoded twice (%25 followed by an escape)"));
+            }
+            _ => {}
+        }
+        decoded.push(byte);
+        i += 3;
+    }
+    let Ok(text) = std::str::from_utf8(&decoded) else {
+        return Err(PathRefusal("the path does not decode to valid UTF-8 (overlong or broken escapes)"));
+    };
+    if text.chars().any(|c| c.is_control()) {
+        return Err(PathRefusal("the path decodes to control characters"));
+    }
+    if text.chars().any(|c| LOOKALIKES.contains(&c)) {
+        return Err(PathRefusal("the path has a character servers may read as . or /"));
+    }
+    for segment in text.split('/') {
+        let base = segment.split(';').next().unwrap_or("");
+        if base == "." || base == ".." {
+            return Err(PathRefusal("the path has a dot segment (., .., or one hidden by ; or an escape)"));
+        }
+    }
+    Ok(())
+}
+
+fn hex(b: &u8) -> Option<u8> {
+    (*b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Whether `host` (lower-case, no port or brackets) is a DNS name made of letters,
+/// digits, `-` and `_` labels, or an IP literal: anything else (`/`, `@`, spaces, empty
+/// labels) could change what an upstream URI or a resolver makes of it.
+pub fn is_valid_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_paths_pass() {
+        for p in [
+            "/",
+            "*",
+            "/v1/chat/completions",
+            "/a%20b/c%41",
+            "/files/report.v2.txt",
+            "/a;v=1/b",
+            "/api;jsessionid=abc/x",
+            "/v1/a%2ex",
+            "/search/100%25",
+            "/x/%25zz",
+            "/caf%C3%A9",
+            "/..foo/.bar/...",
+        ] {
+            assert_eq!(check_path(p), Ok(()), "{p}");
+        }
+    }
+
+    #[test]
+    fn paths_an_upstream_could_read_differently_are_refused() {
+        for p in [
+            "v1/x",
+            "/v1/../admin",
+            "/v1/./admin",
+            "/v1/..",
+            "/v1/..;/admin",
+            "/v1/..;x=1/admin",
+            "/v1/.;/admin",
+            "/v1/%2e%2e/admin",
+            "/v1/.%2E/admin",
+            "/v1/..%3b/admin",
+            "/v1/%252e%252e/admin",
+            "/v1/%252fadmin",
+            "/v1/%c0%ae%c0%ae/admin",
+            "/v1/%u002e%u002e/admin",
+            "/v1/%",
+            "/v1/%2",
+            "/v1/%zz",
+            "/v1\\..\\admin",
+            "/v1/%5c../admin",
+            "/v1%2fadmin",
+            "/v1/%2F",
+            "/v1/%00",
+            "/v1/%0d%0a",
+            "/v1/%ef%bc%8e%ef%bc%8e/admin",
+            "/v1/%e2%88%95admin",
+        ] {
+            assert!(check_path(p).is_err(), "{p}");
+        }
+    }
+
+    #[test]
+    fn hosts_are_plain_names_or_ip_literals() {
+        for h in ["api.example.test", "a-b_c.test", "_egress.local", "127.0.0.2", "::1", "localhost"] {
+            assert!(is_valid_host(h), "{h}");
+        }
+        for h in ["", "a..b", "evil.test/.allowed.test", "a@b.test", "a b.test", "a.test:x", ".a.test", "a%2e.test"] {
+            assert!(!is_valid_host(h), "{h}");
+        }
+    }
+}
