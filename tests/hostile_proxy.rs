@@ -10,7 +10,10 @@ use std::{
     thread,
 };
 
-use egress_e2e::{EnvSpec, stderr, stdout, world::World};
+use egress_e2e::{
+    stderr, stdout,
+    world::{World, WorldSpec},
+};
 
 const ROUTES: &str = r#"log: 1
 routes:
@@ -89,8 +92,8 @@ fn world(test: &str) -> World {
 }
 
 fn world_with_dns(test: &str, dns: &CountingDns) -> World {
-    let spec = EnvSpec { routes: ROUTES, gateway_nameserver: Some(&dns.addr), ..Default::default() };
-    World::start_spec(test, &HOSTS, spec, &[], &[])
+    let spec = WorldSpec { hosts: &HOSTS, routes: ROUTES, gateway_nameserver: Some(&dns.addr), ..Default::default() };
+    World::start_spec(test, &spec)
 }
 
 fn assert_never_logged(w: &World, value: &str) {

@@ -29,6 +29,8 @@ pub struct WorldSpec<'a> {
     pub netns: bool,
     /// More bottles in the gateway.
     pub more_bottles: &'a [MoreBottle<'a>],
+    /// The only nameserver the gateway's resolver sees (`EnvSpec::gateway_nameserver`).
+    pub gateway_nameserver: Option<&'a str>,
 }
 
 pub struct World {
@@ -66,7 +68,18 @@ impl World {
 
     /// The general form: see `WorldSpec`.
     pub fn start_spec(test: &str, spec: &WorldSpec<'_>) -> World {
-        let WorldSpec { hosts, routes, gateway_env, bottle, config, files, private_files, netns, more_bottles } = *spec;
+        let WorldSpec {
+            hosts,
+            routes,
+            gateway_env,
+            bottle,
+            config,
+            files,
+            private_files,
+            netns,
+            more_bottles,
+            gateway_nameserver,
+        } = *spec;
         let ca = TestCa::new();
         let extra_config = format!("upstream_ca_files: [test-ca.pem]\n{config}");
         let host_map: Vec<(&str, &str)> = hosts.iter().map(|h| (*h, "127.0.0.2")).collect();
@@ -77,6 +90,7 @@ impl World {
             extra_bottle: bottle,
             netns,
             more_bottles,
+            gateway_nameserver,
         };
         let mut env = TestEnv::new(test, env_spec);
         env.write_file("test-ca.pem", &ca.pem);
