@@ -185,6 +185,9 @@ impl TestEnv {
             fs::write(env.dir.join(format!("routes-{}.yaml", b.suffix)), b.routes).expect("write routes");
         }
         let netns_line = netns_line(spec.netns);
+        // The gateway's resolver never asks the machine's name servers (they may be real
+        // addresses): a loopback port where nothing answers, unless the test sets its own.
+        let resolvers = if spec.extra_config.contains("resolvers:") { "" } else { "resolvers: [127.0.0.1:9]\n" };
         let config = format!(
             "listen: 127.0.0.1:{listen}\n\
              dns_listen: 127.0.0.1:{dns}\n\
@@ -192,6 +195,7 @@ impl TestEnv {
              bpffs_dir: {bpffs}\n\
              admin_socket: {dir}/admin.sock\n\
              hosts:\n{hosts}\
+             {resolvers}\
              {extra_config}\n\
              bottles:\n  \
                - name: {name}\n    \
