@@ -160,6 +160,8 @@ pub struct Gateway {
     pub resolver: Resolver,
     pub maps: bpf::KernelMaps,
     pub proxy: Arc<proxy::ProxyContext>,
+    /// Each bottle's budget of new names under wildcard routes (DNS answers).
+    pub dns_budgets: crate::dns::NameBudgets,
     /// The bottles served now, by id; replaced whole when one is attached or detached,
     /// so readers never take a lock.
     bottles: ArcSwap<HashMap<u32, Arc<Served>>>,
@@ -377,7 +379,11 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
         states.push(Arc::new(state));
     }
 
-    let resolver = Resolver::new(config.hosts.clone());
+    let resolver = Resolver::from_config(config.hosts.clone(), &config.resolvers, config.dns.concurrent_lookups)
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "no upstream name servers: only `hosts:` overrides resolve");
+            Resolver::new(config.hosts.clone())
+        });
     let ca = CertificateAuthority::load_or_create(&config.state_dir).context("loading the interception CA")?;
     let upstream = proxy::upstream::Upstream::new(resolver.clone(), &config.upstream_ca_files)
         .context("building the upstream TLS client")?;
@@ -406,6 +412,7 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
         config: config.clone(),
         maps,
         proxy,
+        dns_budgets: crate::dns::NameBudgets::new(config.dns.new_names_per_minute),
         bottles: ArcSwap::from_pointee(HashMap::new()),
         changes: tokio::sync::Mutex::new(()),
         me: me.clone(),

@@ -1,8 +1,13 @@
 //! The DNS listener: bottles' UDP port 53 traffic lands here. A name the bottle's policy
 //! allows is answered from the gateway's resolver; every other name gets NXDOMAIN.
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use tokio::net::UdpSocket;
@@ -88,7 +93,25 @@ async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &Gate
         );
         return Some(wire::reply(&query, wire::Rcode::NxDomain, &[]));
     }
-    let addrs = match gw.resolver.lookup(&query.name).await {
+    // A new name under a wildcard spends the bottle's budget: whatever the shape checks
+    // miss, a tunnel gets only so many names a minute.
+    if let Some(route) = live.routes.route_for(&query.name).filter(|r| r.host.starts_with("*."))
+        && let Err(refused) = gw.dns_budgets.admit(&bottle.config.name, &query.name, Instant::now())
+    {
+        // Never the name: under a wildcard its labels are the bottle's to choose.
+        tracing::warn!(
+            bottle = %bottle.config.name,
+            wildcard = %route.host,
+            name_len = query.name.len(),
+            limit_per_minute = gw.dns_budgets.limit(),
+            refused_total = refused,
+            decision = "nxdomain",
+            reason = "budget of new names under a wildcard spent",
+            "dns query denied"
+        );
+        return Some(wire::reply(&query, wire::Rcode::NxDomain, &[]));
+    }
+    let addrs = match gw.resolver.lookup_for(&bottle.config.name, &query.name).await {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(bottle = %bottle.config.name, name = %query.name, error = %e, "dns resolution failed");
@@ -105,6 +128,52 @@ async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &Gate
         .collect();
     tracing::debug!(bottle = %bottle.config.name, name = %query.name, answers = wanted.len(), "dns query answered");
     Some(wire::reply(&query, wire::Rcode::NoError, &wanted))
+}
+
+/// How long a name stays "seen" for a bottle's budget.
+const BUDGET_WINDOW: Duration = Duration::from_secs(60);
+
+/// Per bottle, the distinct names under wildcard routes it resolved in the last minute;
+/// a name beyond `dns.new_names_per_minute` is refused. Names already seen in the
+/// window are free, so a client asking again is never refused.
+pub struct NameBudgets {
+    limit: u32,
+    seen: Mutex<HashMap<String, HashMap<String, Instant>>>,
+    refused: AtomicU64,
+}
+
+impl NameBudgets {
+    /// `limit` new names per minute and bottle; 0: no limit.
+    pub fn new(limit: u32) -> Self {
+        NameBudgets { limit, seen: Mutex::default(), refused: AtomicU64::new(0) }
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Names refused so far, every bottle.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Admits `name` for `bottle` at `now`, or says how many have been refused in all.
+    pub fn admit(&self, bottle: &str, name: &str, now: Instant) -> Result<(), u64> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        let mut all = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = all.entry(bottle.to_string()).or_default();
+        if seen.get(name).is_some_and(|t| now.duration_since(*t) < BUDGET_WINDOW) {
+            return Ok(());
+        }
+        seen.retain(|_, t| now.duration_since(*t) < BUDGET_WINDOW);
+        if seen.len() < self.limit as usize {
+            seen.insert(name.to_string(), now);
+            return Ok(());
+        }
+        Err(self.refused.fetch_add(1, Ordering::Relaxed) + 1)
+    }
 }
 
 /// DNS message encoding, just enough for single-question queries. Pure.
@@ -235,6 +304,22 @@ pub mod wire {
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn budget_refuses_new_names_beyond_the_limit_and_frees_them_after_a_minute() {
+            let b = crate::dns::NameBudgets::new(3);
+            let t0 = std::time::Instant::now();
+            for n in ["a", "b", "c"] {
+                assert_eq!(b.admit("one", n, t0), Ok(()));
+            }
+            assert_eq!(b.admit("one", "d", t0), Err(1));
+            assert_eq!(b.admit("one", "a", t0), Ok(()), "a name seen in the window is free");
+            assert_eq!(b.admit("two", "d", t0), Ok(()), "budgets are per bottle");
+            assert_eq!(b.admit("one", "e", t0 + std::time::Duration::from_secs(30)), Err(2));
+            assert_eq!(b.admit("one", "e", t0 + std::time::Duration::from_secs(61)), Ok(()));
+            assert_eq!(b.refused(), 2);
+            assert_eq!(crate::dns::NameBudgets::new(0).admit("one", "x", t0), Ok(()), "0: no limit");
+        }
 
         fn query(name: &str, qtype: u16) -> Vec<u8> {
             let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];

@@ -191,6 +191,14 @@ impl TestEnv {
             fs::write(env.dir.join(format!("routes-{}.yaml", b.suffix)), b.routes).expect("write routes");
         }
         let netns_line = netns_line(spec.netns);
+        // The gateway's resolver never asks the machine's name servers (they may be real
+        // addresses): a loopback port where nothing answers, unless the test sets its own.
+        // A test's own counting name server (`gateway_nameserver`) is the only one.
+        let resolvers = match spec.gateway_nameserver {
+            _ if spec.extra_config.contains("resolvers:") => String::new(),
+            Some(ns) => format!("resolvers: [\"{ns}:53\"]\n"),
+            None => "resolvers: [127.0.0.1:9]\n".to_string(),
+        };
         let config = format!(
             "listen: 127.0.0.1:{listen}\n\
              dns_listen: 127.0.0.1:{dns}\n\
@@ -198,6 +206,7 @@ impl TestEnv {
              bpffs_dir: {bpffs}\n\
              admin_socket: {dir}/admin.sock\n\
              hosts:\n{hosts}\
+             {resolvers}\
              {extra_config}\n\
              bottles:\n  \
                - name: {name}\n    \

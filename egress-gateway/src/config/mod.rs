@@ -7,7 +7,7 @@ pub mod yaml;
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{IpAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
 };
 
@@ -51,6 +51,28 @@ struct RawConfig {
     bottles: Vec<RawBottle>,
     #[serde(default)]
     dlp: DlpConfig,
+    /// Upstream name servers of the gateway's resolver; empty: /etc/resolv.conf's.
+    #[serde(default)]
+    resolvers: Vec<SocketAddr>,
+    #[serde(default)]
+    dns: DnsConfig,
+}
+
+/// The gateway-wide `dns:` block: limits on what bottles can make the resolver do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Distinct names under a wildcard route one bottle may resolve per minute (DNS
+    /// answers); further new names get NXDOMAIN. 0: no limit.
+    pub new_names_per_minute: u32,
+    /// Lookups one bottle may have waiting on upstream name servers at once.
+    pub concurrent_lookups: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig { new_names_per_minute: 60, concurrent_lookups: 16 }
+    }
 }
 
 /// The gateway-wide `dlp:` block.
@@ -121,6 +143,9 @@ pub struct Config {
     pub upstream_ca_files: Vec<PathBuf>,
     pub bottles: Vec<Bottle>,
     pub dlp: DlpConfig,
+    /// Upstream name servers (`resolvers:`); empty: the system's (/etc/resolv.conf).
+    pub resolvers: Vec<SocketAddr>,
+    pub dns: DnsConfig,
 }
 
 /// Where a bottle's network namespace comes from.
@@ -240,6 +265,12 @@ impl Config {
             problems.push("dlp.sensitive_prefixes", "an empty prefix would make every variable a secret");
         }
         let dlp = DlpConfig { rules: raw.dlp.rules.map(|r| base.join(r)), ..raw.dlp };
+        if raw.dns.concurrent_lookups == 0 {
+            problems.push("dns.concurrent_lookups", "must be at least 1");
+        }
+        if raw.resolvers.iter().any(|r| r.port() == 0 || r.ip().is_unspecified()) {
+            problems.push("resolvers", "each must be a name server's ip:port (port 53 usually)");
+        }
 
         problems.finish(Config {
             source: Some(path.to_path_buf()),
@@ -253,6 +284,8 @@ impl Config {
             upstream_ca_files: raw.upstream_ca_files.into_iter().map(|p| base.join(p)).collect(),
             bottles,
             dlp,
+            resolvers: raw.resolvers,
+            dns: raw.dns,
         })
     }
 
@@ -272,6 +305,19 @@ impl Config {
         for (name, addrs) in &self.hosts {
             let _ = writeln!(out, "  host {name} -> {addrs:?}");
         }
+        match self.resolvers.as_slice() {
+            [] => {
+                let _ = writeln!(out, "  resolvers: /etc/resolv.conf's");
+            }
+            r => {
+                let _ = writeln!(out, "  resolvers: {r:?}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  dns: {} new names per minute under wildcards, {} concurrent lookups per bottle",
+            self.dns.new_names_per_minute, self.dns.concurrent_lookups
+        );
         for b in &self.bottles {
             let routes = b
                 .routes

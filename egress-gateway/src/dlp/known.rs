@@ -38,6 +38,8 @@ pub struct KnownSecrets {
     longest_form: usize,
     /// Prefilter over a text's letters and digits (see `Gate`); `None`: always search.
     gate: Option<Gate>,
+    /// The forms a host name could carry, built on first use (`hostname`).
+    host_forms: std::sync::OnceLock<super::hostname::HostForms>,
 }
 
 /// Every form of every value, and every separator-inserted spelling, leaves the letters
@@ -180,7 +182,18 @@ impl KnownSecrets {
             variant,
             projection_owner,
             gate: Gate::new(&gate_forms),
+            host_forms: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Every known secret's forms as a host name could carry them, split over labels.
+    pub fn host_forms(&self) -> &super::hostname::HostForms {
+        self.host_forms.get_or_init(|| {
+            super::hostname::HostForms::new(
+                self.values.iter().map(|v| v.expose()),
+                self.partial_min_len.max(MIN_SECRET_LEN),
+            )
+        })
     }
 
     /// `more` (first: a value in both keeps its name from `more`) and these secrets,
