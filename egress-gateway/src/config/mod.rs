@@ -2,6 +2,7 @@
 //! upstream trust and the bottles. Pure: `Config::parse` turns text into a validated
 //! `Config`; only `Config::load` touches the file system.
 mod error;
+pub mod limits;
 pub mod yaml;
 
 use std::{
@@ -14,6 +15,7 @@ use std::{
 use serde::Deserialize;
 
 pub use error::{ConfigError, Problem, Problems};
+pub use limits::Limits;
 
 use crate::supervise::SuperviseConfig;
 
@@ -51,6 +53,8 @@ struct RawConfig {
     bottles: Vec<RawBottle>,
     #[serde(default)]
     dlp: DlpConfig,
+    #[serde(default)]
+    limits: limits::RawLimits,
 }
 
 /// The gateway-wide `dlp:` block.
@@ -121,6 +125,8 @@ pub struct Config {
     pub upstream_ca_files: Vec<PathBuf>,
     pub bottles: Vec<Bottle>,
     pub dlp: DlpConfig,
+    /// Memory, descriptor and time limits (`limits:`).
+    pub limits: Limits,
 }
 
 /// Where a bottle's network namespace comes from.
@@ -240,6 +246,7 @@ impl Config {
             problems.push("dlp.sensitive_prefixes", "an empty prefix would make every variable a secret");
         }
         let dlp = DlpConfig { rules: raw.dlp.rules.map(|r| base.join(r)), ..raw.dlp };
+        let limits = Limits::from_raw(raw.limits, &mut problems);
 
         problems.finish(Config {
             source: Some(path.to_path_buf()),
@@ -253,6 +260,7 @@ impl Config {
             upstream_ca_files: raw.upstream_ca_files.into_iter().map(|p| base.join(p)).collect(),
             bottles,
             dlp,
+            limits,
         })
     }
 
