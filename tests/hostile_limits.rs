@@ -235,3 +235,40 @@ fn a_bottle_over_its_connection_cap_loses_the_extra_connections_only() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// Connects through a raw `tcp:` relay and sends nothing: the relay is closed after the
+/// idle timeout (the silent upstream would otherwise hold it forever).
+const SILENT: &str = r#"
+import socket, sys
+s = socket.create_connection(('127.0.0.3', int(sys.argv[1])), timeout=30)
+try:
+    print('closed' if s.recv(100) == b'' else 'data')
+except socket.timeout:
+    print('still open')
+except OSError:
+    print('closed')
+"#;
+
+/// Item 12: a raw `tcp:` relay with no byte either way is closed after the idle timeout,
+/// and a relay in use still works.
+#[test]
+fn an_idle_tcp_relay_is_closed() {
+    let upstream = egress_e2e::upstream::TcpUpstream::start("127.0.0.3");
+    let routes = format!("tcp:\n  - upstream.test:{}\n", upstream.port());
+    let mut env = egress_e2e::TestEnv::new(
+        "relayidle",
+        EnvSpec {
+            hosts: &[("upstream.test", "127.0.0.3")],
+            routes: &routes,
+            extra_config: "limits:\n  idle_timeout: 2\n",
+            ..Default::default()
+        },
+    );
+    env.start_gateway();
+    let url = format!("http://upstream.test:{}/", upstream.port());
+    let out = env.exec(&["curl", "-sS", "-m", "20", &url]);
+    assert_eq!(stdout(&out), egress_e2e::upstream::UPSTREAM_BODY, "the relay does not work: {}", stderr(&out));
+    let out = env.exec(&["python3", "-c", SILENT, &upstream.port().to_string()]);
+    assert_eq!(stdout(&out).trim(), "closed", "the idle relay stayed open: {}", stderr(&out));
+    env.wait_for_log("idle for 2s");
+}
