@@ -272,3 +272,27 @@ fn an_idle_tcp_relay_is_closed() {
     assert_eq!(stdout(&out).trim(), "closed", "the idle relay stayed open: {}", stderr(&out));
     env.wait_for_log("idle for 2s");
 }
+
+/// Item 12: a WebSocket with no frame either way is closed after the idle timeout, after
+/// it relayed a message.
+#[test]
+fn an_idle_websocket_is_closed() {
+    const HOST: &str = "ws.idle.test";
+    let spec = EnvSpec { routes: &routes(HOST), extra_config: "limits:\n  idle_timeout: 2\n", ..Default::default() };
+    let w = World::start_spec("wsidle", &[HOST], spec, &[], &[]);
+    let js = format!(
+        "const ws = new WebSocket('wss://{HOST}:{port}/ws');\n\
+         const give_up = setTimeout(() => {{ console.log('still open'); process.exit(0); }}, 30000);\n\
+         ws.onopen = () => ws.send('one message');\n\
+         ws.onmessage = (m) => console.log('echo', m.data);\n\
+         ws.onclose = () => {{ console.log('closed'); clearTimeout(give_up); }};\n\
+         ws.onerror = () => {{}};\n",
+        port = w.up.port()
+    );
+    let out = w.run(&["node", "--experimental-websocket", "-e", &js]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "node ws: {text} {}", stderr(&out));
+    assert!(text.contains("echo one message"), "the WebSocket did not relay: {text}");
+    assert!(text.trim_end().ends_with("closed"), "the idle WebSocket stayed open: {text}");
+    w.env.wait_for_log("websocket closed");
+}
