@@ -281,6 +281,14 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
         scan::InboundMode::Stream { sse } => return stream_response(dlp, &flow, &host, &path, parts, body, sse),
         scan::InboundMode::Buffer => {}
     }
+    // A response read whole for the scan (its length is known and bounded) counts
+    // against the same budgets as the request body.
+    let length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    if reservation.grow(length.unwrap_or(scan::MAX_BUFFERED_RESPONSE)).is_err() {
+        flow.conn.bottle.usage.refused_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reason = "egress: response refused: the budget for buffered bodies is spent; retry later";
+        return deny(&flow, log_level, StatusCode::SERVICE_UNAVAILABLE, &host, &method, &path, reason);
+    }
     let data = match body.collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
