@@ -62,6 +62,8 @@ pub struct BottleState {
     inline_routes: Option<Arc<policy::Routes>>,
     /// Holds supervised requests; `None` when the bottle has no `supervise:` block.
     pub supervisor: Option<Arc<crate::supervise::Supervisor>>,
+    /// Its open connections and buffered body bytes, against its limits.
+    pub usage: Arc<proxy::limits::BottleUsage>,
 }
 
 impl BottleState {
@@ -90,6 +92,7 @@ impl BottleState {
             base_dlp: base_dlp.clone(),
             inline_routes,
             supervisor,
+            usage: Arc::new(proxy::limits::BottleUsage::new(&config.limits)),
         })
     }
 
@@ -363,6 +366,11 @@ pub fn run(config: config::Config, config_path: Option<PathBuf>) -> anyhow::Resu
 }
 
 async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    // Descriptors: the per-bottle connection cap, not the table, refuses a flood.
+    match proxy::limits::raise_nofile_limit() {
+        Ok((before, after)) => tracing::info!(before, after, "RLIMIT_NOFILE raised to the hard limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+    }
     // Policy first: a bad routes or credentials file stops the start before anything is
     // attached.
     let dlp = Arc::new(build_dlp(&config.dlp)?);
@@ -387,7 +395,8 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let ca = CertificateAuthority::load_or_create(&config.state_dir).context("loading the interception CA")?;
     let upstream = proxy::upstream::Upstream::new(resolver.clone(), &config.upstream_ca_files)
         .context("building the upstream TLS client")?;
-    let proxy = Arc::new(proxy::ProxyContext { resolver: resolver.clone(), dlp, ca: Arc::new(ca), upstream });
+    let limits = Arc::new(proxy::limits::Shared::new(config.limits.clone()));
+    let proxy = Arc::new(proxy::ProxyContext { resolver: resolver.clone(), dlp, ca: Arc::new(ca), upstream, limits });
 
     // The admin socket first: if another gateway runs, stop before touching anything.
     let admin = admin::AdminListener::bind(&config.admin_socket).context("opening the admin socket")?;
@@ -543,6 +552,21 @@ async fn accept_loop(listener: TcpListener, netns: u64, scope: ListenerScope, gw
             tracing::warn!(conn = id, bottle = %bottle.config.name, "connection to the gateway's own listener refused");
             continue;
         }
+        let Some(permit) = bottle.usage.connect() else {
+            // Dropping the stream closes it: the bottle holds its cap of connections.
+            if bottle.usage.should_log_refusal() {
+                tracing::warn!(
+                    conn = id,
+                    bottle = %bottle.config.name,
+                    open = bottle.usage.open_connections(),
+                    cap = bottle.usage.max_connections(),
+                    refused_total = bottle.usage.refused_connections.load(Ordering::Relaxed),
+                    "connection refused: the bottle is at its connection cap"
+                );
+            }
+            continue;
+        };
+        let stream = proxy::limits::Tracked::with_permit(stream, permit);
         let conn = proxy::Connection { id, client, orig_dst: redirected.orig_dst, bottle };
         tokio::spawn(proxy::handle(stream, conn, gw.proxy.clone()));
     }

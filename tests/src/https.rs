@@ -1,6 +1,7 @@
 //! A local HTTPS upstream with its own test CA: records every request it receives, echoes
-//! WebSocket frames on `/ws`, and serves git repositories over smart HTTP under `/git/`
-//! (through `git http-backend`). It speaks HTTP/1.1 and HTTP/2 (ALPN).
+//! WebSocket frames on `/ws`, drains and counts uploads to `/discard`, and serves
+//! git repositories over smart HTTP under `/git/` (through `git http-backend`). It speaks
+//! HTTP/1.1 and HTTP/2 (ALPN).
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -167,6 +168,18 @@ async fn handle(
         return Ok(websocket_echo(req, seen));
     }
 
+    if req.uri().path() == "/discard" {
+        // Large uploads (load tests): counted and dropped, never kept or echoed.
+        let mut body = req.into_body();
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                n += data.len() as u64;
+            }
+        }
+        seen.requests.lock().unwrap().push(Recorded { method, path_and_query, version, headers, body: Vec::new() });
+        return Ok(Response::new(full(n.to_string())));
+    }
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes().to_vec();
     seen.requests.lock().unwrap().push(Recorded {

@@ -2,6 +2,7 @@
 //! upstream trust and the bottles. Pure: `Config::parse` turns text into a validated
 //! `Config`; only `Config::load` touches the file system.
 mod error;
+pub mod limits;
 pub mod yaml;
 
 use std::{
@@ -14,6 +15,7 @@ use std::{
 use serde::Deserialize;
 
 pub use error::{ConfigError, Problem, Problems};
+pub use limits::Limits;
 
 use crate::supervise::SuperviseConfig;
 
@@ -56,6 +58,8 @@ struct RawConfig {
     resolvers: Vec<SocketAddr>,
     #[serde(default)]
     dns: DnsConfig,
+    #[serde(default)]
+    limits: limits::RawLimits,
 }
 
 /// The gateway-wide `dns:` block: limits on what bottles can make the resolver do.
@@ -146,6 +150,8 @@ pub struct Config {
     /// Upstream name servers (`resolvers:`); empty: the system's (/etc/resolv.conf).
     pub resolvers: Vec<SocketAddr>,
     pub dns: DnsConfig,
+    /// Memory, descriptor and time limits (`limits:`).
+    pub limits: Limits,
 }
 
 /// Where a bottle's network namespace comes from.
@@ -271,6 +277,7 @@ impl Config {
         if raw.resolvers.iter().any(|r| r.port() == 0 || r.ip().is_unspecified()) {
             problems.push("resolvers", "each must be a name server's ip:port (port 53 usually)");
         }
+        let limits = Limits::from_raw(raw.limits, &mut problems);
 
         problems.finish(Config {
             source: Some(path.to_path_buf()),
@@ -286,6 +293,7 @@ impl Config {
             dlp,
             resolvers: raw.resolvers,
             dns: raw.dns,
+            limits,
         })
     }
 

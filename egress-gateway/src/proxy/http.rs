@@ -12,7 +12,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
-    Flow, ProxyContext, scan, serve_stream,
+    Flow, ProxyContext,
+    limits::{InFlight, Reservation, Spent, Stamp, Tracked},
+    scan, serve_stream,
     upstream::{Body, BoxError},
 };
 use crate::policy::{Decision, LogLevel, RequestHead, Route};
@@ -20,7 +22,6 @@ use crate::{dlp::InjectionVerdict, supervise::HoldOutcome};
 
 /// The host the bottle asks to learn its own policy.
 const INTROSPECTION_HOST: &str = "_egress.local";
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1), plus the
 /// proxy credentials a client may send.
@@ -36,21 +37,69 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
+/// HTTP/2 flow control offered to clients: what one stream, and one connection, may
+/// send before the gateway reads it. Bodies are read whole into the budget anyway; these
+/// bound what sits unread in the HTTP/2 layer.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+const H2_MAX_FRAME: u32 = 16 * 1024;
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// A silent HTTP/2 peer is pinged this often, and dropped if it does not answer in time.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an idle connection told to close (HTTP/2 GOAWAY) may take before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 pub async fn serve<I>(io: I, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let limits = ctx.limits.config.clone();
+    let in_flight = Arc::new(InFlight::default());
     let service = {
-        let (flow, ctx) = (flow.clone(), ctx.clone());
+        let (flow, ctx, in_flight) = (flow.clone(), ctx.clone(), in_flight.clone());
         service_fn(move |req| {
             let (flow, ctx) = (flow.clone(), ctx.clone());
-            async move { Ok::<_, std::convert::Infallible>(handle(req, flow, ctx).await) }
+            // In flight until the response body is sent: the connection is not idle.
+            let guard = in_flight.start();
+            async move {
+                let resp = handle(req, flow, ctx).await;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| {
+                    body.map_frame(move |frame| {
+                        let _in_flight = &guard;
+                        frame
+                    })
+                    .boxed()
+                }))
+            }
         })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
-        tracing::debug!(error = %e, "client connection ended with an error");
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .adaptive_window(false)
+        .max_frame_size(H2_MAX_FRAME)
+        .max_header_list_size(H2_MAX_HEADER_LIST)
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+        }
+        _ = in_flight.idle(limits.idle_timeout) => {
+            tracing::info!(reason = %format!("no request for {:?}", limits.idle_timeout), "idle connection closed");
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+        }
     }
 }
 
@@ -123,9 +172,17 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     let (mut parts, body) = req.into_parts();
     // The whole body is read (bounded) before anything goes upstream: the outbound scan
     // must see all of it, and a known length lets the upstream send it in one go.
-    let body = match read_body(body, &parts.headers).await {
+    // Held until the request is done: the body's bytes count against the bottle's and
+    // the gateway's budgets while they are in memory.
+    let mut reservation = Reservation::new(ctx.limits.buffered.clone(), flow.conn.bottle.usage.buffered.clone());
+    let body = match read_body(body, &parts.headers, &mut reservation, ctx.limits.config.body_timeout).await {
         Ok(b) => b,
-        Err((status, reason)) => return deny(&flow, log_level, status, &host, &method, &path, &reason),
+        Err((status, reason)) => {
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                flow.conn.bottle.usage.refused_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            return deny(&flow, log_level, status, &host, &method, &path, &reason);
+        }
     };
     let supervisor = flow.conn.bottle.supervisor.clone();
     // The bottle's approved values, plus those approved `once` for this request.
@@ -233,6 +290,14 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
         scan::InboundMode::Skip => return Response::from_parts(parts, body.map_err(Into::into).boxed()),
         scan::InboundMode::Stream { sse } => return stream_response(dlp, &flow, &host, &path, parts, body, sse),
         scan::InboundMode::Buffer => {}
+    }
+    // A response read whole for the scan (its length is known and bounded) counts
+    // against the same budgets as the request body.
+    let length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    if reservation.grow(length.unwrap_or(scan::MAX_BUFFERED_RESPONSE)).is_err() {
+        flow.conn.bottle.usage.refused_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reason = "egress: response refused: the budget for buffered bodies is spent; retry later";
+        return deny(&flow, log_level, StatusCode::SERVICE_UNAVAILABLE, &host, &method, &path, reason);
     }
     let data = match body.collect().await {
         Ok(c) => c.to_bytes(),
@@ -364,6 +429,8 @@ fn stream_response(
 
 /// Largest request body the gateway buffers; larger ones are refused (413).
 pub const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;
+/// Slowest average a request body may arrive at, after its first `body_timeout`.
+const MIN_BODY_RATE: u64 = 16 * 1024;
 
 /// A request body read in full, with its trailers (gRPC).
 pub struct BufferedBody {
@@ -379,22 +446,77 @@ impl BufferedBody {
     }
 }
 
-async fn read_body(body: Incoming, headers: &HeaderMap) -> Result<BufferedBody, (StatusCode, String)> {
+/// Reads the body whole (at most `MAX_REQUEST_BODY`), reserving its memory from the
+/// budgets before it is allocated: a spent budget refuses the request (503), it is never
+/// forwarded unscanned. A body that makes no progress for `timeout` is cut (408).
+async fn read_body(
+    mut body: Incoming,
+    headers: &HeaderMap,
+    reservation: &mut Reservation,
+    timeout: Duration,
+) -> Result<BufferedBody, (StatusCode, String)> {
     let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, format!("egress: request body over {MAX_REQUEST_BODY} bytes"));
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
         return Err(too_large());
     }
-    let collected = http_body_util::Limited::new(body, MAX_REQUEST_BODY).collect().await.map_err(|e| {
-        if e.is::<http_body_util::LengthLimitError>() {
-            too_large()
-        } else {
-            (StatusCode::BAD_REQUEST, format!("egress: reading the request body: {e}"))
+    let spent = |which: Spent| {
+        let whose = match which {
+            Spent::Bottle => "this bottle's",
+            Spent::Gateway => "the gateway's",
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("egress: request refused: {whose} budget for buffered request bodies is spent; retry later"),
+        )
+    };
+    // Grown to the declared length at the first bytes, else doubling from 64 KiB.
+    let target = declared.map(|n| n as usize);
+    let mut data: Vec<u8> = Vec::new();
+    let mut trailers = None;
+    let start = tokio::time::Instant::now();
+    loop {
+        // No gap longer than `timeout`, and on average at least `MIN_BODY_RATE` after
+        // the first `timeout`: a trickle cannot hold the connection and its budget.
+        let deadline = start + timeout + Duration::from_secs_f64(data.len() as f64 / MIN_BODY_RATE as f64);
+        let wait = deadline.min(tokio::time::Instant::now() + timeout);
+        let frame = match tokio::time::timeout_at(wait, body.frame()).await {
+            Err(_) => {
+                return Err((
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "egress: the request body was too slow (a gap over {timeout:?}, or under {MIN_BODY_RATE} bytes/s)"
+                    ),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err((StatusCode::BAD_REQUEST, format!("egress: reading the request body: {e}")));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let chunk = match frame.into_data() {
+            Ok(chunk) => chunk,
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+                continue;
+            }
+        };
+        let need = data.len() + chunk.len();
+        if need > MAX_REQUEST_BODY {
+            return Err(too_large());
         }
-    })?;
-    let trailers = collected.trailers().cloned();
-    Ok(BufferedBody { data: collected.to_bytes(), trailers })
+        if need > data.capacity() {
+            let grown = target.unwrap_or_else(|| (data.capacity() * 2).max(64 * 1024)).clamp(need, MAX_REQUEST_BODY);
+            reservation.grow((grown - data.capacity()) as u64).map_err(spent)?;
+            data.reserve_exact(grown - data.len());
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(BufferedBody { data: Bytes::from(data), trailers })
 }
 
 /// The request's host, checked against SNI and a CONNECT target.
@@ -580,12 +702,22 @@ async fn websocket(
         host: host.to_string(),
         path: path.clone(),
     };
+    let idle = ctx.limits.config.idle_timeout;
     tokio::spawn(async move {
         let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) else {
             tracing::debug!("websocket upgrade did not complete");
             return;
         };
-        super::websocket::relay(TokioIo::new(client), TokioIo::new(upstream), scanning).await;
+        // Closed when no byte moves either way for the idle timeout.
+        let stamp = Arc::new(Stamp::default());
+        let client = Tracked::stamped(TokioIo::new(client), stamp.clone());
+        let upstream = Tracked::stamped(TokioIo::new(upstream), stamp.clone());
+        tokio::select! {
+            _ = super::websocket::relay(client, upstream, scanning) => {}
+            _ = stamp.idle(idle) => {
+                tracing::info!(reason = %format!("idle for {idle:?}"), "websocket closed");
+            }
+        }
     });
     tracing::info!(host = %host, path = %path, decision = "allow", "websocket upgraded");
     client_resp.body(empty()).expect("valid response")

@@ -5,6 +5,7 @@
 //! Layers, outside in: `sniff` (what protocol), `tls` (terminate with a minted leaf),
 //! `http` (per-request policy and forwarding), `upstream` (the gateway's own client).
 mod http;
+pub mod limits;
 mod relay;
 mod rewind;
 mod scan;
@@ -44,6 +45,8 @@ pub struct ProxyContext {
     pub dlp: Arc<crate::dlp::Engine>,
     pub ca: Arc<CertificateAuthority>,
     pub upstream: upstream::Upstream,
+    /// Budgets and timeouts (`limits:` of gateway.yaml) and the gateway-wide body budget.
+    pub limits: Arc<limits::Shared>,
 }
 
 /// One intercepted stream's facts, shared by its requests.
@@ -58,7 +61,8 @@ struct Flow {
     tls: bool,
 }
 
-pub async fn handle(stream: tokio::net::TcpStream, conn: Connection, ctx: Arc<ProxyContext>) {
+/// Serves one accepted connection; `stream` carries the bottle's connection permit.
+pub async fn handle(stream: limits::Tracked<tokio::net::TcpStream>, conn: Connection, ctx: Arc<ProxyContext>) {
     let span = tracing::info_span!(
         "conn",
         id = conn.id,
@@ -70,7 +74,7 @@ pub async fn handle(stream: tokio::net::TcpStream, conn: Connection, ctx: Arc<Pr
         tracing::debug!("connection accepted");
         // An exact raw-TCP destination is relayed uninspected, whatever it speaks.
         if let Some(rule) = relay::allowed_by(&conn, &ctx.resolver).await {
-            relay::relay(stream, conn.orig_dst, &rule).await;
+            relay::relay(stream, conn.orig_dst, &rule, ctx.limits.config.idle_timeout).await;
             return;
         }
         let dst = conn.orig_dst;
