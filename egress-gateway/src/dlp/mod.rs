@@ -654,7 +654,8 @@ fn masked_context(text: &str, span: (usize, usize), masked: &[(usize, usize)]) -
         }
     }
     out.push_str(&text[at..to]);
-    out.replace(['\r', '\n'], " ")
+    // Agent-controlled bytes, read by humans (logs, proposals, the console): inert.
+    crate::supervise::render::inert_string(&out)
 }
 
 /// Runs of token characters long and random enough to look like a key.

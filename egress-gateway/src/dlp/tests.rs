@@ -375,3 +375,17 @@ fn per_bottle_engines_share_rules_but_not_known_secrets_or_clean_caches() {
     assert_eq!(scan_body(&a, &body, &none).len(), 1);
     assert!(scan_body(&base, &body, &none).is_empty());
 }
+
+#[test]
+fn a_context_is_inert_for_a_terminal() {
+    let engine = engine_with(&[]);
+    let token = format!("ghp_{}", "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8");
+    let body = format!("\x1b]0;t\x07\u{202e}k={token}\x1b[2J\u{200b}\u{9b}");
+    let found = scan_body(&engine, &body, &HashSet::new());
+    assert!(!found.is_empty());
+    for f in &found {
+        assert!(!f.context.contains(crate::supervise::render::is_unsafe), "{:?}", f.context);
+    }
+    let shown = found.iter().map(|f| f.context.as_str()).collect::<Vec<_>>();
+    assert!(shown.iter().any(|c| c.contains("\\x1b]0;t\\x07\\u{202e}k=********\\x1b[2J")), "{shown:?}");
+}

@@ -10,6 +10,7 @@ pub mod notify;
 pub mod operator;
 pub mod protocol;
 pub mod queue;
+pub mod render;
 pub mod safe;
 pub mod sqlite;
 pub mod store;

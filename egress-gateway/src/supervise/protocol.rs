@@ -6,6 +6,8 @@ use std::{fmt, str::FromStr};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::render::inert_string;
+
 pub const TOOL: &str = "egress-token-allow";
 const JUSTIFICATION: &str = "The agent's request contains a value that looks like a secret. Approve only if \
     sending this value to this host is intended (for example a credential meant for this service). Scope \
@@ -36,8 +38,38 @@ pub struct Proposal {
     pub created_at: u64,
 }
 
+impl Payload {
+    /// Every agent-controlled field made inert for a terminal (`render::inert`).
+    pub fn inert(&self) -> Payload {
+        Payload {
+            host: inert_string(&self.host),
+            method: inert_string(&self.method),
+            path: inert_string(&self.path),
+            reason: inert_string(&self.reason),
+            context: inert_string(&self.context),
+        }
+    }
+}
+
 impl Proposal {
+    /// The proposal as shown: every text field made inert (`render::inert`). The stores
+    /// hold proposals written this way already; this also covers one that is not.
+    pub fn inert(&self) -> Proposal {
+        Proposal {
+            id: inert_string(&self.id),
+            bottle: inert_string(&self.bottle),
+            tool: inert_string(&self.tool),
+            payload: self.payload.inert(),
+            justification: inert_string(&self.justification),
+            payload_hash: inert_string(&self.payload_hash),
+            created_at: self.created_at,
+        }
+    }
+
+    /// A new proposal; the payload's agent-controlled text is stored inert, so no store,
+    /// notification or log line ever carries a terminal control sequence.
     pub fn new(bottle: &str, payload: Payload) -> Proposal {
+        let payload = payload.inert();
         let hash = hex::encode(Sha256::digest(serde_json::to_vec(&payload).unwrap_or_default()));
         Proposal {
             id: uuid::Uuid::new_v4().to_string(),
@@ -175,35 +207,53 @@ pub struct AuditEntry {
 }
 
 impl Proposal {
-    /// One line: age, bottle, request, detector reason.
+    /// One line: age, bottle, request, detector reason (inert).
     pub fn summary(&self, now: u64) -> String {
+        let s = self.inert();
         format!(
             "{:>4}  {:<12} {} {}{}  {}",
-            format_age(now, self.created_at),
-            self.bottle,
-            self.payload.method,
-            self.payload.host,
-            self.payload.path,
-            self.payload.reason
+            format_age(now, s.created_at),
+            s.bottle,
+            s.payload.method,
+            s.payload.host,
+            s.payload.path,
+            s.payload.reason
         )
     }
 }
 
 impl AuditEntry {
-    /// One line: when, bottle, status, scope, who, request, reason.
+    /// One line: when, bottle, status, scope, who, request, reason (inert).
     pub fn summary(&self) -> String {
+        let s = self.inert();
         format!(
             "{}  {:<12} {:<8} {:<7} by {:<10} {} {}{}  {}",
-            self.decided_at.map(format_time).unwrap_or_else(|| "-".into()),
-            self.bottle,
-            self.status.as_str(),
-            self.scope.as_str(),
-            self.decided_by.as_deref().unwrap_or("-"),
-            self.method,
-            self.host,
-            self.path,
-            if self.reason.is_empty() { "(no reason given)" } else { &self.reason }
+            s.decided_at.map(format_time).unwrap_or_else(|| "-".into()),
+            s.bottle,
+            s.status.as_str(),
+            s.scope.as_str(),
+            s.decided_by.as_deref().unwrap_or("-"),
+            s.method,
+            s.host,
+            s.path,
+            if s.reason.is_empty() { "(no reason given)" } else { &s.reason }
         )
+    }
+
+    /// Every text field made inert for a terminal (`render::inert`).
+    pub fn inert(&self) -> AuditEntry {
+        AuditEntry {
+            proposal_id: inert_string(&self.proposal_id),
+            bottle: inert_string(&self.bottle),
+            host: inert_string(&self.host),
+            method: inert_string(&self.method),
+            path: inert_string(&self.path),
+            status: self.status,
+            scope: self.scope,
+            reason: inert_string(&self.reason),
+            decided_by: self.decided_by.as_deref().map(inert_string),
+            decided_at: self.decided_at,
+        }
     }
 
     pub fn new(p: &Proposal, r: &Response) -> AuditEntry {

@@ -105,6 +105,30 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every class of character `render::inert` escapes, as an agent would plant them.
+    pub const HOSTILE: &str =
+        "\r\x1b[1A\x1b[2K\x1b]0;title\x07\x1b]52;c;aGk=\x1b\\\u{9b}2J\u{202e}\u{2066}\u{200b}\x08\x7f";
+
+    /// A proposal as a store might hold it if written raw (not through `Proposal::new`):
+    /// every agent-controlled field full of terminal controls and bidi characters.
+    pub fn hostile_proposal(bottle: &str) -> Proposal {
+        let mut p = Proposal::new(bottle, payload("x.test"));
+        p.payload = Payload {
+            host: format!("trusted.example{HOSTILE}.evil.test"),
+            method: format!("POST{HOSTILE}"),
+            path: format!("/v1/send{HOSTILE}?q=1"),
+            reason: format!("token_patterns: GitHub personal access token in header x{HOSTILE}"),
+            context: format!("key=******** {HOSTILE} tail"),
+        };
+        p
+    }
+
+    /// Whether `text` has any character a terminal would act on instead of showing,
+    /// besides the line breaks between the lines of an output.
+    pub fn has_unsafe(text: &str) -> bool {
+        text.contains(|c| c != '\n' && crate::supervise::render::is_unsafe(c))
+    }
+
     pub fn temp_dir(tag: &str) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("egress-sup-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
