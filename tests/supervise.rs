@@ -23,10 +23,20 @@ fn token(tag: char) -> String {
     format!("ghp_{}", tag.to_string().repeat(36))
 }
 
+/// The world's queue directory is outside the test's directory: that one is under /tmp,
+/// and the gateway refuses a queue below a directory others can write (sticky or not).
 fn world(test: &str, timeout_seconds: u64) -> (World, PathBuf) {
-    let w = world_with(test, &format!("queue_dir: queue\n      timeout_seconds: {timeout_seconds}"));
-    let queue = w.env.dir.join("queue");
+    let queue = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "supervise-queue-{test}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let w = world_with(test, &format!("queue_dir: {}\n      timeout_seconds: {timeout_seconds}", queue.display()));
     (w, queue)
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// A world whose bottle's `supervise:` block has `fields` (indented for inside it).

@@ -129,9 +129,14 @@ pub(crate) mod tests {
         text.contains(|c| c != '\n' && crate::supervise::render::is_unsafe(c))
     }
 
+    /// A fresh private directory under the build's target directory: a queue directory
+    /// under /tmp (sticky, world-writable) is refused.
     pub fn temp_dir(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("egress-sup-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
+        let exe = std::env::current_exe().unwrap();
+        let base = exe.parent().and_then(Path::parent).unwrap().join("supervise-test-tmp");
+        fs::create_dir_all(&base).unwrap();
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o700)).unwrap();
+        let dir = base.join(format!("egress-sup-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
         fs::create_dir_all(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
         dir
