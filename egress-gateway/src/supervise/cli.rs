@@ -38,8 +38,9 @@ pub enum SuperviseCommand {
         /// Why (required, recorded in the response notes and the audit).
         #[arg(long)]
         reason: String,
-        /// once: only the held request; gateway: the value for the gateway's life;
-        /// persist: also across restarts (needs allow_persist).
+        /// once: only the held request; gateway: the value to this host for the gateway's
+        /// life; persist: also across restarts (needs allow_persist); any-host: the value
+        /// to every host of the bottle.
         #[arg(long, value_enum, default_value_t = Scope::Gateway)]
         scope: Scope,
         #[command(flatten)]
@@ -79,7 +80,7 @@ pub fn run(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
         }
         SuperviseCommand::Approve { id, reason, scope, config } => {
             let p = operator(&config)?.decide(&id, Status::Approved, &reason, Some(scope))?;
-            println!("approved {id} (bottle {}, {}, scope {scope})", p.bottle, p.payload.host);
+            println!("approved {id} (bottle {}, {}, scope {scope}: {})", p.bottle, p.payload.host, scope.meaning());
         }
         SuperviseCommand::Reject { id, reason, config } => {
             let p = operator(&config)?.decide(&id, Status::Rejected, &reason, None)?;

@@ -245,7 +245,9 @@ impl App {
     fn render_footer(&self, frame: &mut Frame<'_>, area: Rect) {
         let first = match &self.prompt {
             Some(Prompt::Approve { reason, scope, .. }) => format!(
-                "approve: reason: {reason}_   scope: {scope} (Tab: gateway/once/persist)   Enter: confirm   Esc: cancel"
+                "approve: reason: {reason}_   scope: {scope}: {} (Tab: gateway/once/persist/any-host)   Enter: confirm   \
+                 Esc: cancel",
+                scope.meaning()
             ),
             Some(Prompt::Reject { reason, .. }) => {
                 format!("reject: reason (optional): {reason}_   Enter: confirm   Esc: cancel")

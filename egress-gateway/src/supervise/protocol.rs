@@ -9,10 +9,16 @@ use sha2::{Digest, Sha256};
 use super::render::inert_string;
 
 pub const TOOL: &str = "egress-token-allow";
-const JUSTIFICATION: &str = "The agent's request contains a value that looks like a secret. Approve only if \
-    sending this value to this host is intended (for example a credential meant for this service). Scope \
-    `gateway` allows the value for the rest of the gateway's life, `once` releases only the held request, \
-    `persist` remembers it across restarts. Reject if unsure.";
+/// What the operator reads with every proposal: an approval is for the proposal's host.
+fn justification(host: &str) -> String {
+    format!(
+        "The agent's request contains a value that looks like a secret. Approve only if sending this value to \
+         {host} is intended (for example a credential meant for this service). An approval is for {host} only: \
+         the same value sent to any other host is held again. Scope `gateway` (the default) allows it to {host} \
+         for the rest of the gateway's life, `once` releases only the held request, `persist` remembers it for \
+         {host} across restarts, `any-host` allows it to every host of this bottle. Reject if unsure."
+    )
+}
 
 /// What the operator sees: never the raw value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,13 +76,14 @@ impl Proposal {
     /// notification or log line ever carries a terminal control sequence.
     pub fn new(bottle: &str, payload: Payload) -> Proposal {
         let payload = payload.inert();
+        let justification = justification(&payload.host);
         let hash = hex::encode(Sha256::digest(serde_json::to_vec(&payload).unwrap_or_default()));
         Proposal {
             id: uuid::Uuid::new_v4().to_string(),
             bottle: bottle.to_string(),
             tool: TOOL.to_string(),
             payload,
-            justification: JUSTIFICATION.to_string(),
+            justification,
             payload_hash: hash,
             created_at: now(),
         }
@@ -96,28 +103,44 @@ pub enum Status {
     Rejected,
 }
 
-/// How long an approval lasts. Absent from a response means `gateway` (the seeds'
-/// semantics), so tools that predate scopes keep working.
+/// How long, and for which hosts, an approval lasts. Every scope but `any-host` is for
+/// the proposal's host only: the same value sent to another host is held again. Absent
+/// from a response means `gateway`, so tools that predate scopes keep working.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Only the held request(s) of this proposal; the next request with the value is held again.
     Once,
-    /// The value joins the bottle's safe set for the gateway's life (in memory).
+    /// The value, sent to this proposal's host, is allowed for the gateway's life (in memory).
     #[default]
     Gateway,
-    /// As `gateway`, and a keyed hash of the value is persisted so a restart does not re-prompt.
+    /// As `gateway` (this host only), and a keyed hash is persisted so a restart does not re-prompt.
     Persist,
+    /// Explicit: the value is allowed to every host of this bottle, for the gateway's life.
+    #[serde(rename = "any-host")]
+    #[value(name = "any-host")]
+    AnyHost,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Gateway, Scope::Once, Scope::Persist];
+    pub const ALL: [Scope; 4] = [Scope::Gateway, Scope::Once, Scope::Persist, Scope::AnyHost];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Once => "once",
             Scope::Gateway => "gateway",
             Scope::Persist => "persist",
+            Scope::AnyHost => "any-host",
+        }
+    }
+
+    /// What the scope allows, for the console and messages.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Scope::Once => "the held request only",
+            Scope::Gateway => "this host only, until the gateway stops",
+            Scope::Persist => "this host only, across restarts",
+            Scope::AnyHost => "ANY host of this bottle, until the gateway stops",
         }
     }
 }
