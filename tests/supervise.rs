@@ -23,10 +23,20 @@ fn token(tag: char) -> String {
     format!("ghp_{}", tag.to_string().repeat(36))
 }
 
+/// The world's queue directory is outside the test's directory: that one is under /tmp,
+/// and the gateway refuses a queue below a directory others can write (sticky or not).
 fn world(test: &str, timeout_seconds: u64) -> (World, PathBuf) {
-    let w = world_with(test, &format!("queue_dir: queue\n      timeout_seconds: {timeout_seconds}"));
-    let queue = w.env.dir.join("queue");
+    let queue = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "supervise-queue-{test}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let w = world_with(test, &format!("queue_dir: {}\n      timeout_seconds: {timeout_seconds}", queue.display()));
     (w, queue)
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// A world whose bottle's `supervise:` block has `fields` (indented for inside it).
@@ -284,4 +294,41 @@ fn a_hundred_requests_complete_while_one_is_held() {
     assert!(held.try_wait().unwrap().is_none(), "the held request finished early");
     assert!(w.env.cli(&["supervise", "approve", &id, "--reason", "fine"]).status.success());
     assert_eq!(finish(held).0, "200");
+}
+
+#[test]
+fn an_approval_is_for_its_host_and_another_host_is_held_again() {
+    let routes = format!("{ROUTES}  - host: other.upstream.test\n    dlp:\n      outbound_on_match: supervise\n");
+    let queue = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "supervise-queue-sup-host-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let block = format!("    supervise:\n      queue_dir: {}\n      timeout_seconds: 60\n", queue.display());
+    let w = World::start_with("sup-host", &["api.upstream.test", "other.upstream.test"], &routes, &[], &block);
+    let value = token('K');
+    let held = held_curl(&w, format!("key={value}"));
+    let p = wait_pending(&w, 1).remove(0);
+    let text = p["justification"].as_str().unwrap();
+    assert!(text.contains("for api.upstream.test only"), "the proposal says the approval is for its host: {text}");
+    let out = w.env.cli(&["supervise", "approve", &id_of(&p), "--reason", "this service's key"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(finish(held).0, "200");
+    // The same host again: released by the approval, no proposal.
+    assert_eq!(finish(held_curl(&w, format!("key={value}"))).0, "200");
+    assert!(pending(&w).is_empty());
+    // Another host: held again, with a proposal of its own.
+    let other = w.spawn_curl(&["-d", &format!("key={value}"), &w.url("other.upstream.test", "/v1/send")]);
+    let p = wait_pending(&w, 1).remove(0);
+    assert_eq!(p["payload"]["host"], "other.upstream.test");
+    assert_eq!(w.up.requests().len(), 2, "the request to the other host went through without a decision");
+    assert!(w.env.cli(&["supervise", "reject", &id_of(&p)]).status.success());
+    assert_eq!(finish(other).0, "403");
+    let hosts: Vec<_> = history(&w).iter().map(|e| (e["host"].clone(), e["status"].clone())).collect();
+    assert_eq!(
+        hosts,
+        [("api.upstream.test".into(), "approved".into()), ("other.upstream.test".into(), "rejected".into())],
+        "every decision is in the history with its host"
+    );
+    assert_no_raw_value(&queue, &w, &[&value]);
 }

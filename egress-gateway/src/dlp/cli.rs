@@ -4,6 +4,7 @@
 use std::{io::Read, path::PathBuf, process::ExitCode};
 
 use super::{Engine, KnownSecrets, Location, Selection, gitleaks::UserRule, known::DEFAULT_PARTIAL_MIN_LEN};
+use crate::supervise::render::inert;
 use anyhow::Context;
 
 #[derive(Debug, clap::Args)]
@@ -55,16 +56,18 @@ pub fn run(args: DlpArgs) -> anyhow::Result<ExitCode> {
     let mut findings = Vec::new();
     engine.scan_surface(&text, Location::Body, sel, &std::collections::HashSet::new(), &mut findings);
     for f in &findings {
+        // The reason may name a header; the context is the scanned text: both inert.
+        let (reason, context) = (inert(&f.reason), inert(&f.context));
         if json {
             println!(
                 "{}",
                 serde_json::json!({
-                    "rule_id": f.rule_id, "reason": f.reason, "start": f.span.0, "end": f.span.1,
-                    "context": f.context, "severity": format!("{:?}", f.severity).to_lowercase(),
+                    "rule_id": f.rule_id, "reason": reason, "start": f.span.0, "end": f.span.1,
+                    "context": context, "severity": format!("{:?}", f.severity).to_lowercase(),
                 })
             );
         } else {
-            println!("{}:{}-{}: {} [{}]: {}", file, f.span.0, f.span.1, f.reason, f.rule_id, f.context);
+            println!("{}:{}-{}: {} [{}]: {}", inert(&file), f.span.0, f.span.1, reason, f.rule_id, context);
         }
     }
     Ok(if findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })

@@ -659,7 +659,13 @@ fn structural(loc: Location, reason: &str) -> Finding {
 /// The text around `span`, `CONTEXT_CHARS` characters each side, with every span of
 /// `masked` (all the matches in the text, `span` included) replaced by `********`: a
 /// second secret next to the first must not show either.
+///
+/// Each masked span is first extended over the token characters and percent-escapes that
+/// follow it (`token_end`): in a percent-encoded query or form body a match stops at the
+/// first `%XX` inside the token, and the rest of the token must not show either.
 fn masked_context(text: &str, span: (usize, usize), masked: &[(usize, usize)]) -> String {
+    let span = (span.0, token_end(text, span.1));
+    let masked: Vec<(usize, usize)> = masked.iter().map(|&(s, e)| (s, token_end(text, e))).collect();
     let from = text[..span.0].char_indices().rev().nth(CONTEXT_CHARS - 1).map_or(0, |(i, _)| i);
     let to = text[span.1..].char_indices().nth(CONTEXT_CHARS).map_or(text.len(), |(i, _)| span.1 + i);
     let mut inside: Vec<(usize, usize)> =
@@ -677,7 +683,26 @@ fn masked_context(text: &str, span: (usize, usize), masked: &[(usize, usize)]) -
         }
     }
     out.push_str(&text[at..to]);
-    out.replace(['\r', '\n'], " ")
+    // Agent-controlled bytes, read by humans (logs, proposals, the console): inert.
+    crate::supervise::render::inert_string(&out)
+}
+
+/// Where the token that a match ending at `end` belongs to ends, as written: over the
+/// characters a URL or form encoding leaves as they are (`A-Za-z0-9-._~`, `+`) and over
+/// `%XX` escapes. A match that stopped at an escape (`fm2_…%2F…`) is thus masked whole.
+fn token_end(text: &str, end: usize) -> usize {
+    let b = text.as_bytes();
+    let mut i = end.min(b.len());
+    while i < b.len() {
+        if b[i].is_ascii_alphanumeric() || b"-._~+".contains(&b[i]) {
+            i += 1;
+        } else if b[i] == b'%' && i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit() {
+            i += 3;
+        } else {
+            break;
+        }
+    }
+    i
 }
 
 /// Runs of token characters long and random enough to look like a key.

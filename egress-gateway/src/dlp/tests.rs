@@ -375,3 +375,47 @@ fn per_bottle_engines_share_rules_but_not_known_secrets_or_clean_caches() {
     assert_eq!(scan_body(&a, &body, &none).len(), 1);
     assert!(scan_body(&base, &body, &none).is_empty());
 }
+
+#[test]
+fn a_context_shows_no_fragment_of_a_percent_encoded_token() {
+    let engine = engine_with(&[]);
+    let fill =
+        "aB3dE5fG7hJ9kL2mN4pQ6rS8tU1vW3xY5zA7bC9dE2fG4hJ6kL8mN1pQ3rS5tU7vW9xY2zA4bC6dE8fG1hJ3kL5mN7pQ9rS2tU4vW6xY8zA1";
+    // The tails after the first escape: what the context showed before.
+    let (fly_tail, sentry_tail) = (["CZkDDqaDsrx", "daT9wtJ"], ["Qm9vWk0xNTI", "Hk7sLp2Rt"]);
+    let fly = format!("FlyV1+fm2_{fill}%2F{}%2B{}", fly_tail[0], fly_tail[1]);
+    let sentry = format!("sntrys_eyJ{}%2B{}%3D%3D_{}", &fill[..70], sentry_tail[0], sentry_tail[1]);
+    for (token, tails) in [(&fly, fly_tail), (&sentry, sentry_tail)] {
+        let form = format!("user=alice&token={token}&next=%2Fhome");
+        let sel = Selection::from_names(None);
+        let query = engine.scan_request(
+            &Request { host: "api.test", path: "/send", query: &form, headers: &[], body: b"" },
+            sel,
+            &HashSet::new(),
+        );
+        let body = scan_body(&engine, &form, &HashSet::new());
+        assert!(!query.is_empty() && !body.is_empty(), "the token is found in the query and in the body");
+        for f in query.iter().chain(&body) {
+            for tail in tails {
+                assert!(!f.context.contains(tail), "a context of {} shows the token's tail", f.reason);
+            }
+            assert!(!f.context.contains(&fill[..16]), "a context of {} shows the token", f.reason);
+        }
+        // What follows the token is still shown.
+        assert!(body.iter().any(|f| f.context.contains("&next=%2Fhome")), "context after the token is kept");
+    }
+}
+
+#[test]
+fn a_context_is_inert_for_a_terminal() {
+    let engine = engine_with(&[]);
+    let token = format!("ghp_{}", "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8");
+    let body = format!("\x1b]0;t\x07\u{202e}k={token}\x1b[2J\u{200b}\u{9b}");
+    let found = scan_body(&engine, &body, &HashSet::new());
+    assert!(!found.is_empty());
+    for f in &found {
+        assert!(!f.context.contains(crate::supervise::render::is_unsafe), "{:?}", f.context);
+    }
+    let shown = found.iter().map(|f| f.context.as_str()).collect::<Vec<_>>();
+    assert!(shown.iter().any(|c| c.contains("\\x1b]0;t\\x07\\u{202e}k=********\\x1b[2J")), "{shown:?}");
+}

@@ -186,7 +186,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     };
     let supervisor = flow.conn.bottle.supervisor.clone();
     // The bottle's approved values, plus those approved `once` for this request.
-    let mut safe = crate::supervise::RequestSafe::new(supervisor.as_deref());
+    let mut safe = crate::supervise::RequestSafe::new(supervisor.as_deref(), &host);
     let (path_and_query, client_headers, body_data, trailers) = loop {
         let outgoing = scan::Outgoing {
             host: &host,

@@ -38,8 +38,9 @@ pub enum SuperviseCommand {
         /// Why (required, recorded in the response notes and the audit).
         #[arg(long)]
         reason: String,
-        /// once: only the held request; gateway: the value for the gateway's life;
-        /// persist: also across restarts (needs allow_persist).
+        /// once: only the held request; gateway: the value to this host for the gateway's
+        /// life; persist: also across restarts (needs allow_persist); any-host: the value
+        /// to every host of the bottle.
         #[arg(long, value_enum, default_value_t = Scope::Gateway)]
         scope: Scope,
         #[command(flatten)]
@@ -71,48 +72,103 @@ pub fn run(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
         return super::console::run(&args.config.load()?);
     };
     match command {
-        SuperviseCommand::List { json, config } => {
-            let now = protocol::now();
-            print_list(json, &operator(&config)?.pending()?, "no pending proposals", |p| {
-                format!("{}  {}", p.id, p.summary(now))
-            })?;
-        }
+        SuperviseCommand::List { json, config } => print!("{}", list_output(&operator(&config)?, json)?),
         SuperviseCommand::Show { id, config } => {
+            // `find` gives the proposal as shown: inert text in the JSON's strings.
             let (_, p) = operator(&config)?.find(&id)?;
             println!("{}", serde_json::to_string_pretty(&p)?);
         }
         SuperviseCommand::Approve { id, reason, scope, config } => {
             let p = operator(&config)?.decide(&id, Status::Approved, &reason, Some(scope))?;
-            println!("approved {id} (bottle {}, {}, scope {scope})", p.bottle, p.payload.host);
+            println!("approved {id} (bottle {}, {}, scope {scope}: {})", p.bottle, p.payload.host, scope.meaning());
         }
         SuperviseCommand::Reject { id, reason, config } => {
             let p = operator(&config)?.decide(&id, Status::Rejected, &reason, None)?;
             println!("rejected {id} (bottle {}, {})", p.bottle, p.payload.host);
         }
-        SuperviseCommand::History { json, config } => {
-            print_list(json, &operator(&config)?.history()?, "no decisions yet", |e| {
-                format!("{}  ({})", e.summary(), e.proposal_id)
-            })?;
-        }
+        SuperviseCommand::History { json, config } => print!("{}", history_output(&operator(&config)?, json)?),
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// A JSON array, or one line per item (`empty` when there are none).
-fn print_list<T: serde::Serialize>(
+/// `supervise list`'s output. The operator's reads are inert (`render::inert`): no
+/// agent-controlled control, format or bidi character reaches the text or the JSON.
+pub fn list_output(op: &Operator, json: bool) -> anyhow::Result<String> {
+    let now = protocol::now();
+    list_text(json, &op.pending()?, "no pending proposals", |p| format!("{}  {}", p.id, p.summary(now)))
+}
+
+/// `supervise history`'s output (inert, as `list_output`).
+pub fn history_output(op: &Operator, json: bool) -> anyhow::Result<String> {
+    list_text(json, &op.history()?, "no decisions yet", |e| format!("{}  ({})", e.summary(), e.proposal_id))
+}
+
+/// A JSON array, or one line per item (`empty` when there are none); newline-terminated.
+fn list_text<T: serde::Serialize>(
     json: bool,
     items: &[T],
     empty: &str,
     line: impl Fn(&T) -> String,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
+    let mut out = String::new();
     if json {
-        println!("{}", serde_json::to_string_pretty(items)?);
+        out.push_str(&serde_json::to_string_pretty(items)?);
+        out.push('\n');
     } else if items.is_empty() {
-        println!("{empty}");
+        out.push_str(empty);
+        out.push('\n');
     } else {
         for item in items {
-            println!("{}", line(item));
+            out.push_str(&line(item));
+            out.push('\n');
         }
     }
-    Ok(())
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervise::{
+        console::tests::setup,
+        store::tests::{has_unsafe, hostile_proposal},
+    };
+
+    /// Every string in a JSON value.
+    fn strings(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn list_and_history_text_and_json_are_inert() {
+        let (config, demo, _) = setup();
+        let p = hostile_proposal("demo");
+        demo.write_proposal(&p).unwrap();
+        let op = Operator::open(&config).unwrap();
+        let check = |out: String, json: bool| {
+            assert!(!has_unsafe(&out), "{out:?}");
+            if !json {
+                assert!(out.contains("trusted.example\\r\\x1b[1A"), "{out}");
+            } else {
+                // JSON escaping alone would decode back to ESC: the strings themselves are inert.
+                let mut all = Vec::new();
+                strings(&serde_json::from_str(&out).unwrap(), &mut all);
+                assert!(all.iter().all(|s| !has_unsafe(s)), "{all:?}");
+                assert!(all.iter().any(|s| s.starts_with("trusted.example\\r\\x1b[1A")), "{all:?}");
+                assert!(all.iter().any(|s| s.contains("\\u{202e}")), "{all:?}");
+            }
+        };
+        check(list_output(&op, false).unwrap(), false);
+        check(list_output(&op, true).unwrap(), true);
+        op.decide(&p.id, Status::Rejected, "nope", None).unwrap();
+        check(history_output(&op, false).unwrap(), false);
+        check(history_output(&op, true).unwrap(), true);
+        let (_, shown) = op.find(&p.id).unwrap();
+        check(serde_json::to_string_pretty(&shown).unwrap(), true);
+    }
 }

@@ -23,6 +23,7 @@ use ratatui::{
 use super::{
     operator::Operator,
     protocol::{self, AuditEntry, Proposal, Scope, Status},
+    render,
 };
 use crate::config::Config;
 
@@ -216,14 +217,19 @@ impl App {
     fn render_detail(&self, frame: &mut Frame<'_>, area: Rect) {
         let lines = match self.selected() {
             None => vec![Line::from("Held requests appear here as the gateway proposes them.")],
-            Some(p) => vec![
-                Line::from(format!("id       {}", p.id)),
-                Line::from(format!("bottle   {}   age {}", p.bottle, protocol::format_age(self.now, p.created_at))),
-                Line::from(format!("request  {} {}{}", p.payload.method, p.payload.host, p.payload.path)),
-                Line::from(format!("reason   {}", p.payload.reason)),
-                Line::from(format!("context  {}", p.payload.context)),
-                Line::from(p.justification.clone()),
-            ],
+            // Inert text only: the layout is computed on what is drawn, and nothing the
+            // agent wrote reaches the terminal as a control sequence.
+            Some(p) => {
+                let p = p.inert();
+                vec![
+                    Line::from(format!("id       {}", p.id)),
+                    Line::from(format!("bottle   {}   age {}", p.bottle, protocol::format_age(self.now, p.created_at))),
+                    Line::from(format!("request  {} {}{}", p.payload.method, p.payload.host, p.payload.path)),
+                    Line::from(format!("reason   {}", p.payload.reason)),
+                    Line::from(format!("context  {}", p.payload.context)),
+                    Line::from(p.justification.clone()),
+                ]
+            }
         };
         frame.render_widget(
             Paragraph::new(lines).wrap(Wrap { trim: false }).block(Block::bordered().title(" proposal ")),
@@ -239,7 +245,9 @@ impl App {
     fn render_footer(&self, frame: &mut Frame<'_>, area: Rect) {
         let first = match &self.prompt {
             Some(Prompt::Approve { reason, scope, .. }) => format!(
-                "approve: reason: {reason}_   scope: {scope} (Tab: gateway/once/persist)   Enter: confirm   Esc: cancel"
+                "approve: reason: {reason}_   scope: {scope}: {} (Tab: gateway/once/persist/any-host)   Enter: confirm   \
+                 Esc: cancel",
+                scope.meaning()
             ),
             Some(Prompt::Reject { reason, .. }) => {
                 format!("reject: reason (optional): {reason}_   Enter: confirm   Esc: cancel")
@@ -250,7 +258,11 @@ impl App {
             },
         };
         frame.render_widget(
-            Paragraph::new(vec![Line::from(first), Line::from(self.message.clone())]).block(Block::bordered()),
+            Paragraph::new(vec![
+                Line::from(render::inert_string(&first)),
+                Line::from(render::inert_string(&self.message)),
+            ])
+            .block(Block::bordered()),
             area,
         );
     }
@@ -315,7 +327,7 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use ratatui::{Terminal, backend::TestBackend};
@@ -325,13 +337,13 @@ mod tests {
         SafeValues, Supervisor,
         store::{
             Store,
-            tests::{payload, temp_dir},
+            tests::{has_unsafe, hostile_proposal, payload, temp_dir},
         },
     };
 
     /// A config with two supervised bottles: `demo` on a queue directory, `other` on
     /// the default SQLite store; and the gateway's side of both stores.
-    fn setup() -> (Config, Arc<dyn Store>, Arc<dyn Store>) {
+    pub(crate) fn setup() -> (Config, Arc<dyn Store>, Arc<dyn Store>) {
         let dir = temp_dir("console");
         let text = format!(
             "state_dir: {d}/state\nbottles:\n  - name: demo\n    cgroup: egress/demo\n    supervise:\n      \
@@ -429,6 +441,31 @@ mod tests {
         }] {
             assert!(!view.contains("consolesecretvalue"), "the raw value is on screen: {view}");
         }
+    }
+
+    #[test]
+    fn a_proposal_full_of_terminal_controls_is_drawn_inert() {
+        let (config, demo, _) = setup();
+        let p = hostile_proposal("demo");
+        demo.write_proposal(&p).unwrap();
+        let (mut app, op) = open(&config);
+        for view in [screen(&app), {
+            op.decide(&p.id, Status::Rejected, "no\x1b[2J", None).unwrap();
+            reload(&mut app, &op);
+            press(&mut app, &op, KeyCode::Char('h'));
+            screen(&app)
+        }] {
+            assert!(!has_unsafe(&view), "a control, format or bidi character is drawn: {view:?}");
+            assert!(view.contains("POST\\r\\x1b[1A\\x1b[2K"), "the escapes are shown visibly: {view}");
+        }
+        // The detail pane, with the selection on the hostile proposal.
+        let q = hostile_proposal("demo");
+        demo.write_proposal(&q).unwrap();
+        press(&mut app, &op, KeyCode::Char('h'));
+        reload(&mut app, &op);
+        let text = screen(&app);
+        assert!(!has_unsafe(&text), "{text:?}");
+        assert!(text.contains("request  POST\\r\\x1b[1A") && text.contains("\\u{202e}"), "{text}");
     }
 
     #[test]

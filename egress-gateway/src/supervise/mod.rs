@@ -10,6 +10,7 @@ pub mod notify;
 pub mod operator;
 pub mod protocol;
 pub mod queue;
+pub mod render;
 pub mod safe;
 pub mod sqlite;
 pub mod store;
@@ -212,7 +213,11 @@ impl Supervisor {
             let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             map.entry(key.clone()).or_default().clone()
         };
+        let host = payload.host.clone();
         let outcome = cell.get_or_init(|| self.propose_and_wait(payload, value)).await.clone();
+        if let HoldOutcome::Approved { scope } = &outcome {
+            tracing::info!(bottle = %self.bottle, host = %render::inert(&host), scope = %scope, "held request released by an approval");
+        }
         let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             map.remove(&key);
@@ -232,6 +237,8 @@ impl Supervisor {
     }
 
     async fn propose_and_wait(&self, payload: Payload, value: &Secret) -> HoldOutcome {
+        // The approval is for the request's host as sent (the proposal shows it inert).
+        let host = payload.host.clone();
         let proposal = Proposal::new(&self.bottle, payload);
         let id = proposal.id.clone();
         let written = proposal.clone();
@@ -244,7 +251,7 @@ impl Supervisor {
         }
         let outcome = self.wait_for_decision(&id).await;
         let outcome = match outcome {
-            HoldOutcome::Approved { scope } => match self.safe.approve(value, scope) {
+            HoldOutcome::Approved { scope } => match self.safe.approve(value, scope, &host) {
                 Ok(()) => outcome,
                 Err(e) => HoldOutcome::Failed(format!("approved, but {e}")),
             },
@@ -336,7 +343,7 @@ mod tests {
             for h in holders {
                 assert_eq!(h.await.unwrap(), HoldOutcome::Approved { scope: Scope::Gateway });
             }
-            assert!(s.safe_set().contains(value.expose()));
+            assert!(s.safe_set().contains_for("a.test", value.expose()));
             assert!(s.store.pending().unwrap().is_empty());
             assert_eq!(s.store.history().unwrap().len(), 1, "one proposal, one decision");
             for f in files_under(&dir) {
@@ -357,7 +364,7 @@ mod tests {
             });
             decide(&s, Status::Approved, Some(Scope::Once)).await;
             assert_eq!(h.await.unwrap(), HoldOutcome::Approved { scope: Scope::Once });
-            assert!(!s.safe_set().contains(value.expose()), "once joined the bottle's safe set");
+            assert!(!s.safe_set().contains_for("a.test", value.expose()), "once joined the bottle's safe set");
         }
     }
 
@@ -401,6 +408,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_value_approved_for_one_host_is_held_again_on_another() {
+        for (_, store) in stores("host") {
+            let s = supervisor(store, Duration::from_secs(10));
+            let value = Secret::new("ghp_approvedforonehost0123456789ab");
+            let h = tokio::spawn({
+                let (s, v) = (s.clone(), value.clone());
+                async move { s.hold(payload("a.test"), &v).await }
+            });
+            let first = decide(&s, Status::Approved, None).await;
+            assert_eq!(h.await.unwrap(), HoldOutcome::Approved { scope: Scope::Gateway });
+            let p = s.store.proposal(&first).unwrap().unwrap();
+            assert!(p.justification.contains("for a.test only"), "the proposal says so: {}", p.justification);
+            let mut a = RequestSafe::new(Some(&*s), "a.test");
+            assert!(crate::dlp::SafeSet::contains(&a, value.expose()), "released for a.test from now on");
+            a = RequestSafe::new(Some(&*s), "b.test");
+            assert!(!crate::dlp::SafeSet::contains(&a, value.expose()), "approved for a.test, allowed to b.test");
+            // Another host: held again, with a proposal of its own.
+            let h = tokio::spawn({
+                let (s, v) = (s.clone(), value.clone());
+                async move { s.hold(payload("b.test"), &v).await }
+            });
+            let second = decide(&s, Status::Rejected, None).await;
+            assert_ne!(first, second);
+            assert!(matches!(h.await.unwrap(), HoldOutcome::Rejected(_)));
+            // `any-host`, explicitly: every host of the bottle.
+            let h = tokio::spawn({
+                let (s, v) = (s.clone(), value.clone());
+                async move { s.hold(payload("c.test"), &v).await }
+            });
+            decide(&s, Status::Approved, Some(Scope::AnyHost)).await;
+            assert_eq!(h.await.unwrap(), HoldOutcome::Approved { scope: Scope::AnyHost });
+            assert!(s.safe_set().contains_for("d.test", value.expose()));
+            // Every decision is in the history with its host and scope.
+            let history: Vec<(String, Scope)> =
+                s.store.history().unwrap().into_iter().map(|e| (e.host, e.scope)).collect();
+            assert_eq!(
+                history,
+                [
+                    ("a.test".into(), Scope::Gateway),
+                    ("b.test".into(), Scope::Gateway),
+                    ("c.test".into(), Scope::AnyHost)
+                ]
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn other_work_proceeds_while_a_request_is_held() {
         for (_, store) in stores("flow") {
             let s = supervisor(store, Duration::from_secs(5));
@@ -433,7 +487,8 @@ mod tests {
             assert_eq!(h.await.unwrap(), HoldOutcome::Approved { scope: Scope::Persist });
         }
         let restarted = Supervisor::from_config("demo", &config, &state).unwrap();
-        assert!(restarted.safe_set().contains(value.expose()));
+        assert!(restarted.safe_set().contains_for("a.test", value.expose()));
+        assert!(!restarted.safe_set().contains_for("b.test", value.expose()));
         assert!(state.join(DEFAULT_DB).exists(), "SQLite is the default store");
     }
 

@@ -19,7 +19,9 @@ impl Notifier {
     /// Runs the command to completion (or its timeout); `Err` says what went wrong.
     pub async fn notify(&self, proposal: &Proposal) -> Result<(), String> {
         let (program, args) = self.argv.split_first().ok_or("notify_command is empty")?;
-        let json = serde_json::to_vec(proposal).map_err(|e| e.to_string())?;
+        // Inert text (no control, format or bidi character), not only JSON-escaped: the
+        // receiver may well print a field to a terminal.
+        let json = serde_json::to_vec(&proposal.inert()).map_err(|e| e.to_string())?;
         let mut child = Command::new(program)
             .args(args)
             .stdin(Stdio::piped())
@@ -71,6 +73,22 @@ mod tests {
         notifier(&["sh", "-c", &script], DEFAULT_TIMEOUT).notify(&p).await.unwrap();
         let got: Proposal = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
         assert_eq!(got, p);
+    }
+
+    #[tokio::test]
+    async fn the_notified_json_is_inert_not_only_escaped() {
+        let out = temp_dir("notify-inert").join("got.json");
+        let p = crate::supervise::store::tests::hostile_proposal("demo");
+        let script = format!("cat > {}", out.display());
+        notifier(&["sh", "-c", &script], DEFAULT_TIMEOUT).notify(&p).await.unwrap();
+        let got: Proposal = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let has = crate::supervise::store::tests::has_unsafe;
+        for field in
+            [&got.payload.host, &got.payload.method, &got.payload.path, &got.payload.reason, &got.payload.context]
+        {
+            assert!(!has(field), "{field:?}");
+        }
+        assert!(got.payload.host.starts_with("trusted.example\\r\\x1b[1A"), "{}", got.payload.host);
     }
 
     #[tokio::test]

@@ -59,18 +59,18 @@ impl Operator {
         Ok(out)
     }
 
-    /// Pending proposals of every bottle, newest first.
+    /// Pending proposals of every bottle, newest first, as shown (`Proposal::inert`).
     pub fn pending(&self) -> Result<Vec<Proposal>, OperatorError> {
-        let mut out = self.gather(|s| s.pending())?;
+        let mut out = self.gather(|s| Ok(s.pending()?.iter().map(Proposal::inert).collect()))?;
         out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
         Ok(out)
     }
 
-    /// The proposal `id` (pending or not) and its bottle's store.
+    /// The proposal `id` (pending or not), as shown (`Proposal::inert`), and its bottle's store.
     pub fn find(&self, id: &str) -> Result<(&BottleStore, Proposal), OperatorError> {
         for (b, s) in self.stores() {
             if let Some(p) = s.proposal(id).map_err(|error| OperatorError::Store { bottle: b.bottle.clone(), error })? {
-                return Ok((b, p));
+                return Ok((b, p.inert()));
             }
         }
         Err(OperatorError::UnknownId(id.to_string()))
@@ -99,9 +99,9 @@ impl Operator {
         Ok(p)
     }
 
-    /// Every bottle's decisions, oldest first.
+    /// Every bottle's decisions, oldest first, as shown (`AuditEntry::inert`).
     pub fn history(&self) -> Result<Vec<AuditEntry>, OperatorError> {
-        let mut out = self.gather(|s| s.history())?;
+        let mut out = self.gather(|s| Ok(s.history()?.iter().map(AuditEntry::inert).collect()))?;
         // Stable: each store's own order (finer than decided_at's seconds) is kept.
         out.sort_by_key(|e| e.decided_at);
         Ok(out)

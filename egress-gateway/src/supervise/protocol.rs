@@ -6,11 +6,19 @@ use std::{fmt, str::FromStr};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::render::inert_string;
+
 pub const TOOL: &str = "egress-token-allow";
-const JUSTIFICATION: &str = "The agent's request contains a value that looks like a secret. Approve only if \
-    sending this value to this host is intended (for example a credential meant for this service). Scope \
-    `gateway` allows the value for the rest of the gateway's life, `once` releases only the held request, \
-    `persist` remembers it across restarts. Reject if unsure.";
+/// What the operator reads with every proposal: an approval is for the proposal's host.
+fn justification(host: &str) -> String {
+    format!(
+        "The agent's request contains a value that looks like a secret. Approve only if sending this value to \
+         {host} is intended (for example a credential meant for this service). An approval is for {host} only: \
+         the same value sent to any other host is held again. Scope `gateway` (the default) allows it to {host} \
+         for the rest of the gateway's life, `once` releases only the held request, `persist` remembers it for \
+         {host} across restarts, `any-host` allows it to every host of this bottle. Reject if unsure."
+    )
+}
 
 /// What the operator sees: never the raw value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,15 +44,46 @@ pub struct Proposal {
     pub created_at: u64,
 }
 
+impl Payload {
+    /// Every agent-controlled field made inert for a terminal (`render::inert`).
+    pub fn inert(&self) -> Payload {
+        Payload {
+            host: inert_string(&self.host),
+            method: inert_string(&self.method),
+            path: inert_string(&self.path),
+            reason: inert_string(&self.reason),
+            context: inert_string(&self.context),
+        }
+    }
+}
+
 impl Proposal {
+    /// The proposal as shown: every text field made inert (`render::inert`). The stores
+    /// hold proposals written this way already; this also covers one that is not.
+    pub fn inert(&self) -> Proposal {
+        Proposal {
+            id: inert_string(&self.id),
+            bottle: inert_string(&self.bottle),
+            tool: inert_string(&self.tool),
+            payload: self.payload.inert(),
+            justification: inert_string(&self.justification),
+            payload_hash: inert_string(&self.payload_hash),
+            created_at: self.created_at,
+        }
+    }
+
+    /// A new proposal; the payload's agent-controlled text is stored inert, so no store,
+    /// notification or log line ever carries a terminal control sequence.
     pub fn new(bottle: &str, payload: Payload) -> Proposal {
+        let payload = payload.inert();
+        let justification = justification(&payload.host);
         let hash = hex::encode(Sha256::digest(serde_json::to_vec(&payload).unwrap_or_default()));
         Proposal {
             id: uuid::Uuid::new_v4().to_string(),
             bottle: bottle.to_string(),
             tool: TOOL.to_string(),
             payload,
-            justification: JUSTIFICATION.to_string(),
+            justification,
             payload_hash: hash,
             created_at: now(),
         }
@@ -64,28 +103,44 @@ pub enum Status {
     Rejected,
 }
 
-/// How long an approval lasts. Absent from a response means `gateway` (the seeds'
-/// semantics), so tools that predate scopes keep working.
+/// How long, and for which hosts, an approval lasts. Every scope but `any-host` is for
+/// the proposal's host only: the same value sent to another host is held again. Absent
+/// from a response means `gateway`, so tools that predate scopes keep working.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Only the held request(s) of this proposal; the next request with the value is held again.
     Once,
-    /// The value joins the bottle's safe set for the gateway's life (in memory).
+    /// The value, sent to this proposal's host, is allowed for the gateway's life (in memory).
     #[default]
     Gateway,
-    /// As `gateway`, and a keyed hash of the value is persisted so a restart does not re-prompt.
+    /// As `gateway` (this host only), and a keyed hash is persisted so a restart does not re-prompt.
     Persist,
+    /// Explicit: the value is allowed to every host of this bottle, for the gateway's life.
+    #[serde(rename = "any-host")]
+    #[value(name = "any-host")]
+    AnyHost,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Gateway, Scope::Once, Scope::Persist];
+    pub const ALL: [Scope; 4] = [Scope::Gateway, Scope::Once, Scope::Persist, Scope::AnyHost];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Once => "once",
             Scope::Gateway => "gateway",
             Scope::Persist => "persist",
+            Scope::AnyHost => "any-host",
+        }
+    }
+
+    /// What the scope allows, for the console and messages.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Scope::Once => "the held request only",
+            Scope::Gateway => "this host only, until the gateway stops",
+            Scope::Persist => "this host only, across restarts",
+            Scope::AnyHost => "ANY host of this bottle, until the gateway stops",
         }
     }
 }
@@ -175,35 +230,53 @@ pub struct AuditEntry {
 }
 
 impl Proposal {
-    /// One line: age, bottle, request, detector reason.
+    /// One line: age, bottle, request, detector reason (inert).
     pub fn summary(&self, now: u64) -> String {
+        let s = self.inert();
         format!(
             "{:>4}  {:<12} {} {}{}  {}",
-            format_age(now, self.created_at),
-            self.bottle,
-            self.payload.method,
-            self.payload.host,
-            self.payload.path,
-            self.payload.reason
+            format_age(now, s.created_at),
+            s.bottle,
+            s.payload.method,
+            s.payload.host,
+            s.payload.path,
+            s.payload.reason
         )
     }
 }
 
 impl AuditEntry {
-    /// One line: when, bottle, status, scope, who, request, reason.
+    /// One line: when, bottle, status, scope, who, request, reason (inert).
     pub fn summary(&self) -> String {
+        let s = self.inert();
         format!(
             "{}  {:<12} {:<8} {:<7} by {:<10} {} {}{}  {}",
-            self.decided_at.map(format_time).unwrap_or_else(|| "-".into()),
-            self.bottle,
-            self.status.as_str(),
-            self.scope.as_str(),
-            self.decided_by.as_deref().unwrap_or("-"),
-            self.method,
-            self.host,
-            self.path,
-            if self.reason.is_empty() { "(no reason given)" } else { &self.reason }
+            s.decided_at.map(format_time).unwrap_or_else(|| "-".into()),
+            s.bottle,
+            s.status.as_str(),
+            s.scope.as_str(),
+            s.decided_by.as_deref().unwrap_or("-"),
+            s.method,
+            s.host,
+            s.path,
+            if s.reason.is_empty() { "(no reason given)" } else { &s.reason }
         )
+    }
+
+    /// Every text field made inert for a terminal (`render::inert`).
+    pub fn inert(&self) -> AuditEntry {
+        AuditEntry {
+            proposal_id: inert_string(&self.proposal_id),
+            bottle: inert_string(&self.bottle),
+            host: inert_string(&self.host),
+            method: inert_string(&self.method),
+            path: inert_string(&self.path),
+            status: self.status,
+            scope: self.scope,
+            reason: inert_string(&self.reason),
+            decided_by: self.decided_by.as_deref().map(inert_string),
+            decided_at: self.decided_at,
+        }
     }
 
     pub fn new(p: &Proposal, r: &Response) -> AuditEntry {

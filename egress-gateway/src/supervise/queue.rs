@@ -1,88 +1,135 @@
 //! The seeds' queue directory: `<id>.json` proposals, `<id>.response.json` responses,
 //! both moved to `processed/` once the hold ends. Every file is written atomically (temp
 //! file, fsync, rename; a response by link, so two operators cannot both decide).
+//!
+//! The directory is opened once, from `/` down without following a symbolic link, and
+//! refused when it or any directory above it could be written by someone else than root
+//! and the gateway's user (`open_private_dir`). Every later step is relative to that
+//! handle (`openat`, `renameat`, `linkat`, `unlinkat`): a bottle that could rename the
+//! queue away and make its own in its place would still not be read from or written to.
 use std::{
+    ffi::OsStr,
     fs,
-    io::Write,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
+    io::{Read, Write},
+    os::fd::OwnedFd,
+    path::{Component, Path, PathBuf},
+    sync::Arc,
+};
+
+use nix::{
+    errno::Errno,
+    fcntl::{OFlag, openat, renameat},
+    sys::stat::{FileStat, Mode, fstat, fstatat, mkdirat},
+    unistd::{UnlinkatFlags, linkat, unlinkat},
 };
 
 use super::{
     protocol::{self, AuditEntry, Proposal, Response},
-    store::{self, Store, StoreError},
+    store::{Store, StoreError},
 };
 
+/// The queue directory, opened once: every later step goes through the handles, never by
+/// path again, so renaming the directory (or a directory above it) and putting another
+/// in its place redirects nothing.
 #[derive(Debug, Clone)]
 pub struct QueueDir {
+    /// For messages only.
     dir: PathBuf,
+    fd: Arc<OwnedFd>,
+    /// `processed/`; `None` when an operator opens a queue the gateway has not archived to.
+    processed: Option<Arc<OwnedFd>>,
 }
 
+/// Which of the queue's two directories.
+#[derive(Clone, Copy)]
+enum Where {
+    Queue,
+    Processed,
+}
+
+const PROCESSED: &str = "processed";
+
 impl QueueDir {
-    /// Creates the directory (0700) and `processed/` if missing, and refuses one a bottle
-    /// could write to. The gateway's way in.
+    /// Opens (creating it 0700 if missing) the directory and `processed/`, and refuses one
+    /// a bottle could write to or swap. The gateway's way in.
     pub fn prepare(dir: impl Into<PathBuf>) -> Result<QueueDir, StoreError> {
-        let q = QueueDir { dir: dir.into() };
-        store::prepare_private_dir(&q.dir)?;
-        fs::create_dir_all(q.processed()).map_err(|e| q.io(&q.processed(), e))?;
-        Ok(q)
+        let dir = dir.into();
+        let fd = open_private_dir(&dir, true)?.expect("created");
+        let processed = open_child(&dir, &fd, true)?.map(Arc::new);
+        Ok(QueueDir { dir, fd: Arc::new(fd), processed })
     }
 
     /// An existing queue, checked but not created: the operator's way in. A missing
     /// directory is `None` (nothing was ever proposed).
     pub fn open_existing(dir: impl Into<PathBuf>) -> Result<Option<QueueDir>, StoreError> {
-        let q = QueueDir { dir: dir.into() };
-        if !q.dir.exists() {
-            return Ok(None);
-        }
-        store::check_private_dir(&q.dir)?;
-        Ok(Some(q))
+        let dir = dir.into();
+        let Some(fd) = open_private_dir(&dir, false)? else { return Ok(None) };
+        let processed = open_child(&dir, &fd, false)?.map(Arc::new);
+        Ok(Some(QueueDir { dir, fd: Arc::new(fd), processed }))
     }
 
-    fn io(&self, path: &Path, e: std::io::Error) -> StoreError {
-        StoreError::Io { path: path.to_path_buf(), reason: e.to_string() }
+    fn io(&self, name: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io { path: self.dir.join(name), reason: e.to_string() }
     }
 
-    fn processed(&self) -> PathBuf {
-        self.dir.join("processed")
-    }
-
-    fn proposal_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
-    }
-
-    fn response_path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.response.json"))
-    }
-
-    fn archived(&self, path: &Path) -> PathBuf {
-        self.processed().join(path.file_name().expect("has a name"))
-    }
-
-    fn read_proposal_file(&self, path: &Path) -> Result<Option<Proposal>, StoreError> {
-        match fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Io { path: path.to_path_buf(), reason: format!("not a proposal: {e}") }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.io(path, e)),
+    fn handle(&self, at: Where) -> Option<&OwnedFd> {
+        match at {
+            Where::Queue => Some(&self.fd),
+            Where::Processed => self.processed.as_deref(),
         }
     }
 
-    fn read_response_file(&self, id: &str, path: &Path) -> Result<Option<Response>, StoreError> {
-        match fs::read(path) {
-            Ok(bytes) => protocol::parse_response(&bytes)
-                .map(Some)
-                .map_err(|reason| StoreError::Malformed { id: id.to_string(), reason }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.io(path, e)),
+    fn shown(at: Where, name: &str) -> String {
+        match at {
+            Where::Queue => name.to_string(),
+            Where::Processed => format!("{PROCESSED}/{name}"),
         }
     }
 
-    /// Ids of the `<id>.json` proposals in `dir`.
-    fn proposal_ids(&self, dir: &Path) -> Result<Vec<String>, StoreError> {
-        let entries = fs::read_dir(dir).map_err(|e| self.io(dir, e))?;
-        Ok(entries
+    /// A file's bytes, `None` if it is not there. A symbolic link is not followed.
+    fn read_at(&self, at: Where, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(dir) = self.handle(at) else { return Ok(None) };
+        match openat(dir, name, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()) {
+            Ok(fd) => {
+                let mut bytes = Vec::new();
+                fs::File::from(fd).read_to_end(&mut bytes).map_err(|e| self.io(&Self::shown(at, name), e))?;
+                Ok(Some(bytes))
+            }
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(self.io(&Self::shown(at, name), e)),
+        }
+    }
+
+    fn stat_at(&self, at: Where, name: &str) -> Option<FileStat> {
+        fstatat(self.handle(at)?, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok()
+    }
+
+    fn exists_at(&self, at: Where, name: &str) -> bool {
+        self.stat_at(at, name).is_some()
+    }
+
+    /// Writes `data` to a hidden temporary file (0600, fsynced) in the queue directory;
+    /// returns its name.
+    fn write_temp(&self, name: &str, data: &[u8]) -> Result<String, StoreError> {
+        let tmp = format!(".{name}.{}.tmp", rand::random::<u32>());
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd =
+            openat(&*self.fd, tmp.as_str(), flags, Mode::from_bits_truncate(0o600)).map_err(|e| self.io(name, e))?;
+        let mut f = fs::File::from(fd);
+        f.write_all(data).map_err(|e| self.io(name, e))?;
+        f.sync_all().map_err(|e| self.io(name, e))?;
+        Ok(tmp)
+    }
+
+    /// Names of the `<id>.json` proposals in one of the directories.
+    fn proposal_ids(&self, at: Where) -> Result<Vec<String>, StoreError> {
+        let Some(dir) = self.handle(at) else { return Ok(Vec::new()) };
+        let shown = Self::shown(at, "");
+        let mut listing =
+            nix::dir::Dir::openat(dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+                .map_err(|e| self.io(&shown, e))?;
+        Ok(listing
+            .iter()
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -92,6 +139,163 @@ impl QueueDir {
             })
             .collect())
     }
+
+    fn read_proposal(&self, at: Where, id: &str) -> Result<Option<Proposal>, StoreError> {
+        let name = format!("{id}.json");
+        match self.read_at(at, &name)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| self.io(&Self::shown(at, &name), format!("not a proposal: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    fn read_response_at(&self, at: Where, id: &str) -> Result<Option<Response>, StoreError> {
+        match self.read_at(at, &format!("{id}.response.json"))? {
+            Some(bytes) => protocol::parse_response(&bytes)
+                .map(Some)
+                .map_err(|reason| StoreError::Malformed { id: id.to_string(), reason }),
+            None => Ok(None),
+        }
+    }
+}
+
+/// An id is a file name in the queue, never a path.
+fn valid_id(id: &str) -> Result<(), StoreError> {
+    if id.is_empty() || id.starts_with('.') || id.contains(['/', '\0']) {
+        return Err(StoreError::UnknownId(id.to_string()));
+    }
+    Ok(())
+}
+
+fn unsafe_path(path: &Path, reason: impl Into<String>) -> StoreError {
+    StoreError::Unsafe { path: path.to_path_buf(), reason: reason.into() }
+}
+
+/// A directory above the queue may be written only by root or the gateway's user:
+/// whoever else can write there can rename the queue away and put their own in its
+/// place (a sticky directory such as /tmp is no exception: the bottle's own entries
+/// there are its to rename).
+fn check_ancestor(path: &Path, st: &FileStat) -> Result<(), StoreError> {
+    let me = nix::unistd::geteuid().as_raw();
+    if st.st_mode & 0o022 != 0 || (st.st_uid != 0 && st.st_uid != me) {
+        return Err(unsafe_path(
+            path,
+            format!(
+                "this directory above the supervise queue (mode {:o}, owner uid {}) is writable by others than root \
+                 and the gateway's user, so a bottle could rename the queue away and put its own in its place \
+                 (sticky directories such as /tmp included); put the queue under directories only root can write, \
+                 e.g. /var/lib/egress-gateway",
+                st.st_mode & 0o7777,
+                st.st_uid
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The queue directory itself: not group- or world-writable, owned by the gateway's user.
+fn check_queue(path: &Path, st: &FileStat) -> Result<(), StoreError> {
+    if st.st_mode & 0o022 != 0 {
+        return Err(unsafe_path(path, "it is group- or world-writable, so a bottle could write to it (chmod 700 it)"));
+    }
+    if st.st_uid != nix::unistd::geteuid().as_raw() {
+        return Err(unsafe_path(
+            path,
+            format!("it is owned by uid {}, not by the gateway's user (chown it)", st.st_uid),
+        ));
+    }
+    Ok(())
+}
+
+fn link_refused(path: &Path) -> StoreError {
+    unsafe_path(
+        path,
+        "it is a symbolic link or not a directory: the queue directory and every directory above it must be real \
+         directories (a link could be swapped); name the real path",
+    )
+}
+
+/// Opens `path` without following any symbolic link, from `/` down, refusing a
+/// directory above it that others could write and a queue directory a bottle could
+/// write. With `create`, missing directories are made (the queue itself 0700).
+/// `None`: it does not exist (and `create` is false).
+fn open_private_dir(path: &Path, create: bool) -> Result<Option<OwnedFd>, StoreError> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(|e| unsafe_path(path, e.to_string()))?.join(path)
+    };
+    let mut names: Vec<&OsStr> = Vec::new();
+    for c in abs.components() {
+        match c {
+            Component::Normal(n) => names.push(n),
+            Component::ParentDir => {
+                return Err(unsafe_path(path, "name the queue directory without `..`"));
+            }
+            _ => {}
+        }
+    }
+    let Some((last, above)) = names.split_last() else {
+        return Err(unsafe_path(path, "the root directory cannot be a queue directory"));
+    };
+    let mut at = PathBuf::from("/");
+    let mut fd = nix::fcntl::open("/", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| unsafe_path(&at, e.to_string()))?;
+    check_ancestor(&at, &fstat(&fd).map_err(|e| unsafe_path(&at, e.to_string()))?)?;
+    let open_flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    for (i, name) in above.iter().chain([last]).enumerate() {
+        let is_queue = i == above.len();
+        at.push(name);
+        let flags = if is_queue { open_flags | OFlag::O_RDONLY } else { open_flags | OFlag::O_PATH };
+        let opened = match openat(&fd, *name, flags, Mode::empty()) {
+            Err(Errno::ENOENT) if create => {
+                let mode = if is_queue { 0o700 } else { 0o755 };
+                match mkdirat(&fd, *name, Mode::from_bits_truncate(mode)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(StoreError::Io { path: at, reason: e.to_string() }),
+                }
+                openat(&fd, *name, flags, Mode::empty())
+            }
+            other => other,
+        };
+        let next = match opened {
+            Ok(next) => next,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(Errno::ELOOP | Errno::ENOTDIR) => return Err(link_refused(&at)),
+            Err(e) => return Err(unsafe_path(&at, e.to_string())),
+        };
+        let st = fstat(&next).map_err(|e| unsafe_path(&at, e.to_string()))?;
+        if is_queue {
+            check_queue(&at, &st)?
+        } else {
+            check_ancestor(&at, &st)?
+        }
+        fd = next;
+    }
+    Ok(Some(fd))
+}
+
+/// `processed/` inside the opened queue (created with `create`), without following a link.
+fn open_child(dir: &Path, queue: &OwnedFd, create: bool) -> Result<Option<OwnedFd>, StoreError> {
+    let path = dir.join(PROCESSED);
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    if create {
+        match mkdirat(queue, PROCESSED, Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(StoreError::Io { path, reason: e.to_string() }),
+        }
+    }
+    match openat(queue, PROCESSED, flags, Mode::empty()) {
+        Ok(fd) => {
+            let st = fstat(&fd).map_err(|e| unsafe_path(&path, e.to_string()))?;
+            check_queue(&path, &st)?;
+            Ok(Some(fd))
+        }
+        Err(Errno::ENOENT) => Ok(None),
+        Err(Errno::ELOOP | Errno::ENOTDIR) => Err(link_refused(&path)),
+        Err(e) => Err(StoreError::Io { path, reason: e.to_string() }),
+    }
 }
 
 impl Store for QueueDir {
@@ -100,19 +304,23 @@ impl Store for QueueDir {
     }
 
     fn write_proposal(&self, p: &Proposal) -> Result<(), StoreError> {
-        let path = self.proposal_path(&p.id);
-        let tmp = write_temp(&path, &serde_json::to_vec_pretty(p).unwrap_or_default())?;
-        fs::rename(&tmp, &path).map_err(|e| self.io(&path, e))
+        valid_id(&p.id)?;
+        let name = format!("{}.json", p.id);
+        let tmp = self.write_temp(&name, &serde_json::to_vec_pretty(p).unwrap_or_default())?;
+        renameat(&*self.fd, tmp.as_str(), &*self.fd, name.as_str()).map_err(|e| {
+            let _ = unlinkat(&*self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            self.io(&name, e)
+        })
     }
 
     fn pending(&self) -> Result<Vec<Proposal>, StoreError> {
         let mut out = Vec::new();
-        for id in self.proposal_ids(&self.dir)? {
-            if self.response_path(&id).exists() {
+        for id in self.proposal_ids(Where::Queue)? {
+            if self.exists_at(Where::Queue, &format!("{id}.response.json")) {
                 continue;
             }
             // A half-written or foreign file is not a proposal; skip it.
-            if let Ok(Some(p)) = self.read_proposal_file(&self.proposal_path(&id)) {
+            if let Ok(Some(p)) = self.read_proposal(Where::Queue, &id) {
                 out.push(p);
             }
         }
@@ -121,45 +329,53 @@ impl Store for QueueDir {
     }
 
     fn proposal(&self, id: &str) -> Result<Option<Proposal>, StoreError> {
-        let path = self.proposal_path(id);
-        match self.read_proposal_file(&path)? {
+        if valid_id(id).is_err() {
+            return Ok(None);
+        }
+        match self.read_proposal(Where::Queue, id)? {
             Some(p) => Ok(Some(p)),
-            None => self.read_proposal_file(&self.archived(&path)),
+            None => self.read_proposal(Where::Processed, id),
         }
     }
 
     fn write_response(&self, id: &str, r: &Response) -> Result<(), StoreError> {
-        let (proposal, response) = (self.proposal_path(id), self.response_path(id));
-        if !proposal.exists() {
-            return Err(if self.archived(&response).exists() {
+        valid_id(id)?;
+        let (proposal, response) = (format!("{id}.json"), format!("{id}.response.json"));
+        if !self.exists_at(Where::Queue, &proposal) {
+            return Err(if self.exists_at(Where::Processed, &response) {
                 StoreError::AlreadyDecided(id.to_string())
-            } else if self.archived(&proposal).exists() {
+            } else if self.exists_at(Where::Processed, &proposal) {
                 StoreError::Closed(id.to_string())
             } else {
                 StoreError::UnknownId(id.to_string())
             });
         }
-        let tmp = write_temp(&response, &serde_json::to_vec_pretty(r).unwrap_or_default())?;
+        let tmp = self.write_temp(&response, &serde_json::to_vec_pretty(r).unwrap_or_default())?;
         // A link fails if the response exists: the first decision wins, atomically.
-        let linked = fs::hard_link(&tmp, &response);
-        let _ = fs::remove_file(&tmp);
+        let linked = linkat(&*self.fd, tmp.as_str(), &*self.fd, response.as_str(), nix::fcntl::AtFlags::empty());
+        let _ = unlinkat(&*self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
         match linked {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(StoreError::AlreadyDecided(id.to_string())),
+            Err(Errno::EEXIST) => Err(StoreError::AlreadyDecided(id.to_string())),
             Err(e) => Err(self.io(&response, e)),
         }
     }
 
     fn read_response(&self, id: &str) -> Result<Option<Response>, StoreError> {
-        self.read_response_file(id, &self.response_path(id))
+        valid_id(id)?;
+        self.read_response_at(Where::Queue, id)
     }
 
     fn archive(&self, id: &str) -> Result<(), StoreError> {
+        valid_id(id)?;
+        let Some(processed) = self.processed.as_deref() else {
+            return Err(self.io(PROCESSED, "missing (the gateway creates it)"));
+        };
         // The response first: a proposal in processed/ without its response reads as
         // "closed without a decision".
-        for path in [self.response_path(id), self.proposal_path(id)] {
-            if path.exists() {
-                fs::rename(&path, self.archived(&path)).map_err(|e| self.io(&path, e))?;
+        for name in [format!("{id}.response.json"), format!("{id}.json")] {
+            if self.exists_at(Where::Queue, &name) {
+                renameat(&*self.fd, name.as_str(), processed, name.as_str()).map_err(|e| self.io(&name, e))?;
             }
         }
         Ok(())
@@ -168,17 +384,14 @@ impl Store for QueueDir {
     /// Derived from the responses, in `processed/` and not yet archived.
     fn history(&self) -> Result<Vec<AuditEntry>, StoreError> {
         let mut out = Vec::new();
-        for dir in [self.processed(), self.dir.clone()] {
-            if !dir.exists() {
-                continue;
-            }
-            for id in self.proposal_ids(&dir)? {
-                let Ok(Some(p)) = self.read_proposal_file(&dir.join(format!("{id}.json"))) else { continue };
-                let path = dir.join(format!("{id}.response.json"));
+        for at in [Where::Processed, Where::Queue] {
+            for id in self.proposal_ids(at)? {
+                let Ok(Some(p)) = self.read_proposal(at, &id) else { continue };
                 // A malformed response was no decision.
-                if let Ok(Some(r)) = self.read_response_file(&id, &path) {
+                if let Ok(Some(r)) = self.read_response_at(at, &id) {
                     // decided_at has a second's resolution: the file's time orders ties.
-                    let written = fs::metadata(&path).and_then(|m| m.modified()).ok();
+                    let written =
+                        self.stat_at(at, &format!("{id}.response.json")).map(|st| (st.st_mtime, st.st_mtime_nsec));
                     out.push((r.decided_at, written, AuditEntry::new(&p, &r)));
                 }
             }
@@ -186,17 +399,6 @@ impl Store for QueueDir {
         out.sort_by_key(|(at, written, _)| (*at, *written));
         Ok(out.into_iter().map(|(_, _, e)| e).collect())
     }
-}
-
-/// Writes `data` to a hidden temporary file (0600, fsynced) next to `path`.
-fn write_temp(path: &Path, data: &[u8]) -> Result<PathBuf, StoreError> {
-    let err = |e: std::io::Error| StoreError::Io { path: path.to_path_buf(), reason: e.to_string() };
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("x");
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", rand::random::<u32>()));
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err)?;
-    f.write_all(data).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    Ok(tmp)
 }
 
 #[cfg(test)]
@@ -219,12 +421,83 @@ mod tests {
         }
     }
 
+    fn refused(r: Result<impl std::fmt::Debug, StoreError>, why: &str) -> String {
+        match r {
+            Err(e @ StoreError::Unsafe { .. }) if e.to_string().contains(why) => e.to_string(),
+            other => panic!("expected a refusal saying {why:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_symlinked_queue_directory_is_refused() {
+        let base = temp_dir("queue-link");
+        let real = base.join("real");
+        QueueDir::prepare(&real).unwrap();
+        std::os::unix::fs::symlink(&real, base.join("q")).unwrap();
+        refused(QueueDir::prepare(base.join("q")), "symbolic link");
+        refused(QueueDir::open_existing(base.join("q")), "symbolic link");
+        // A link above the queue too.
+        std::os::unix::fs::symlink(&base, base.join("up")).unwrap();
+        refused(QueueDir::open_existing(base.join("up/real")), "symbolic link");
+        // And a link in place of processed/.
+        let other = base.join("other");
+        fs::create_dir(&other).unwrap();
+        fs::set_permissions(&other, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&real, other.join("processed")).unwrap();
+        refused(QueueDir::prepare(&other), "symbolic link");
+    }
+
+    #[test]
+    fn a_queue_under_a_directory_others_can_write_is_refused() {
+        for mode in [0o775, 0o757, 0o1777] {
+            let base = temp_dir("queue-parent");
+            let parent = base.join("parent");
+            fs::create_dir(&parent).unwrap();
+            let q = parent.join("q");
+            QueueDir::prepare(&q).unwrap();
+            fs::set_permissions(&parent, fs::Permissions::from_mode(mode)).unwrap();
+            let why = refused(QueueDir::open_existing(&q), "writable by others than root");
+            assert!(why.starts_with(&parent.display().to_string()), "names the directory: {why}");
+            refused(QueueDir::prepare(&q), "rename the queue away");
+        }
+        // /tmp is sticky and world-writable: refused too.
+        if std::path::Path::new("/tmp").exists() {
+            let q = std::env::temp_dir().join(format!("egress-sup-tmpq-{}", std::process::id()));
+            refused(QueueDir::prepare(&q), "writable by others than root");
+            assert!(!q.exists(), "nothing is created under a refused directory");
+        }
+    }
+
+    #[test]
+    fn renaming_the_queue_after_open_redirects_nothing() {
+        let base = temp_dir("queue-swap");
+        let path = base.join("q");
+        let q = QueueDir::prepare(&path).unwrap();
+        let p = Proposal::new("demo", crate::supervise::store::tests::payload("a.test"));
+        q.write_proposal(&p).unwrap();
+        // The swap: the real queue renamed away, a forged one in its place, approving.
+        fs::rename(&path, base.join("moved")).unwrap();
+        fs::create_dir(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::write(path.join(format!("{}.json", p.id)), serde_json::to_vec(&p).unwrap()).unwrap();
+        fs::write(path.join(format!("{}.response.json", p.id)), br#"{"status":"approved"}"#).unwrap();
+        assert_eq!(q.read_response(&p.id).unwrap(), None, "the forged response is not read");
+        assert_eq!(q.pending().unwrap().len(), 1);
+        // Writes go to the opened directory, wherever it now is.
+        q.write_response(&p.id, &Response::by_operator(protocol::Status::Rejected, "no", None)).unwrap();
+        assert!(base.join("moved").join(format!("{}.response.json", p.id)).exists());
+        q.archive(&p.id).unwrap();
+        assert!(base.join("moved/processed").join(format!("{}.json", p.id)).exists());
+        assert!(path.join(format!("{}.response.json", p.id)).exists(), "the forged queue is untouched");
+        assert_eq!(q.history().unwrap()[0].status, protocol::Status::Rejected);
+    }
+
     #[test]
     fn refuses_a_writable_queue_directory_and_reads_a_missing_one_as_empty() {
         let dir = temp_dir("queue-perm");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
         assert!(matches!(QueueDir::prepare(&dir), Err(StoreError::Unsafe { .. })));
         assert!(matches!(QueueDir::open_existing(&dir), Err(StoreError::Unsafe { .. })));
-        assert!(QueueDir::open_existing(dir.join("never-created")).unwrap().is_none());
+        assert!(QueueDir::open_existing(temp_dir("queue-none").join("never-created")).unwrap().is_none());
     }
 }

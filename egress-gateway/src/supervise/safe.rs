@@ -66,11 +66,28 @@ impl Key {
         Ok(Key(key))
     }
 
+    /// A value approved for any host of the bottle (and persisted lines written before
+    /// approvals were tied to a host).
     fn digest(&self, value: &str) -> Digest {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(value.as_bytes());
         mac.finalize().into_bytes().into()
     }
+
+    /// A value approved for one host: a different hash from `digest`'s and from any
+    /// other host's.
+    fn digest_for(&self, host: &str, value: &str) -> Digest {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        for part in [&b"egress-supervise-host\0"[..], host_key(host).as_bytes(), b"\0", value.as_bytes()] {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// A host as approvals compare it: lower case, no trailing dot.
+fn host_key(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// The file of persisted hashes, one hex HMAC a line.
@@ -118,12 +135,16 @@ impl SafeValues {
         self.len() == 0
     }
 
-    /// Records an approval of `value` with `scope` (`once` records nothing here).
-    pub fn approve(&self, value: &Secret, scope: Scope) -> Result<(), StoreError> {
-        let digest = self.key.digest(value.expose());
+    /// Records an approval of `value` sent to `host` with `scope` (`once` records nothing
+    /// here). Every scope but `any-host` allows the value to `host` only.
+    pub fn approve(&self, value: &Secret, scope: Scope, host: &str) -> Result<(), StoreError> {
+        let digest = match scope {
+            Scope::AnyHost => self.key.digest(value.expose()),
+            _ => self.key.digest_for(host, value.expose()),
+        };
         match scope {
             Scope::Once => return Ok(()),
-            Scope::Gateway => {}
+            Scope::Gateway | Scope::AnyHost => {}
             Scope::Persist => {
                 let Some(file) = &self.persist_to else { return Err(StoreError::PersistNotAllowed) };
                 append_line(file, &hex::encode(digest))?;
@@ -134,6 +155,15 @@ impl SafeValues {
     }
 }
 
+impl SafeValues {
+    /// Whether `value` is approved for `host`: for that host, or for any host.
+    pub fn contains_for(&self, host: &str, value: &str) -> bool {
+        let hashes = self.hashes.read().unwrap_or_else(|e| e.into_inner());
+        hashes.contains(&self.key.digest_for(host, value)) || hashes.contains(&self.key.digest(value))
+    }
+}
+
+/// Without a host (WebSocket messages): only values approved for any host.
 impl SafeSet for SafeValues {
     fn contains(&self, value: &str) -> bool {
         let digest = self.key.digest(value);
@@ -155,13 +185,15 @@ fn append_line(file: &Path, line: &str) -> Result<(), StoreError> {
 /// `once` for this request.
 pub struct RequestSafe<'a> {
     bottle: Option<&'a SafeValues>,
+    /// The request's host: the bottle's approvals count for it only (or for any host).
+    host: String,
     /// Kept as `Secret`s, which never print, and only for the life of the request.
     once: Vec<Secret>,
 }
 
 impl<'a> RequestSafe<'a> {
-    pub fn new(supervisor: Option<&'a Supervisor>) -> Self {
-        RequestSafe { bottle: supervisor.map(Supervisor::safe_set), once: Vec::new() }
+    pub fn new(supervisor: Option<&'a Supervisor>, host: &str) -> Self {
+        RequestSafe { bottle: supervisor.map(Supervisor::safe_set), host: host.to_string(), once: Vec::new() }
     }
 
     /// After a hold: a value approved `once` is allowed for the rest of this request
@@ -175,7 +207,7 @@ impl<'a> RequestSafe<'a> {
 
 impl SafeSet for RequestSafe<'_> {
     fn contains(&self, value: &str) -> bool {
-        self.once.iter().any(|s| s.expose() == value) || self.bottle.is_some_and(|b| b.contains(value))
+        self.once.iter().any(|s| s.expose() == value) || self.bottle.is_some_and(|b| b.contains_for(&self.host, value))
     }
 }
 
@@ -192,33 +224,59 @@ mod tests {
         {
             let key = Key::load_or_create(&state).unwrap();
             let safe = SafeValues::persisted(key, file.clone()).unwrap();
-            safe.approve(&value, Scope::Persist).unwrap();
-            safe.approve(&Secret::new("gateway-only-value"), Scope::Gateway).unwrap();
-            assert!(safe.contains(value.expose()) && safe.contains("gateway-only-value"));
+            safe.approve(&value, Scope::Persist, "a.test").unwrap();
+            safe.approve(&Secret::new("gateway-only-value"), Scope::Gateway, "a.test").unwrap();
+            assert!(safe.contains_for("a.test", value.expose()) && safe.contains_for("a.test", "gateway-only-value"));
         }
         let text = fs::read_to_string(&file).unwrap();
         assert!(!text.contains("persistedvalue"), "the raw value was persisted");
         assert_eq!(text.lines().count(), 1);
         // "Restart": the same key file, a fresh set.
         let safe = SafeValues::persisted(Key::load_or_create(&state).unwrap(), file.clone()).unwrap();
-        assert!(safe.contains(value.expose()));
-        assert!(!safe.contains("gateway-only-value"), "a gateway-scope approval outlived the gateway");
+        assert!(safe.contains_for("a.test", value.expose()));
+        assert!(!safe.contains_for("b.test", value.expose()), "a persisted approval is for its host only");
+        assert!(!safe.contains_for("a.test", "gateway-only-value"), "a gateway-scope approval outlived the gateway");
         // Another gateway's key does not recognise it.
         let other = SafeValues::persisted(Key::ephemeral(), file).unwrap();
-        assert!(!other.contains(value.expose()));
+        assert!(!other.contains_for("a.test", value.expose()));
     }
 
     #[test]
     fn once_is_per_request_and_persist_needs_opt_in() {
         let safe = SafeValues::in_memory();
         let v = Secret::new("value-approved-once");
-        safe.approve(&v, Scope::Once).unwrap();
-        assert!(!safe.contains(v.expose()));
-        assert!(safe.approve(&v, Scope::Persist).unwrap_err().to_string().contains("allow_persist"));
-        let mut req = RequestSafe { bottle: Some(&safe), once: Vec::new() };
+        safe.approve(&v, Scope::Once, "a.test").unwrap();
+        assert!(!safe.contains_for("a.test", v.expose()));
+        assert!(safe.approve(&v, Scope::Persist, "a.test").unwrap_err().to_string().contains("allow_persist"));
+        let mut req = RequestSafe::new(None, "a.test");
+        req.bottle = Some(&safe);
         req.note(&HoldOutcome::Approved { scope: Scope::Once }, &v);
         assert!(req.contains(v.expose()));
-        assert!(!RequestSafe { bottle: Some(&safe), once: Vec::new() }.contains(v.expose()));
+        let mut next = RequestSafe::new(None, "a.test");
+        next.bottle = Some(&safe);
+        assert!(!next.contains(v.expose()));
+    }
+
+    #[test]
+    fn an_approval_is_for_its_host_unless_it_says_any_host() {
+        let safe = SafeValues::in_memory();
+        let v = Secret::new("value-approved-for-a-host");
+        safe.approve(&v, Scope::Gateway, "api.a.test").unwrap();
+        assert!(safe.contains_for("api.a.test", v.expose()) && safe.contains_for("API.A.test.", v.expose()));
+        for other in ["api.b.test", "api.a.test.evil.test", "a.test", ""] {
+            assert!(!safe.contains_for(other, v.expose()), "approved for api.a.test, allowed to {other:?}");
+        }
+        assert!(!safe.contains(v.expose()), "a host approval is not one for any host (WebSocket messages)");
+        let request = |host: &str| {
+            let mut r = RequestSafe::new(None, host);
+            r.bottle = Some(&safe);
+            r.contains(v.expose())
+        };
+        assert!(request("api.a.test") && !request("api.b.test"));
+        // Explicitly for any host of the bottle.
+        let w = Secret::new("value-approved-for-any-host");
+        safe.approve(&w, Scope::AnyHost, "api.a.test").unwrap();
+        assert!(safe.contains_for("api.b.test", w.expose()) && safe.contains(w.expose()));
     }
 
     #[test]

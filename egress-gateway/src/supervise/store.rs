@@ -105,9 +105,38 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every class of character `render::inert` escapes, as an agent would plant them.
+    pub const HOSTILE: &str =
+        "\r\x1b[1A\x1b[2K\x1b]0;title\x07\x1b]52;c;aGk=\x1b\\\u{9b}2J\u{202e}\u{2066}\u{200b}\x08\x7f";
+
+    /// A proposal as a store might hold it if written raw (not through `Proposal::new`):
+    /// every agent-controlled field full of terminal controls and bidi characters.
+    pub fn hostile_proposal(bottle: &str) -> Proposal {
+        let mut p = Proposal::new(bottle, payload("x.test"));
+        p.payload = Payload {
+            host: format!("trusted.example{HOSTILE}.evil.test"),
+            method: format!("POST{HOSTILE}"),
+            path: format!("/v1/send{HOSTILE}?q=1"),
+            reason: format!("token_patterns: GitHub personal access token in header x{HOSTILE}"),
+            context: format!("key=******** {HOSTILE} tail"),
+        };
+        p
+    }
+
+    /// Whether `text` has any character a terminal would act on instead of showing,
+    /// besides the line breaks between the lines of an output.
+    pub fn has_unsafe(text: &str) -> bool {
+        text.contains(|c| c != '\n' && crate::supervise::render::is_unsafe(c))
+    }
+
+    /// A fresh private directory under the build's target directory: a queue directory
+    /// under /tmp (sticky, world-writable) is refused.
     pub fn temp_dir(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("egress-sup-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
+        let exe = std::env::current_exe().unwrap();
+        let base = exe.parent().and_then(Path::parent).unwrap().join("supervise-test-tmp");
+        fs::create_dir_all(&base).unwrap();
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o700)).unwrap();
+        let dir = base.join(format!("egress-sup-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
         fs::create_dir_all(&dir).unwrap();
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
         dir
