@@ -64,8 +64,8 @@ fn unknown_bottle_and_missing_command_are_clear_errors() {
 fn supervise_dir() -> std::path::PathBuf {
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // Not under /tmp: a queue below a directory others can write is refused.
-    let dir =
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("egress-cli-sup-{}-{n}", std::process::id()));
+    let dir = egress_e2e::private_base(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")))
+        .join(format!("egress-cli-sup-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let queue = dir.join("queue/demo");
     std::fs::create_dir_all(&queue).unwrap();

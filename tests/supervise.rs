@@ -26,7 +26,7 @@ fn token(tag: char) -> String {
 /// The world's queue directory is outside the test's directory: that one is under /tmp,
 /// and the gateway refuses a queue below a directory others can write (sticky or not).
 fn world(test: &str, timeout_seconds: u64) -> (World, PathBuf) {
-    let queue = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+    let queue = egress_e2e::private_base(std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))).join(format!(
         "supervise-queue-{test}-{}-{}",
         std::process::id(),
         rand_suffix()
@@ -299,7 +299,7 @@ fn a_hundred_requests_complete_while_one_is_held() {
 #[test]
 fn an_approval_is_for_its_host_and_another_host_is_held_again() {
     let routes = format!("{ROUTES}  - host: other.upstream.test\n    dlp:\n      outbound_on_match: supervise\n");
-    let queue = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+    let queue = egress_e2e::private_base(std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))).join(format!(
         "supervise-queue-sup-host-{}-{}",
         std::process::id(),
         rand_suffix()

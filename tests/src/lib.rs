@@ -575,6 +575,22 @@ impl Drop for TestEnv {
     }
 }
 
+/// A directory for files the gateway checks for safe ancestors (supervise queues): `dir`
+/// (the build's tmp directory) when no directory above it is writable by others, else a
+/// root-only directory under /run (a clone under /tmp has a sticky, world-writable
+/// ancestor, which the gateway rightly refuses).
+pub fn private_base(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let safe = dir.ancestors().skip(1).all(|a| fs::metadata(a).map(|m| m.mode() & 0o002 == 0).unwrap_or(true));
+    if safe {
+        return dir.to_path_buf();
+    }
+    let base = PathBuf::from("/run/egress-e2e-private");
+    fs::create_dir_all(&base).expect("create /run/egress-e2e-private");
+    fs::set_permissions(&base, fs::Permissions::from_mode(0o700)).expect("chmod 700");
+    base
+}
+
 /// Unmounts and removes a namespace file the gateway made for this test's bottle.
 pub fn remove_netns(path: &Path) {
     if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {

@@ -133,7 +133,15 @@ pub(crate) mod tests {
     /// under /tmp (sticky, world-writable) is refused.
     pub fn temp_dir(tag: &str) -> PathBuf {
         let exe = std::env::current_exe().unwrap();
-        let base = exe.parent().and_then(Path::parent).unwrap().join("supervise-test-tmp");
+        let mut base = exe.parent().and_then(Path::parent).unwrap().join("supervise-test-tmp");
+        // A build under /tmp (sticky, world-writable) would be refused: use /run then.
+        let open_above = base.ancestors().skip(1).any(|a| {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(a).is_ok_and(|m| m.mode() & 0o002 != 0)
+        });
+        if open_above {
+            base = PathBuf::from("/run/egress-gateway-unit-tmp");
+        }
         fs::create_dir_all(&base).unwrap();
         fs::set_permissions(&base, fs::Permissions::from_mode(0o700)).unwrap();
         let dir = base.join(format!("egress-sup-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
