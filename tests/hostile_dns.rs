@@ -12,27 +12,6 @@ use std::{
 
 use egress_e2e::{EnvSpec, MoreBottle, TestEnv, stderr, stdout};
 
-/// Queries each name (A) at the bottle's port 53 and prints `name rcode answer`.
-const DNS_QUERY: &str = r#"
-import socket, struct, sys
-def query(name):
-    q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)
-    for label in name.split('.'):
-        q += bytes([len(label)]) + label.encode()
-    q += b'\x00' + struct.pack('>HH', 1, 1)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(5)
-    s.sendto(q, ('127.0.0.53', 53))
-    r = s.recv(512)
-    an = struct.unpack('>H', r[6:8])[0]
-    return r[3] & 0x0f, '.'.join(str(b) for b in r[-4:]) if an else '-'
-for name in sys.argv[1:]:
-    try:
-        print(name, *query(name))
-    except socket.timeout:
-        print(name, 'timeout', '-')
-"#;
-
 /// Sends queries for distinct names under `slow.test` for argv[1] seconds, as fast as
 /// it can, never waiting for answers.
 const FLOOD: &str = r#"
@@ -147,7 +126,7 @@ fn a_bottle_flooding_names_that_never_answer_does_not_starve_another_bottles_dns
     // While bottle a has thousands of lookups waiting on a server that never answers,
     // bottle b's answer comes within its client's 5 s timeout.
     let names = ["api.fast.test", "www.fast.test", "cdn.fast.test"];
-    let mut args = vec!["python3", "-c", DNS_QUERY];
+    let mut args = vec!["python3", "-c", egress_e2e::DNS_QUERY_PY];
     args.extend(names);
     let got = results(&env.exec_in(&b, &args, &[]));
     for (name, (asked, rcode, ip)) in names.iter().zip(&got) {
@@ -220,7 +199,7 @@ fn dns_tunnels_under_an_allowed_wildcard_get_nxdomain_and_a_budget_caps_new_name
         ("reversed in 6-character labels", under_wildcard(&reversed.replace('-', ""), 6)),
     ];
     let ordinary = ["www.cdn.upstream.test", "d3bxy9euw4e147.cdn.upstream.test", "assets-eu-1.cdn.upstream.test"];
-    let mut args = vec!["python3", "-c", DNS_QUERY];
+    let mut args = vec!["python3", "-c", egress_e2e::DNS_QUERY_PY];
     args.extend(ordinary);
     args.extend(tunnels.iter().map(|(_, n)| n.as_str()));
     let got = results(&env.exec(&args));
@@ -234,7 +213,7 @@ fn dns_tunnels_under_an_allowed_wildcard_get_nxdomain_and_a_budget_caps_new_name
 
     // A burst of distinct names beyond the budget (20 a minute; 3 spent above).
     let burst: Vec<String> = (0..30).map(|i| format!("img{i}.cdn.upstream.test")).collect();
-    let mut args = vec!["python3", "-c", DNS_QUERY];
+    let mut args = vec!["python3", "-c", egress_e2e::DNS_QUERY_PY];
     args.extend(burst.iter().map(String::as_str));
     // A name already seen in the window is still answered after the budget is spent.
     args.push("www.cdn.upstream.test");

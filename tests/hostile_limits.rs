@@ -18,6 +18,19 @@ use egress_e2e::{
 const HOSTILE: &str = env!("CARGO_BIN_EXE_egress-hostile");
 const MIB: u64 = 1024 * 1024;
 
+/// A gateway with `config` and two bottles (the second is `other`) allowed to `host`.
+fn two_bottles(test: &str, host: &str, config: &str) -> World {
+    let r = routes(host);
+    let spec = WorldSpec {
+        hosts: &[host],
+        routes: &r,
+        config,
+        more_bottles: &[MoreBottle { suffix: "other", routes: &r, ..Default::default() }],
+        ..Default::default()
+    };
+    World::start_spec(test, &spec)
+}
+
 fn routes(host: &str) -> String {
     format!("routes:\n  - host: {host}\n")
 }
@@ -45,16 +58,8 @@ fn an_h2_upload_flood_stays_inside_the_body_budget() {
     const BOTTLE_BUDGET: u64 = 32 * MIB;
     // Binary, TLS, the HTTP/2 windows, the scanner's transient copies, allocator slack.
     const OVERHEAD: u64 = 160 * MIB;
-    let r = routes(HOST);
     let config = format!("limits:\n  buffered_bytes: {GATEWAY_BUDGET}\n  bottle_buffered_bytes: {BOTTLE_BUDGET}\n");
-    let spec = WorldSpec {
-        hosts: &[HOST],
-        routes: &r,
-        config: &config,
-        more_bottles: &[MoreBottle { suffix: "other", routes: &r, ..Default::default() }],
-        ..Default::default()
-    };
-    let w = World::start_spec("h2flood", &spec);
+    let w = two_bottles("h2flood", HOST, &config);
     let other = w.env.more_bottle("other");
     let pid = w.env.gateway_pid().unwrap();
     // Warm up (TLS, the upstream pool, the CA's leaf) before the baseline.
@@ -211,16 +216,8 @@ for s in socks:
 fn a_bottle_over_its_connection_cap_loses_the_extra_connections_only() {
     const HOST: &str = "api.cap.test";
     const CAP: usize = 16;
-    let r = routes(HOST);
     let config = format!("limits:\n  bottle_connections: {CAP}\n");
-    let spec = WorldSpec {
-        hosts: &[HOST],
-        routes: &r,
-        config: &config,
-        more_bottles: &[MoreBottle { suffix: "other", routes: &r, ..Default::default() }],
-        ..Default::default()
-    };
-    let w = World::start_spec("conncap", &spec);
+    let w = two_bottles("conncap", HOST, &config);
     let other = w.env.more_bottle("other");
     let mut hog = w.env.spawn_exec(&["python3", "-c", HOG, &w.up.port().to_string()], &[]);
     let mut line = String::new();

@@ -527,6 +527,29 @@ impl TestEnv {
     }
 }
 
+/// A Python script run inside a bottle: queries each name (A) at 127.0.0.53:53 (any
+/// address: the bottle's port 53 goes to the gateway) and prints `name rcode answer`
+/// (`-` for no answer, `timeout` for none at all).
+pub const DNS_QUERY_PY: &str = r#"
+import socket, struct, sys
+def query(name):
+    q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)
+    for label in name.split('.'):
+        q += bytes([len(label)]) + label.encode()
+    q += b'\x00' + struct.pack('>HH', 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(q, ('127.0.0.53', 53))
+    r = s.recv(512)
+    an = struct.unpack('>H', r[6:8])[0]
+    return r[3] & 0x0f, '.'.join(str(b) for b in r[-4:]) if an else '-'
+for name in sys.argv[1:]:
+    try:
+        print(name, *query(name))
+    except socket.timeout:
+        print(name, 'timeout', '-')
+"#;
+
 pub const SIGHUP: i32 = libc::SIGHUP;
 
 fn signal(pid: u32, sig: i32) {
