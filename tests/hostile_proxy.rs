@@ -153,6 +153,32 @@ fn names_the_routes_do_not_allow_are_never_resolved() {
     assert!(w.up.requests().is_empty(), "a refused request reached the upstream");
 }
 
+/// Issue 13: encoded slashes are data (npm scoped packages, GitLab project ids, GitHub
+/// refs), forwarded as the client wrote them; an encoded slash does not open a prefix.
+#[test]
+fn encoded_slashes_are_data_and_reach_the_upstream_verbatim() {
+    let w = world("hp-encslash");
+    for path in [
+        "/@types%2fnode",
+        "/@babel%2Fcore/-/core-7.24.0.tgz",
+        "/api/v4/projects/group%2Fsub%2Fproject/repository/files/src%2Fmain.rs/raw?ref=main",
+        "/repos/octo/hello/git/ref/heads%2Ffeature%2Fx",
+    ] {
+        let before = w.up.requests().len();
+        let (code, body) = w.curl(&["--path-as-is", &w.url("llm.hostile.test", path)]);
+        assert_eq!(code, "200", "{path}: {body}");
+        let seen = w.up.requests();
+        assert_eq!(seen.len(), before + 1, "{path}");
+        assert_eq!(seen.last().unwrap().path_and_query, path, "forwarded as written");
+    }
+    // `/v1/` is the only prefix of api.hostile.test: `/v1%2Fmodels` is not under it.
+    let (code, body) = w.curl(&["--path-as-is", &w.url("api.hostile.test", "/v1%2Fmodels")]);
+    assert_eq!(code, "403", "{body}");
+    // `%76` is `v`: under the prefix for every upstream, so allowed.
+    let (code, body) = w.curl(&["--path-as-is", &w.url("api.hostile.test", "/%761/models")]);
+    assert_eq!(code, "200", "{body}");
+}
+
 #[test]
 fn double_encoded_dot_and_parameter_paths_are_refused_before_routing() {
     let w = world("hp-paths");
@@ -166,7 +192,7 @@ fn double_encoded_dot_and_parameter_paths_are_refused_before_routing() {
         "/v1/%u002e%u002e/admin",
         "/v1/..%3b/admin",
         "/v1/%5c..%5cadmin",
-        "/v1%2fadmin",
+        "/v1%2f..%2fadmin",
     ] {
         let (code, body) = w.curl(&["--path-as-is", &w.url("api.hostile.test", path)]);
         assert!(code == "400" || code == "403", "{path}: {code} {body}");

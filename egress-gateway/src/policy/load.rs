@@ -216,8 +216,16 @@ fn match_entry(m: RawMatch, field: &str, problems: &mut Problems) -> Match {
             "prefix" | "exact" if !p.value.starts_with('/') => {
                 problems.push(format!("{f}.value"), format!("{:?} must start with /", p.value));
             }
-            "prefix" => paths.push(PathMatch::Prefix(p.value)),
-            "exact" => paths.push(PathMatch::Exact(p.value)),
+            kind @ ("prefix" | "exact") => match super::target::check_path(&p.value) {
+                Err(why) => {
+                    problems.push(format!("{f}.value"), format!("{:?} can never match a request: {why}", p.value))
+                }
+                Ok(()) => {
+                    // Stored canonical, as request paths are matched (target::canonical_path).
+                    let value = super::target::canonical_path(&p.value).into_owned();
+                    paths.push(if kind == "prefix" { PathMatch::Prefix(value) } else { PathMatch::Exact(value) });
+                }
+            },
             "regex" => match anchored(&p.value) {
                 Ok(r) => paths.push(PathMatch::Regex(r)),
                 Err(e) => problems.push(format!("{f}.value"), format!("invalid regex: {e}")),

@@ -251,6 +251,8 @@ impl Routes {
         if let Err(why) = target::check_path(path) {
             return Decision::Deny(Denial::new(format!("egress: request path for {host} refused: {why}")));
         }
+        // Routes and the git rules see one spelling of the path (see target.rs).
+        let path = &*target::canonical_path(path);
         match git_service(path, query) {
             Some(GitService::ReceivePack) => {
                 return Decision::Deny(Denial::new(
@@ -376,11 +378,16 @@ enum GitService {
 }
 
 /// The git smart-HTTP service a request is for, if any.
+/// Which git service a (canonical) path and its query ask for. The last segment counts
+/// whatever trails it (`/`, `;x`), and the query is read canonical too (`git%2Dreceive-pack`).
 fn git_service(path: &str, query: &str) -> Option<GitService> {
+    let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    let last = last.split(';').next().unwrap_or("");
+    let query = target::canonical_path(query);
     let service_in_query = |name: &str| query.split('&').any(|kv| kv == format!("service={name}"));
-    if path.ends_with("/git-receive-pack") || service_in_query("git-receive-pack") {
+    if last == "git-receive-pack" || service_in_query("git-receive-pack") {
         Some(GitService::ReceivePack)
-    } else if path.ends_with("/git-upload-pack") || service_in_query("git-upload-pack") {
+    } else if last == "git-upload-pack" || service_in_query("git-upload-pack") {
         Some(GitService::UploadPack)
     } else {
         None

@@ -3,15 +3,20 @@
 //! every upstream, however many times it decodes it and whatever it makes of `;`.
 //!
 //! The path rule (see docs/security.md):
-//! - it starts with `/` (or is `*`); no backslash, raw or encoded;
+//! - it starts with `/` (or is `*`); no raw backslash (clients encode it);
 //! - every `%` starts a two-hex-digit escape (no `%u002e`, no bare `%`);
-//! - no encoded `/` (`%2f`), and no `%25` that would form a new escape once decoded
-//!   (`%252e`): a second decoding finds nothing new;
+//! - no `%25` that would form a new escape once decoded (`%252e`): a second decoding
+//!   finds nothing new;
 //! - decoded once, it is valid UTF-8 (overlong forms like `%c0%ae` are not) without
 //!   control characters or look-alike dots and slashes (U+FF0E, U+2215, ...);
-//! - no segment, decoded and with its `;` parameters removed, is `.` or `..` (so
-//!   `/..;/`, `/.%2e/` and `/..%3bx/` are all refused). Other `;` parameters
-//!   (`/a;v=1/b`) and escapes of ordinary characters (`%20`, `%41`) pass.
+//! - no segment is `.` or `..` once decoded, with `/`, `\` *and* their escapes (`%2F`,
+//!   `%5C`) taken as separators and `;` parameters removed (so `/..;/`, `/.%2e/`,
+//!   `/a%2F..%2Fb` and `/..%5Cx` are all refused, whatever an upstream decodes).
+//!
+//! Encoded slashes and backslashes are otherwise data: npm's `/@scope%2fname` and
+//! GitLab's `/projects/group%2Fproject` pass. Routes match the [`canonical_path`], in
+//! which escapes of unreserved characters are decoded and other escapes upper-cased, so
+//! `%2f` and `%2F` (or `%76` and `v`) cannot be used to slip past a route's prefix.
 
 /// Why a path was refused: one line for the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +40,7 @@ pub fn check_path(path: &str) -> Result<(), PathRefusal> {
         return Err(PathRefusal("the path does not start with /"));
     }
     if path.contains('\\') {
-        return Err(PathRefusal("the path contains a backslash"));
+        return Err(PathRefusal("the path contains a raw backslash (encode it as %5C)"));
     }
     let bytes = path.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
@@ -51,8 +56,6 @@ pub fn check_path(path: &str) -> Result<(), PathRefusal> {
         };
         let byte = h << 4 | l;
         match byte {
-            b'/' => return Err(PathRefusal("the path has an encoded / (%2f)")),
-            b'\\' => return Err(PathRefusal("the path contains a backslash")),
             b'%' if bytes.get(i + 3).is_some_and(|b| hex(b).is_some())
                 && bytes.get(i + 4).is_some_and(|b| hex(b).is_some()) =>
             {
@@ -72,13 +75,48 @@ pub fn check_path(path: &str) -> Result<(), PathRefusal> {
     if text.chars().any(|c| LOOKALIKES.contains(&c)) {
         return Err(PathRefusal("the path has a character servers may read as . or /"));
     }
-    for segment in text.split('/') {
+    for segment in text.split(['/', '\\']) {
         let base = segment.split(';').next().unwrap_or("");
         if base == "." || base == ".." {
             return Err(PathRefusal("the path has a dot segment (., .., or one hidden by ; or an escape)"));
         }
     }
     Ok(())
+}
+
+/// The form routes are matched on (`path` has passed [`check_path`]): escapes of
+/// unreserved characters (`A-Z a-z 0-9 - . _ ~`) decoded, every other escape in
+/// upper-case hex. Equivalent for any upstream (RFC 3986 §6.2.2), and one spelling each.
+pub fn canonical_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = (bytes[i] == b'%').then(|| Some((hex(bytes.get(i + 1)?)?, hex(bytes.get(i + 2)?)?))).flatten();
+        match escape {
+            Some((h, l)) => {
+                let byte = h << 4 | l;
+                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+                    out.push(byte as char);
+                } else {
+                    out.push('%');
+                    out.push(char::from(bytes[i + 1]).to_ascii_uppercase());
+                    out.push(char::from(bytes[i + 2]).to_ascii_uppercase());
+                }
+                i += 3;
+            }
+            None => {
+                // Not an escape (cannot happen after check_path): copy the character.
+                let c = path[i..].chars().next().unwrap_or('%');
+                out.push(c);
+                i += c.len_utf8();
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn hex(b: &u8) -> Option<u8> {
@@ -120,6 +158,12 @@ mod tests {
             "/x/%25zz",
             "/caf%C3%A9",
             "/..foo/.bar/...",
+            // npm scoped packages, GitLab project ids, GitHub refs with slashes.
+            "/@types%2fnode",
+            "/@babel%2Fcore/-/core-7.24.0.tgz",
+            "/api/v4/projects/group%2Fsubgroup%2Fproject/repository/files/src%2Fmain.rs/raw",
+            "/repos/octo/hello/git/ref/heads%2Ffeature%2Fx",
+            "/a%5Cb",
         ] {
             assert_eq!(check_path(p), Ok(()), "{p}");
         }
@@ -147,8 +191,10 @@ mod tests {
             "/v1/%zz",
             "/v1\\..\\admin",
             "/v1/%5c../admin",
-            "/v1%2fadmin",
-            "/v1/%2F",
+            "/v1/..%5cadmin",
+            "/v1%2f..%2fadmin",
+            "/v1/%2e%2e%2Fadmin",
+            "/v1/x%2F.%2Fy",
             "/v1/%00",
             "/v1/%0d%0a",
             "/v1/%ef%bc%8e%ef%bc%8e/admin",
@@ -156,6 +202,15 @@ mod tests {
         ] {
             assert!(check_path(p).is_err(), "{p}");
         }
+    }
+
+    #[test]
+    fn canonical_paths_decode_unreserved_escapes_and_upper_case_the_rest() {
+        assert_eq!(canonical_path("/v1/models"), "/v1/models");
+        assert_eq!(canonical_path("/%761/a%2ex%7e"), "/v1/a.x~");
+        assert_eq!(canonical_path("/@types%2fnode"), "/@types%2Fnode");
+        assert_eq!(canonical_path("/a%20b/caf%c3%a9"), "/a%20b/caf%C3%A9");
+        assert_eq!(canonical_path("/search/100%25"), "/search/100%25");
     }
 
     #[test]

@@ -155,9 +155,9 @@ fn no_matches_allows_every_path_and_method() {
 }
 
 #[test]
-fn non_canonical_paths_are_refused() {
+fn ambiguous_paths_are_refused() {
     let r = routes(ISSUE3_EXAMPLE);
-    for p in ["/v1/../admin", "/v1/%2e%2e/admin", "/v1/a%2Fb", "/v1/./x", "/v1\\..\\x"] {
+    for p in ["/v1/../admin", "/v1/%2e%2e/admin", "/v1/a%2F..%2Fb", "/v1/./x", "/v1\\..\\x"] {
         assert!(decide(&r, "api.upstream.test", "GET", p).is_err(), "{p} allowed");
     }
 }
@@ -249,4 +249,42 @@ fn allowlist_names_variables_but_holds_no_values() {
     assert_eq!(json["routes"][2]["token_env"], "EGRESS_TOKEN_CDN");
     assert_eq!(json["routes"][0]["matches"][0]["paths"][0]["value"], "/v1/");
     assert_eq!(json["tcp"][0], "upstream.test:18080");
+}
+
+#[test]
+fn encoded_slashes_are_data_and_routes_match_one_spelling() {
+    let r = routes(
+        "routes:\n  - host: registry.npmjs.test\n  - host: gitlab.test\n    matches:\n      - paths: [{type: prefix, value: /api/v4/projects/}]\n  - host: api.test\n    matches:\n      - paths: [{type: prefix, value: /v1/}, {type: exact, value: /@types%2fnode}]\n",
+    );
+    assert!(decide(&r, "registry.npmjs.test", "GET", "/@types%2fnode").is_ok());
+    assert!(decide(&r, "gitlab.test", "GET", "/api/v4/projects/group%2Fproject/issues?state=opened").is_ok());
+    // `%76` is `v`: the same path to every upstream, so the same decision.
+    assert!(decide(&r, "api.test", "GET", "/%761/models").is_ok());
+    assert!(decide(&r, "api.test", "GET", "/@types%2Fnode").is_ok());
+    // An encoded slash does not open a prefix it is not under.
+    assert!(decide(&r, "api.test", "GET", "/v1%2Fmodels").is_err());
+    // Dot segments behind encoded separators are refused.
+    let err = decide(&r, "gitlab.test", "GET", "/api/v4/projects/x%2F..%2F..%2Fadmin").unwrap_err();
+    assert!(err.contains("dot segment"), "{err}");
+}
+
+#[test]
+fn git_push_is_refused_however_the_service_is_spelled() {
+    let r = routes("routes:\n  - host: git.upstream.test\n    git: {fetch: true}\n");
+    for path in [
+        "/repo.git/git%2Dreceive-pack",
+        "/repo.git/git-receive-pack/",
+        "/repo.git/git-receive-pack;x=1",
+        "/repo.git/info/refs?service=git%2dreceive-pack",
+    ] {
+        let err = decide(&r, "git.upstream.test", "POST", path).unwrap_err();
+        assert!(err.contains("git push"), "{path}: {err}");
+    }
+}
+
+#[test]
+fn route_paths_that_can_never_match_are_load_errors() {
+    let err = err("routes:\n  - host: a.test\n    matches:\n      - paths: [{type: prefix, value: /v1/../admin}]\n")
+        .to_string();
+    assert!(err.contains("routes[0].matches[0].paths[0].value"), "{err}");
 }
