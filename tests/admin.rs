@@ -225,3 +225,53 @@ fn a_bottle_attached_to_an_existing_namespace_is_served_there_and_the_namespace_
     assert!(out.status.success(), "detach: {}", stderr(&out));
     assert!(ns.path().exists(), "the gateway removed a namespace it did not make");
 }
+
+/// Issue 14: systemd's notify protocol (a fake `NOTIFY_SOCKET`) and `/readyz`, which
+/// turns 503 when a bottle's programs are gone.
+#[test]
+fn readiness_is_told_to_systemd_and_answered_on_the_admin_socket() {
+    use std::os::unix::net::UnixDatagram;
+    let notify_path = std::env::temp_dir().join(format!("egress-e2e-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let spec = WorldSpec {
+        hosts: &HOSTS,
+        routes: &routes(HOSTS[0]),
+        gateway_env: &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+        ..Default::default()
+    };
+    let mut w = World::start_spec("readyz", &spec);
+    let ready = next();
+    assert!(ready.starts_with("READY=1\nSTATUS=serving 1 bottle(s)"), "{ready}");
+    let socket = w.env.dir.join("admin.sock");
+    let (code, body) = api(&socket, "GET", "/healthz", None);
+    assert_eq!((code.as_str(), body.trim()), ("200", r#"{"alive":true}"#));
+    let (code, body) = api(&socket, "GET", "/readyz", None);
+    assert_eq!(code, "200", "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((ready["ready"].as_bool(), ready["bottles"].as_u64()), (Some(true), Some(1)));
+
+    // A reload is bracketed by RELOADING=1 and READY=1.
+    w.env.signal_gateway(libc::SIGHUP);
+    let reloading = next();
+    assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading}");
+    assert!(next().starts_with("READY=1"));
+
+    // A bottle whose pinned programs were removed (by hand, or another tool) is not ready.
+    let pin = w.env.bpffs_dir.join("bottles").join(w.env.bottle()).join("egress_connect4");
+    std::fs::remove_file(&pin).unwrap();
+    let (code, body) = api(&socket, "GET", "/readyz", None);
+    assert_eq!(code, "503", "{body}");
+    assert!(body.contains(w.env.bottle()) && body.contains("egress_connect4"), "{body}");
+
+    w.env.stop_gateway();
+    let stopping = next();
+    let _ = std::fs::remove_file(&notify_path);
+    assert_eq!(stopping, "STOPPING=1");
+}

@@ -139,3 +139,24 @@ fn supervise_errors_are_clear_and_change_nothing() {
     assert!(stderr(&out).contains("group- or world-writable"), "{}", stderr(&out));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The shipped systemd unit passes `systemd-analyze verify` (with its binary path
+/// pointed at the one under test).
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../egress-gateway/dist/egress-gateway.service"))
+            .expect("reading the unit");
+    assert!(unit.contains("Type=notify"), "the gateway tells systemd when it is ready");
+    let dir = std::env::temp_dir().join(format!("egress-e2e-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("egress-gateway.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/egress-gateway", gateway_bin().to_str().unwrap())).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package) is needed to check the unit");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success() && stderr(&out).trim().is_empty(), "{}{}", stdout(&out), stderr(&out));
+}

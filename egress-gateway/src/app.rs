@@ -27,7 +27,7 @@ use crate::{
     credentials::Credentials,
     dlp, dns, netns, policy, proxy,
     resolve::Resolver,
-    telemetry,
+    sd_notify, telemetry,
 };
 
 /// What a bottle's requests are decided with, replaced as a whole on reload: a request
@@ -477,16 +477,34 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
         "ready"
     );
 
+    // systemd (Type=notify): ready once every listener is bound and every bottle attached.
+    sd_notify::tell(&format!("READY=1\nSTATUS=serving {} bottle(s)\nMAINPID={}", served.len(), std::process::id()));
+    if let Some(every) = sd_notify::watchdog_interval() {
+        // Pinged from the runtime itself: a wedged runtime stops the pings.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                sd_notify::tell("WATCHDOG=1");
+            }
+        });
+    }
+
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => { gw.reload_all(); }
+            _ = hup.recv() => {
+                sd_notify::reloading();
+                gw.reload_all();
+                sd_notify::tell(&format!("READY=1\nSTATUS=serving {} bottle(s)", gw.bottles().len()));
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    sd_notify::tell("STOPPING=1");
     let _ = stop_admin.send(());
     let _ = admin_task.await;
     tracing::info!("stopping; bottles stay attached and are refused until the gateway is back");

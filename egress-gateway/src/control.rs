@@ -91,6 +91,13 @@ impl RuntimeStore {
     }
 }
 
+/// Creates and removes a file in `dir`: what the stores and the CA need of it.
+fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".readyz-{}", std::process::id()));
+    fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&probe)?;
+    fs::remove_file(&probe)
+}
+
 /// A bottle by name: from the configuration, else one attached at run time.
 pub fn find_bottle(config: &config::Config, name: &str) -> anyhow::Result<config::Bottle> {
     if let Some(b) = config.bottle(name) {
@@ -128,6 +135,23 @@ impl BottleControl for Gateway {
 
     async fn detach(&self, name: &str, force: bool) -> Result<(), ControlError> {
         self.detach_runtime(name, force).await
+    }
+
+    async fn readiness(&self) -> admin::Readiness {
+        let served = self.served();
+        let mut problems = Vec::new();
+        for s in &served {
+            let bottle = &s.state.config;
+            let attached = cgroup::bottle_path(&self.config, bottle)
+                .and_then(|dir| bpf::verify_attached(&self.config, bottle, &dir));
+            if let Err(e) = attached {
+                problems.push(format!("bottle {}: {e:#}", bottle.name));
+            }
+        }
+        if let Err(e) = probe_writable(&self.config.state_dir) {
+            problems.push(format!("state directory {}: {e}", self.config.state_dir.display()));
+        }
+        admin::Readiness::from_problems(served.len(), problems)
     }
 
     fn peer_bottle(&self, pid: u32) -> Option<String> {

@@ -21,5 +21,6 @@ pub mod netns;
 pub mod policy;
 pub mod proxy;
 pub mod resolve;
+pub mod sd_notify;
 pub mod supervise;
 pub mod telemetry;

@@ -31,9 +31,19 @@ const REQUEST: &str = "<request>";
 pub enum AdminRequest {
     List,
     Get(String),
-    Attach { bottle: Box<Bottle>, spec: AttachSpec },
-    Detach { name: String, force: bool },
+    Attach {
+        bottle: Box<Bottle>,
+        spec: AttachSpec,
+    },
+    Detach {
+        name: String,
+        force: bool,
+    },
     Reload,
+    /// `GET /healthz`: the process answers.
+    Health,
+    /// `GET /readyz`: listeners bound, every bottle attached, the state directory writable.
+    Ready,
 }
 
 /// What an attach needs besides the `Bottle`.
@@ -190,6 +200,14 @@ pub fn parse(method: &Method, target: &str, body: &[u8]) -> Result<AdminRequest,
         no_params()?;
         no_body()?;
         return Ok(AdminRequest::List);
+    }
+    if path == "/healthz" || path == "/readyz" {
+        if method != Method::GET {
+            return Err(ApiError::method("GET"));
+        }
+        no_params()?;
+        no_body()?;
+        return Ok(if path == "/healthz" { AdminRequest::Health } else { AdminRequest::Ready });
     }
     if path == "/v1/reload" {
         if method != Method::POST {

@@ -42,11 +42,31 @@ pub trait BottleControl: Send + Sync + 'static {
     /// Re-reads every bottle's routes (as SIGHUP does).
     fn reload(&self) -> impl Future<Output = Result<ReloadReport, ControlError>> + Send;
 
+    /// Whether the gateway can serve every bottle now (`GET /readyz`).
+    fn readiness(&self) -> impl Future<Output = Readiness> + Send;
+
     /// The bottle whose cgroup holds process `pid`, if any: nothing inside a bottle may
     /// use the admin socket, root included.
     fn peer_bottle(&self, pid: u32) -> Option<String> {
         let _ = pid;
         None
+    }
+}
+
+/// The answer to `GET /readyz`: ready when nothing is wrong.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Bottles served.
+    pub bottles: usize,
+    /// One line per thing that is not as it should be (a bottle whose programs are not
+    /// attached to its cgroup, a state directory that cannot be written).
+    pub problems: Vec<String>,
+}
+
+impl Readiness {
+    pub fn from_problems(bottles: usize, problems: Vec<String>) -> Self {
+        Readiness { ready: problems.is_empty(), bottles, problems }
     }
 }
 

@@ -330,6 +330,12 @@ async fn dispatch<C: BottleControl>(request: AdminRequest, control: Arc<C>) -> A
         AdminRequest::Reload => {
             spawned(async move { Ok::<_, ApiError>((StatusCode::OK, api::json(&control.reload().await?))) }).await
         }
+        AdminRequest::Health => Ok((StatusCode::OK, api::json(&serde_json::json!({ "alive": true })))),
+        AdminRequest::Ready => {
+            let readiness = control.readiness().await;
+            let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            Ok((status, api::json(&readiness)))
+        }
     }
 }
 
@@ -396,6 +402,13 @@ mod tests {
 
         async fn reload(&self) -> Result<ReloadReport, ControlError> {
             Ok(ReloadReport { reloaded: self.list().into_iter().map(|b| b.name).collect(), failed: vec![] })
+        }
+
+        /// Bottles named `broken*` have lost their programs.
+        async fn readiness(&self) -> crate::admin::Readiness {
+            let list = self.list();
+            let problems = list.iter().filter(|b| b.name.starts_with("broken")).map(|b| format!("{} detached", b.name));
+            crate::admin::Readiness::from_problems(list.len(), problems.collect())
         }
     }
 
@@ -481,6 +494,20 @@ mod tests {
         client.detach("job", false).await.unwrap();
         assert_eq!(api_status(client.detach("job", false).await.unwrap_err()), StatusCode::NOT_FOUND);
         assert_eq!(client.reload().await.unwrap(), ReloadReport::default());
+
+        // Health and readiness: 200 while every bottle is as it should be, 503 with the
+        // problem otherwise.
+        let alive = client.call(Method::GET, "/healthz", None).await.unwrap();
+        assert_eq!(&alive[..], b"{\"alive\":true}\n");
+        let ready: serde_json::Value =
+            serde_json::from_slice(&client.call(Method::GET, "/readyz", None).await.unwrap()).unwrap();
+        assert_eq!(ready["ready"], true);
+        client.attach("broken", &BottleRequest { cgroup: "egress/broken".into(), ..Default::default() }).await.unwrap();
+        let err = client.call(Method::GET, "/readyz", None).await.unwrap_err();
+        assert_eq!(api_status(err), StatusCode::SERVICE_UNAVAILABLE);
+        let e = client.call(Method::POST, "/readyz", None).await;
+        assert_eq!(api_status(e.unwrap_err()), StatusCode::METHOD_NOT_ALLOWED);
+        client.detach("broken", false).await.unwrap();
 
         let path = server.path.clone();
         server.stop().await;
