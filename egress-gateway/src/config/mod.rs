@@ -340,6 +340,12 @@ impl Config {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "(none: everything denied)".into());
             let _ = writeln!(out, "  bottle {} cgroup {} routes {}", b.name, b.cgroup.display(), routes);
+            let unix = match &b.unix_sockets {
+                UnixSockets::Unpoliced => "not policed (unpoliced)".to_string(),
+                UnixSockets::Policed(r) if r.is_empty() => "none".to_string(),
+                UnixSockets::Policed(r) => r.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
+            };
+            let _ = writeln!(out, "    unix sockets: {unix}");
             if let Some(s) = &b.supervise {
                 let store = match s.store_spec(&self.state_dir) {
                     crate::supervise::StoreSpec::Queue(q) => format!("queue directory {}", q.display()),
