@@ -5,6 +5,7 @@
 /// Address family values as the kernel spells them.
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
+pub const AF_UNIX: u16 = 1;
 
 /// The destination a bottle's socket asked for, before the redirect.
 ///
@@ -66,6 +67,38 @@ pub struct Counters {
     pub dropped: u64,
 }
 
+/// Bytes of a unix-socket key after the bottle id: a `sun_path` (108 bytes) plus its
+/// terminator or length byte, rounded up.
+pub const UNIX_KEY_BYTES: usize = 112;
+
+/// Longest `sun_path` (its terminating NUL excluded) and longest abstract name.
+pub const UNIX_PATH_MAX: usize = 107;
+
+/// Key of the unix-socket allowlist, an LPM trie (`bpf_lpm_trie_key` prefix length in
+/// front, added by the map). One encoding on both sides:
+///
+/// - pathname socket `/run/a.sock`: the path bytes then a NUL; an exact entry's prefix
+///   covers the NUL (so `/run/a.sock2` does not match), a directory entry `/tmp/ipc/`
+///   covers only its bytes (so every path under it matches);
+/// - abstract socket `@name`: a 0 byte, the name's length, then the name (which may hold
+///   NULs), always exact.
+///
+/// The kernel side builds the key of the address a socket names with every byte past its
+/// length zeroed, and looks it up with the full prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnixKey {
+    /// The bottle's id, big-endian (so the trie's leading bits are the bottle).
+    pub bottle: [u8; 4],
+    pub path: [u8; UNIX_KEY_BYTES],
+}
+
+impl Default for UnixKey {
+    fn default() -> Self {
+        UnixKey { bottle: [0; 4], path: [0; UNIX_KEY_BYTES] }
+    }
+}
+
 /// Names of the globals set at load time with `EbpfLoader::override_global`.
 pub mod globals {
     /// `u32`, network byte order: the IPv4 address of the gateway's TCP listener.
@@ -92,7 +125,12 @@ pub mod maps {
     /// Renamed when its key gained the source address (see `ORIG_DST`).
     pub const DNS_CLIENTS: &str = "EGRESS_DNS_V2";
     pub const COUNTERS: &str = "EGRESS_COUNTERS";
+    /// The unix sockets each bottle may connect or send to (`UnixKey` -> 1).
+    pub const UNIX_SOCKETS: &str = "EGRESS_UNIX_V1";
 }
+
+/// Entries of the unix-socket allowlist, all bottles together.
+pub const UNIX_ENTRIES: u32 = 16_384;
 
 /// Capacity of the original-destination and DNS-client LRU maps.
 pub const LRU_ENTRIES: u32 = 65_536;
@@ -122,4 +160,5 @@ mod pod {
     unsafe impl aya::Pod for super::ClientKey {}
     unsafe impl aya::Pod for super::DnsClientKey {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::UnixKey {}
 }

@@ -6,6 +6,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod redirect;
+#[cfg(target_arch = "bpf")]
+mod unix;
 
 #[cfg(target_arch = "bpf")]
 mod hooks {

@@ -119,6 +119,10 @@ pub struct AttachArgs {
     /// stores must be outside them.
     #[arg(long = "mount")]
     pub mounts: Vec<PathBuf>,
+    /// A unix socket the bottle may connect or send to (repeatable): `/path`, a
+    /// directory `/dir/`, or `@abstract`; `unpoliced` alone opts out of the kernel policing.
+    #[arg(long = "unix-socket")]
+    pub unix_sockets: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -297,7 +301,24 @@ fn attach_request(args: &AttachArgs) -> anyhow::Result<admin::api::BottleRequest
         credentials_file: args.credentials_file.as_ref().map(abs).transpose()?,
         supervise: None,
         mounts: args.mounts.iter().map(abs).collect::<anyhow::Result<_>>()?,
+        unix_sockets: unix_sockets(&args.unix_sockets)?,
     })
+}
+
+/// `--unix-socket` values: entries, or `unpoliced` alone.
+fn unix_sockets(values: &[String]) -> anyhow::Result<crate::config::UnixSockets> {
+    use crate::config::{UnixRule, UnixSockets, unix::UNPOLICED};
+    if values.iter().any(|v| v == UNPOLICED) {
+        if values.len() > 1 {
+            anyhow::bail!("--unix-socket {UNPOLICED} cannot be combined with other --unix-socket entries");
+        }
+        return Ok(UnixSockets::Unpoliced);
+    }
+    let rules = values
+        .iter()
+        .map(|v| UnixRule::parse(v).map_err(|e| anyhow::anyhow!("--unix-socket: {e}")))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(UnixSockets::Policed(rules))
 }
 
 /// Through the running gateway when it answers, so it also stops serving the bottle.

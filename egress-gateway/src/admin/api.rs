@@ -87,6 +87,9 @@ pub struct BottleRequest {
     pub supervise: Option<SuperviseConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<PathBuf>,
+    /// The unix sockets the bottle may reach (`unix_sockets:` of gateway.yaml).
+    #[serde(default, skip_serializing_if = "config::UnixSockets::is_default")]
+    pub unix_sockets: config::UnixSockets,
 }
 
 /// A refused request: the status, one sentence, and the problems by field.
@@ -321,6 +324,7 @@ pub fn parse_bottle(name: String, request: BottleRequest) -> Result<(Bottle, Att
         credentials_file: request.credentials_file,
         supervise: request.supervise,
         mounts: request.mounts,
+        unix_sockets: request.unix_sockets,
     };
     let bottle = Bottle::from_raw(raw, "", PathBase::AbsoluteOnly, &mut problems);
     problems.finish(()).map_err(|e| ApiError::invalid(format!("invalid bottle {:?}", bottle.name), e.problems))?;

@@ -221,6 +221,7 @@ mod tests {
             credentials_file: None,
             supervise: None,
             mounts: vec!["/home/x".into()],
+            unix_sockets: Default::default(),
         };
         Bottle::from_raw(raw, "", PathBase::AbsoluteOnly, &mut Problems::new("t"))
     }

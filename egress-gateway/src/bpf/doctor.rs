@@ -55,6 +55,30 @@ pub fn run(config: &config::Config) -> ExitCode {
         ),
         Some(v) => println!("[ ok ] ptrace: kernel.yama.ptrace_scope is {v}"),
     }
+    // Unix sockets are policed by cgroup/connect_unix and sendmsg_unix programs: a bottle
+    // that does not opt out (`unix_sockets: unpoliced`) cannot be attached without them.
+    let policed: Vec<&str> = config
+        .bottles
+        .iter()
+        .filter(|b| matches!(b.unix_sockets, config::UnixSockets::Policed(_)))
+        .map(|b| b.name.as_str())
+        .collect();
+    match bpf::unix::hooks_available() {
+        Ok(()) => report(true, "unix sockets", "cgroup/connect_unix and cgroup/sendmsg_unix programs load".into()),
+        Err(why) if policed.is_empty() => println!(
+            "[warn] unix sockets: cgroup/connect_unix programs do not load ({why}); every bottle here is \
+             `unix_sockets: unpoliced`, so their unix sockets reach the host's"
+        ),
+        Err(why) => report(
+            false,
+            "unix sockets",
+            format!(
+                "cgroup/connect_unix programs do not load ({why}): need Linux >= 6.7 and CAP_PERFMON; bottles {} \
+                 cannot be attached unless they set `unix_sockets: unpoliced`",
+                policed.join(", ")
+            ),
+        ),
+    }
     let layout = bpf::PinLayout::new(config);
     for b in &config.bottles {
         let attached = layout.bottle_dir(&b.name).join("egress_connect4").exists();

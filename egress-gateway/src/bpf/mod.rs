@@ -4,6 +4,7 @@
 pub mod doctor;
 mod links;
 mod maps;
+pub mod unix;
 
 use std::{
     fs,
@@ -103,6 +104,21 @@ pub fn is_bpffs(path: &Path) -> bool {
 /// pins the links, replacing any links a previous run pinned. The new links are attached
 /// before the old ones are released, so the cgroup is never without a redirect.
 pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow::Result<()> {
+    let police_unix = match bottle.unix_sockets {
+        config::UnixSockets::Policed(_) => {
+            if let Err(why) = unix::hooks_available() {
+                bail!(unix::missing_hooks_message(&bottle.name, &why));
+            }
+            true
+        }
+        config::UnixSockets::Unpoliced => {
+            tracing::warn!(
+                bottle = %bottle.name,
+                "unix_sockets: unpoliced: the bottle's unix sockets (abstract and path) are not policed"
+            );
+            false
+        }
+    };
     let layout = PinLayout::new(config);
     let cgroup_dir = cgroup::bottle_path(config, bottle)?;
     fs::create_dir_all(&cgroup_dir).with_context(|| format!("creating cgroup {}", cgroup_dir.display()))?;
@@ -159,6 +175,18 @@ pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow
             .with_context(|| format!("attaching {BACKSTOP_PROGRAM}"))?;
         links.push((BACKSTOP_PROGRAM, prog.take_link(id)?.try_into()?));
     }
+    let mut unix_links = Vec::new();
+    if police_unix {
+        // The allowlist first, so a listed socket works from the moment the programs do.
+        let map = ebpf
+            .map_mut(egress_common::maps::UNIX_SOCKETS)
+            .context("map EGRESS_UNIX_V1 missing from the embedded object")?;
+        let mut trie = aya::maps::LpmTrie::try_from(map)?;
+        unix::sync_rules(&mut trie, bottle.id, &bottle.unix_sockets)?;
+        let map_fd = trie_fd(&ebpf)?;
+        unix_links = unix::attach(bottle.id, map_fd, cgroup_file.as_fd())
+            .with_context(|| format!("attaching the unix-socket programs to {}", cgroup_dir.display()))?;
+    }
 
     // Every new link is attached: now swap the pins. Releasing an old pin detaches the
     // old program; the new one is already in place.
@@ -170,6 +198,19 @@ pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow
         }
         link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
     }
+    for (name, _) in unix::PROGRAMS {
+        let pin = bottle_dir.join(name);
+        if pin.exists() {
+            let old = PinnedLink::from_pin(&pin).with_context(|| format!("opening pinned link {}", pin.display()))?;
+            old.unpin().with_context(|| format!("unpinning {}", pin.display()))?;
+        }
+    }
+    for link in &unix_links {
+        link.pin(&bottle_dir.join(link.name))?;
+    }
+    if !police_unix {
+        unix::clear_pinned(&maps_dir, bottle.id)?;
+    }
     tracing::info!(
         bottle = %bottle.name,
         cgroup = %cgroup_dir.display(),
@@ -177,6 +218,14 @@ pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow
         "bottle attached"
     );
     Ok(())
+}
+
+/// The descriptor of the unix-socket allowlist map of a loaded object.
+fn trie_fd(ebpf: &aya::Ebpf) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
+    match ebpf.map(egress_common::maps::UNIX_SOCKETS) {
+        Some(aya::maps::Map::LpmTrie(data)) => Ok(data.fd().as_fd()),
+        _ => bail!("map EGRESS_UNIX_V1 missing from the embedded object, or not an LPM trie"),
+    }
 }
 
 fn program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
@@ -188,7 +237,11 @@ fn program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> anyhow::Result<&'a mut ay
 /// cgroup path may have changed since the gateway attached the bottle).
 pub fn verify_attached(config: &config::Config, bottle: &config::Bottle, cgroup_dir: &Path) -> anyhow::Result<()> {
     let pins = PinLayout::new(config).bottle_dir(&bottle.name);
-    let programs: Vec<&str> = SOCK_ADDR_PROGRAMS.iter().copied().chain([SOCK_OPS_PROGRAM, BACKSTOP_PROGRAM]).collect();
+    let mut programs: Vec<&str> =
+        SOCK_ADDR_PROGRAMS.iter().copied().chain([SOCK_OPS_PROGRAM, BACKSTOP_PROGRAM]).collect();
+    if matches!(bottle.unix_sockets, config::UnixSockets::Policed(_)) {
+        programs.extend(unix::PROGRAMS.iter().map(|(name, _)| *name));
+    }
     if let Some(missing) = programs.iter().find(|name| !pins.join(name).exists()) {
         bail!(
             "bottle {} is not attached (no pinned program {missing} in {}): start `egress-gateway run` with this \
@@ -276,6 +329,7 @@ pub fn detach(config: &config::Config, bottle: &config::Bottle, force: bool, kee
         }
     }
     remove_pins(&bottle_dir)?;
+    unix::clear_pinned(&layout.maps_dir(), bottle.id)?;
     if keep_maps { Ok(()) } else { remove_maps_if_unused(&layout) }
 }
 

@@ -3,6 +3,7 @@
 //! `Config`; only `Config::load` touches the file system.
 mod error;
 pub mod limits;
+pub mod unix;
 pub mod yaml;
 
 use std::{
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 pub use error::{ConfigError, Problem, Problems};
 pub use limits::Limits;
+pub use unix::{UnixRule, UnixSockets};
 
 use crate::supervise::SuperviseConfig;
 
@@ -117,6 +119,9 @@ pub struct RawBottle {
     pub supervise: Option<SuperviseConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<PathBuf>,
+    /// The unix sockets the bottle may connect or send to; default: none.
+    #[serde(default, skip_serializing_if = "UnixSockets::is_default")]
+    pub unix_sockets: UnixSockets,
 }
 
 /// How the relative paths of a bottle entry (`routes`, `credentials_file`, the supervise
@@ -191,6 +196,8 @@ pub struct Bottle {
     /// Host paths the bottle can see (bind-mounted into it: its workspace, say). The
     /// gateway's state and every supervise store must be outside all of them.
     pub mounts: Vec<PathBuf>,
+    /// Unix sockets the bottle may connect or send to (policed by BPF LSM programs).
+    pub unix_sockets: UnixSockets,
 }
 
 impl Config {
@@ -333,6 +340,12 @@ impl Config {
                 .map(|p| p.display().to_string())
                 .unwrap_or_else(|| "(none: everything denied)".into());
             let _ = writeln!(out, "  bottle {} cgroup {} routes {}", b.name, b.cgroup.display(), routes);
+            let unix = match &b.unix_sockets {
+                UnixSockets::Unpoliced => "not policed (unpoliced)".to_string(),
+                UnixSockets::Policed(r) if r.is_empty() => "none".to_string(),
+                UnixSockets::Policed(r) => r.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
+            };
+            let _ = writeln!(out, "    unix sockets: {unix}");
             if let Some(s) = &b.supervise {
                 let store = match s.store_spec(&self.state_dir) {
                     crate::supervise::StoreSpec::Queue(q) => format!("queue directory {}", q.display()),
@@ -414,6 +427,7 @@ impl Bottle {
             credentials_file,
             supervise,
             mounts: b.mounts,
+            unix_sockets: b.unix_sockets,
         }
     }
 }
@@ -583,6 +597,31 @@ bottles:
     }
 
     #[test]
+    fn unix_sockets_parse_and_a_bad_entry_names_line_and_index() {
+        let text = "bottles:\n  - name: a\n    cgroup: x\n    unix_sockets: [/run/a.sock, /tmp/ipc/, '@bus']\n  \
+                    - name: b\n    cgroup: y\n    unix_sockets: unpoliced\n  - {name: c, cgroup: z}\n";
+        let c = Config::parse(Path::new("g.yaml"), text).unwrap();
+        assert_eq!(
+            c.bottle("a").unwrap().unix_sockets,
+            UnixSockets::Policed(vec![
+                UnixRule::Path(b"/run/a.sock".to_vec()),
+                UnixRule::Dir(b"/tmp/ipc/".to_vec()),
+                UnixRule::Abstract(b"bus".to_vec()),
+            ])
+        );
+        assert_eq!(c.bottle("b").unwrap().unix_sockets, UnixSockets::Unpoliced);
+        assert_eq!(c.bottle("c").unwrap().unix_sockets, UnixSockets::Policed(vec![]));
+        let bad = "bottles:\n  - name: a\n    cgroup: x\n    unix_sockets:\n      - /run/a.sock\n      - run/b.sock\n";
+        let err = Config::parse(Path::new("g.yaml"), bad).unwrap_err();
+        assert_eq!(err.problems[0].field, "bottles[0].unix_sockets[1]");
+        assert_eq!(err.problems[0].position.map(|p| p.0), Some(6));
+        assert!(err.to_string().contains("must be an absolute path"), "{err}");
+        let err =
+            Config::parse(Path::new("g.yaml"), "bottles:\n  - {name: a, cgroup: x, unix_sockets: off}\n").unwrap_err();
+        assert!(err.to_string().contains("unpoliced"), "{err}");
+    }
+
+    #[test]
     fn dlp_block_resolves_the_rules_path_and_checks_its_values() {
         let text = "dlp:\n  rules: rules/acme.toml\n  sensitive_prefixes: [ACME_]\n  partial_min_len: 16\n";
         let c = Config::parse(Path::new("/etc/eg/gateway.yaml"), text).unwrap();
@@ -623,6 +662,7 @@ bottles:
             credentials_file: None,
             supervise: None,
             mounts: vec![],
+            unix_sockets: UnixSockets::default(),
         }
     }
 
