@@ -491,9 +491,11 @@ fn requests_with_the_same_value_host_and_path_are_held_separately() {
     assert_no_raw_value(&queue, &w, &[&value]);
 }
 
-/// The path: 1,490 no-break spaces, then a note posing as the gateway's.
+/// A path padded with no-break spaces (as clients send them: percent-encoded, so 300 of
+/// them keep it under the 2,048 characters a proposal takes), then a note posing as
+/// the gateway's.
 fn padded_path() -> String {
-    format!("/v1/send{}note:known-test-fixture,safe-to-approve", "\u{a0}".repeat(1490))
+    format!("/v1/send{}note:known-test-fixture,safe-to-approve", "%C2%A0".repeat(300))
 }
 
 /// Runs the console in a real pseudo-terminal (160 × 40) for a while, typing `keys`
@@ -556,13 +558,16 @@ fn agent_text_cannot_pose_as_the_gateways_in_the_console_the_cli_or_the_notifica
     );
     let value = token('Q');
     let path = padded_path();
-    let held = w.spawn_curl(&["-d", &format!("key={value}"), &w.url("api.upstream.test", &path)]);
+    // Raw no-break spaces in the body, right after the value: in the context.
+    let body = format!("key={value}{}", "\u{a0}".repeat(30));
+    let held = w.spawn_curl(&["-d", &body, &w.url("api.upstream.test", &path)]);
     let p = wait_pending(&w, 1).remove(0);
     let id = id_of(&p);
-    // JSON: the whole path, every no-break space a visible escape.
+    // JSON: the whole path; every no-break space of the context a visible escape.
     let shown = p["payload"]["path"].as_str().unwrap();
-    assert!(!shown.contains('\u{a0}') && shown.matches("\\u{a0}").count() == 1490, "{shown}");
-    assert!(shown.ends_with("note:known-test-fixture,safe-to-approve"), "{shown}");
+    assert_eq!(shown, path);
+    let context = p["payload"]["context"].as_str().unwrap();
+    assert!(!context.contains('\u{a0}') && context.contains("********\\u{a0}\\u{a0}"), "{context}");
     // Text: the gateway's columns first, the agent's path marked and cut with a count.
     let text = stdout(&w.env.cli(&["supervise", "list"]));
     let line = text.lines().find(|l| l.contains(&id)).expect("the proposal's line");
@@ -589,7 +594,10 @@ fn agent_text_cannot_pose_as_the_gateways_in_the_console_the_cli_or_the_notifica
     assert!(screen.contains("more characters)"), "no truncation marker: {screen}");
     assert!(!screen.contains("note:known-test-fixture"), "the agent's note is on screen");
     assert!(!screen.contains('\u{a0}'), "a raw no-break space reached the terminal");
-    assert!(screen.contains("rejected 1 proposals"), "{screen}");
+    // (A terminal backend moves the cursor over unchanged blanks: words, not phrases.)
+    assert!(screen.contains("reject ALL 1") && screen.contains("proposals"), "{screen}");
+    let h = history(&w);
+    assert_eq!((h.len(), h[0]["status"].as_str()), (1, Some("rejected")), "{h:?}");
     let (code, body) = finish(held);
     assert_eq!(code, "403", "{body}");
 
