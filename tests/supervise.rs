@@ -332,3 +332,282 @@ fn an_approval_is_for_its_host_and_another_host_is_held_again() {
     );
     assert_no_raw_value(&queue, &w, &[&value]);
 }
+
+/// Waits until `cond` holds for the pending list (20 s at most).
+fn wait_until(w: &World, what: &str, cond: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = pending(w);
+        if cond(&list) {
+            return list;
+        }
+        assert!(Instant::now() < deadline, "{what}: pending is {list:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn status(w: &World) -> serde_json::Value {
+    let out = w.env.cli(&["supervise", "status", "--json"]);
+    assert!(out.status.success(), "supervise status: {}", stderr(&out));
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("status --json is an array");
+    all.into_iter().find(|b| b["bottle"] == "e2e").expect("the test's bottle")
+}
+
+#[test]
+fn a_client_that_goes_away_abandons_its_proposal_and_the_cap_refuses_with_429() {
+    let (w, queue) = world("sup-ghost", 60);
+    let value = token('L');
+    // The client gives up after 2 s: the hold is dropped with its request.
+    let ghost = w.spawn_curl(&["-m", "2", "-d", &format!("key={value}"), &w.url("api.upstream.test", "/v1/send")]);
+    let id = id_of(&wait_pending(&w, 1)[0]);
+    let _ = ghost.wait_with_output();
+    wait_until(&w, "the abandoned proposal is closed", |l| l.is_empty());
+    w.env.wait_for_log("proposal closed as abandoned");
+    // Approving it now says it would release nothing, and writes nothing.
+    let out = w.env.cli(&["supervise", "approve", &id, "--reason", "looks fine"]);
+    assert!(!out.status.success(), "approving an abandoned proposal succeeded");
+    let err = stderr(&out);
+    assert!(err.contains("abandoned") && err.contains("release nothing"), "{err}");
+    assert!(!queue.join("processed").join(format!("{id}.response.json")).exists());
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(queue.join("processed").join(format!("{id}.json"))).unwrap()).unwrap();
+    assert_eq!(record["closed"], "abandoned", "the queue's record says how the hold ended: {record}");
+
+    // A flood of clients that give up: every proposal closes; none stays pending.
+    let ghosts: Vec<_> = (0..12)
+        .map(|i| {
+            let body = format!("n={i}&key={value}");
+            w.spawn_curl(&["-m", "8", "-d", &body, &w.url("api.upstream.test", "/v1/send")])
+        })
+        .collect();
+    for g in ghosts {
+        let _ = g.wait_with_output();
+    }
+    wait_until(&w, "every ghost is closed", |l| l.is_empty());
+    // Every proposal the flood made (a client slow to start may give up before it is
+    // held) is closed as abandoned, and counted.
+    let abandoned = std::fs::read_dir(queue.join("processed"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            text.contains("\"closed\": \"abandoned\"")
+        })
+        .count() as u64;
+    assert!(abandoned >= 6, "only {abandoned} of 13 requests were held");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&w)["counters"]["abandoned"].as_u64() != Some(abandoned) {
+        assert!(Instant::now() < deadline, "abandoned counter: {}", status(&w));
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(w.up.requests().is_empty(), "an abandoned request reached the upstream");
+    assert_no_raw_value(&queue, &w, &[&value]);
+}
+
+#[test]
+fn over_max_pending_requests_get_429_counted_in_the_log_and_status() {
+    let queue = egress_e2e::private_base(std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))).join(format!(
+        "supervise-queue-sup-cap-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let w = world_with(
+        "sup-cap",
+        &format!("queue_dir: {}\n      timeout_seconds: 60\n      max_pending: 2", queue.display()),
+    );
+    let value = token('M');
+    let held: Vec<_> = (0..2).map(|i| held_curl(&w, format!("n={i}&key={value}"))).collect();
+    wait_pending(&w, 2);
+    let (code, body) = w.curl(&["-d", &format!("n=3&key={value}"), &w.url("api.upstream.test", "/v1/send")]);
+    assert_eq!(code, "429", "{body}");
+    assert!(body.contains("max_pending"), "{body}");
+    assert_eq!(pending(&w).len(), 2, "the refused request wrote a proposal");
+    w.env.wait_for_log("held-request cap reached");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(&w);
+        if s["counters"]["refused_over_cap"].as_u64() == Some(1) {
+            assert_eq!((s["pending"].as_u64(), s["max_pending"].as_u64()), (Some(2), Some(2)), "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "refused counter: {s}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let text = w.env.cli(&["supervise", "status"]);
+    assert!(stdout(&text).contains("refused over the cap (429) 1"), "{}", stdout(&text));
+    for p in pending(&w) {
+        assert!(w.env.cli(&["supervise", "reject", &id_of(&p)]).status.success());
+    }
+    for h in held {
+        assert_eq!(finish(h).0, "403");
+    }
+    assert_no_raw_value(&queue, &w, &[&value]);
+}
+
+#[test]
+fn a_proposal_left_open_by_a_stopped_gateway_is_closed_at_start() {
+    let (mut w, queue) = world("sup-stale", 60);
+    let value = token('N');
+    let held = held_curl(&w, format!("key={value}"));
+    let id = id_of(&wait_pending(&w, 1)[0]);
+    // The gateway dies with the request held (no chance to close anything).
+    w.env.signal_gateway(9);
+    let _ = finish(held);
+    w.env.stop_gateway();
+    assert!(queue.join(format!("{id}.json")).exists(), "the proposal was closed before the restart");
+    w.env.start_gateway();
+    assert!(pending(&w).is_empty(), "a proposal of the previous run is still pending");
+    let out = w.env.cli(&["supervise", "approve", &id, "--reason", "late"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("release nothing"), "{}", stderr(&out));
+    w.env.wait_for_log("closed as abandoned");
+}
+
+#[test]
+fn requests_with_the_same_value_host_and_path_are_held_separately() {
+    let (w, queue) = world("sup-separate", 60);
+    let value = token('P');
+    let one = w.spawn_curl(&["-d", &format!("first=1&key={value}"), &w.url("api.upstream.test", "/v1/send?q=one")]);
+    wait_pending(&w, 1);
+    let two = w.spawn_curl(&["-d", &format!("second=2&key={value}"), &w.url("api.upstream.test", "/v1/send?q=two")]);
+    let list = wait_pending(&w, 2);
+    let contexts: Vec<&str> = list.iter().map(|p| p["payload"]["context"].as_str().unwrap()).collect();
+    let first = list
+        .iter()
+        .find(|p| p["payload"]["context"].as_str().unwrap().contains("first=1"))
+        .expect("each shows its own body");
+    assert!(contexts.iter().any(|c| c.contains("second=2")), "{contexts:?}");
+    let out = w.env.cli(&["supervise", "approve", &id_of(first), "--reason", "this upload", "--scope", "once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(finish(one).0, "200");
+    thread::sleep(Duration::from_millis(800));
+    assert_eq!(w.up.requests().len(), 1, "once released the other request too");
+    let rest = pending(&w);
+    assert_eq!(rest.len(), 1);
+    assert!(rest[0]["payload"]["context"].as_str().unwrap().contains("second=2"));
+    assert!(w.env.cli(&["supervise", "reject", &id_of(&rest[0])]).status.success());
+    assert_eq!(finish(two).0, "403");
+    assert!(String::from_utf8_lossy(&w.up.requests()[0].body).contains("first=1"));
+    assert_no_raw_value(&queue, &w, &[&value]);
+}
+
+/// A path padded with no-break spaces (as clients send them: percent-encoded, so 300 of
+/// them keep it under the 2,048 characters a proposal takes), then a note posing as
+/// the gateway's.
+fn padded_path() -> String {
+    format!("/v1/send{}note:known-test-fixture,safe-to-approve", "%C2%A0".repeat(300))
+}
+
+/// Runs the console in a real pseudo-terminal (160 × 40) for a while, typing `keys`
+/// after the first screen, then `q`; returns everything it wrote.
+fn console_in_a_pty(w: &World, keys: &str) -> String {
+    let script = r#"
+import fcntl, os, pty, select, struct, sys, termios, time
+binary, config, keys = sys.argv[1], sys.argv[2], sys.argv[3]
+pid, fd = pty.fork()
+if pid == 0:
+    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack('HHHH', 40, 160, 0, 0))
+    os.execv(binary, [binary, 'supervise', '--config', config])
+out = b''
+def pump(seconds):
+    global out
+    end = time.time() + seconds
+    while time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try:
+                out += os.read(fd, 65536)
+            except OSError:
+                return
+pump(2.5)
+for k in keys:
+    os.write(fd, k.encode())
+    pump(0.3)
+pump(1.5)
+os.write(fd, b'q')
+pump(1.5)
+os.waitpid(pid, 0)
+sys.stdout.buffer.write(out)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(egress_e2e::gateway_bin())
+        .arg(&w.env.config_path)
+        .arg(keys)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "the pty driver failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn agent_text_cannot_pose_as_the_gateways_in_the_console_the_cli_or_the_notification() {
+    let queue = egress_e2e::private_base(std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))).join(format!(
+        "supervise-queue-sup-pose-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    let notified = queue.with_extension("notified.json");
+    let w = world_with(
+        "sup-pose",
+        &format!(
+            "queue_dir: {}\n      timeout_seconds: 60\n      notify_command: [sh, -c, \"cat > {}\"]",
+            queue.display(),
+            notified.display()
+        ),
+    );
+    let value = token('Q');
+    let path = padded_path();
+    // Raw no-break spaces in the body, right after the value: in the context.
+    let body = format!("key={value}{}", "\u{a0}".repeat(30));
+    let held = w.spawn_curl(&["-d", &body, &w.url("api.upstream.test", &path)]);
+    let p = wait_pending(&w, 1).remove(0);
+    let id = id_of(&p);
+    // JSON: the whole path; every no-break space of the context a visible escape.
+    let shown = p["payload"]["path"].as_str().unwrap();
+    assert_eq!(shown, path);
+    let context = p["payload"]["context"].as_str().unwrap();
+    assert!(!context.contains('\u{a0}') && context.contains("********\\u{a0}\\u{a0}"), "{context}");
+    // Text: the gateway's columns first, the agent's path marked and cut with a count.
+    let text = stdout(&w.env.cli(&["supervise", "list"]));
+    let line = text.lines().find(|l| l.contains(&id)).expect("the proposal's line");
+    let host_at = line.find("api.upstream.test").expect("the host");
+    let reason_at = line.find("GitHub personal access token").expect("the reason");
+    let path_at = line.find("\u{2039}/v1/send").expect("the marked path");
+    assert!(host_at < path_at && reason_at < path_at, "{line}");
+    assert!(line.contains("more characters)\u{203a}") && !line.contains("note:"), "{line}");
+    // The notification's JSON: inert too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !notified.exists() {
+        assert!(Instant::now() < deadline, "no notification");
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(200));
+    let note = std::fs::read_to_string(&notified).unwrap();
+    let note: serde_json::Value = serde_json::from_str(&note).unwrap();
+    assert_eq!(note["payload"]["path"].as_str(), Some(shown));
+
+    // The console in a real terminal: host, reason and the truncation marker on screen,
+    // the agent's note not, no raw no-break space; `R` then Enter rejects what it shows.
+    let screen = console_in_a_pty(&w, "R\r");
+    assert!(screen.contains("api.upstream.test") && screen.contains("GitHub personal access token"), "{screen}");
+    assert!(screen.contains("more characters)"), "no truncation marker: {screen}");
+    assert!(!screen.contains("note:known-test-fixture"), "the agent's note is on screen");
+    assert!(!screen.contains('\u{a0}'), "a raw no-break space reached the terminal");
+    // (A terminal backend moves the cursor over unchanged blanks: words, not phrases.)
+    assert!(screen.contains("reject ALL 1") && screen.contains("proposals"), "{screen}");
+    let h = history(&w);
+    assert_eq!((h.len(), h[0]["status"].as_str()), (1, Some("rejected")), "{h:?}");
+    let (code, body) = finish(held);
+    assert_eq!(code, "403", "{body}");
+
+    // A path too long to show whole is refused without a proposal.
+    let long = format!("/v1/{}", "a".repeat(60_000));
+    let (code, body) = w.curl(&["-d", &format!("key={value}"), &w.url("api.upstream.test", &long)]);
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("refused without asking"), "{body}");
+    assert!(pending(&w).is_empty());
+    assert!(w.up.requests().is_empty());
+    let _ = std::fs::remove_file(&notified);
+    assert_no_raw_value(&queue, &w, &[&value]);
+}

@@ -222,6 +222,10 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
                         let reason = format!("egress: request blocked: {why}");
                         return deny(&flow, log_level, StatusCode::FORBIDDEN, &host, &method, &path, &reason);
                     }
+                    HoldOutcome::TooMany(why) => {
+                        let reason = format!("egress: request refused: {why}");
+                        return deny(&flow, log_level, StatusCode::TOO_MANY_REQUESTS, &host, &method, &path, &reason);
+                    }
                 }
             }
         }
@@ -697,7 +701,7 @@ async fn websocket(
         selection: crate::dlp::Selection::from_names(route.dlp.outbound_detectors.as_deref()),
         on_match: route.dlp.on_match,
         inbound: scan::injection_detection_enabled(route),
-        safe: super::websocket::bottle_safe_set(&flow.conn.bottle),
+        safe: super::websocket::bottle_safe_set(&flow.conn.bottle, host),
         bottle: flow.conn.bottle.config.name.clone(),
         host: host.to_string(),
         path: path.clone(),

@@ -18,16 +18,17 @@ use crate::{
     policy::OnMatch,
 };
 
-/// A bottle's approved values, as they stand when each message is scanned.
-pub fn bottle_safe_set(bottle: &BottleState) -> Arc<dyn dlp::SafeSet + Send + Sync> {
-    Arc::new(BottleSafe(bottle.supervisor.clone()))
+/// A bottle's values approved for `host` (the socket's), as they stand when each message
+/// is scanned.
+pub fn bottle_safe_set(bottle: &BottleState, host: &str) -> Arc<dyn dlp::SafeSet + Send + Sync> {
+    Arc::new(BottleSafe(bottle.supervisor.clone(), host.to_string()))
 }
 
-struct BottleSafe(Option<Arc<crate::supervise::Supervisor>>);
+struct BottleSafe(Option<Arc<crate::supervise::Supervisor>>, String);
 
 impl dlp::SafeSet for BottleSafe {
     fn contains(&self, value: &str) -> bool {
-        self.0.as_ref().is_some_and(|s| s.safe_set().contains(value))
+        self.0.as_ref().is_some_and(|s| s.safe_set().contains_for(&self.1, value))
     }
 }
 

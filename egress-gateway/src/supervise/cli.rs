@@ -54,6 +54,14 @@ pub enum SuperviseCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Per bottle: requests held now against the cap (max_pending), requests refused
+    /// over it (429) and holds abandoned by their client.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Every decision (who, when, reason, scope, status), oldest first.
     History {
         #[arg(long)]
@@ -87,6 +95,10 @@ pub fn run(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
             println!("rejected {id} (bottle {}, {})", p.bottle, p.payload.host);
         }
         SuperviseCommand::History { json, config } => print!("{}", history_output(&operator(&config)?, json)?),
+        SuperviseCommand::Status { json, config } => {
+            let loaded = config.load()?;
+            print!("{}", status_output(&Operator::open(&loaded)?, &loaded, json)?);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -96,6 +108,21 @@ pub fn run(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
 pub fn list_output(op: &Operator, json: bool) -> anyhow::Result<String> {
     let now = protocol::now();
     list_text(json, &op.pending()?, "no pending proposals", |p| format!("{}  {}", p.id, p.summary(now)))
+}
+
+/// `supervise status`'s output.
+pub fn status_output(op: &Operator, config: &crate::config::Config, json: bool) -> anyhow::Result<String> {
+    let status = op.status(config)?;
+    list_text(json, &status, "no supervised bottle", |b| {
+        format!(
+            "{:<20} pending {}/{}   refused over the cap (429) {}   abandoned {}",
+            b.bottle,
+            b.pending,
+            b.max_pending,
+            b.counters.get("refused_over_cap").copied().unwrap_or(0),
+            b.counters.get("abandoned").copied().unwrap_or(0)
+        )
+    })
 }
 
 /// `supervise history`'s output (inert, as `list_output`).

@@ -15,8 +15,8 @@ use crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifier
 use ratatui::{
     Frame,
     layout::{Constraint, Layout, Rect},
-    style::{Modifier, Style},
-    text::{Line, Span},
+    style::{Color, Modifier, Style},
+    text::{Line, Span, Text},
     widgets::{Block, List, ListItem, ListState, Paragraph, Wrap},
 };
 
@@ -29,17 +29,38 @@ use crate::config::Config;
 
 pub const REFRESH: Duration = Duration::from_millis(500);
 
+/// How many characters of an agent-supplied field a list row shows.
+pub const ROW_BUDGET: usize = 48;
+/// How many characters of an agent-supplied field the detail shows: a path the gateway
+/// proposes (at most `MAX_PATH_CHARS` as sent) whole, even with every character escaped;
+/// a store written otherwise may hold longer, cut with the marker.
+pub const DETAIL_BUDGET: usize = 10 * super::MAX_PATH_CHARS;
+pub use render::{AGENT_CLOSE, AGENT_OPEN, agent_text, budget};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
     Pending,
     History,
 }
 
-/// A decision being typed.
+/// A decision (or a filter) being typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prompt {
-    Approve { id: String, reason: String, scope: Scope },
-    Reject { id: String, reason: String },
+    Approve {
+        id: String,
+        reason: String,
+        scope: Scope,
+    },
+    Reject {
+        id: String,
+        reason: String,
+    },
+    /// Reject every proposal the filter shows.
+    RejectAll {
+        ids: Vec<String>,
+        reason: String,
+    },
+    Filter,
 }
 
 /// What the key asks the outside world to do.
@@ -47,20 +68,58 @@ pub enum Prompt {
 pub enum Action {
     None,
     Quit,
-    Decide { id: String, status: Status, reason: String, scope: Option<Scope> },
+    /// Read the stores now (the history view was opened).
+    Refresh,
+    Decide {
+        id: String,
+        status: Status,
+        reason: String,
+        scope: Option<Scope>,
+    },
+    RejectAll {
+        ids: Vec<String>,
+        reason: String,
+    },
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct App {
+    /// Every pending proposal, newest first.
     pending: Vec<Proposal>,
     history: Vec<AuditEntry>,
+    /// Index into the proposals the filter shows.
     selected: usize,
     view: Option<View>,
     prompt: Option<Prompt>,
+    /// Only proposals whose text contains this (case-insensitive) are shown.
+    filter: String,
+    /// First line of the detail's scrolling part.
+    scroll: u16,
     /// The last result or complaint, shown at the bottom.
     message: String,
     /// Seconds since the epoch, for ages.
     now: u64,
+    /// The proposals already read: a refresh reads only new ones.
+    cache: super::operator::PendingCache,
+}
+
+/// The style of agent-supplied text: visibly not the gateway's.
+pub fn agent_style() -> Style {
+    Style::new().fg(Color::Yellow).add_modifier(Modifier::ITALIC)
+}
+
+fn agent(text: &str, limit: usize) -> Span<'static> {
+    Span::styled(agent_text(text, limit), agent_style())
+}
+
+fn matches_filter(p: &Proposal, filter: &str) -> bool {
+    if filter.is_empty() {
+        return true;
+    }
+    let f = filter.to_lowercase();
+    [&p.bottle, &p.payload.host, &p.payload.method, &p.payload.path, &p.payload.reason, &p.payload.context, &p.id]
+        .iter()
+        .any(|t| t.to_lowercase().contains(&f))
 }
 
 impl App {
@@ -76,30 +135,61 @@ impl App {
         &self.message
     }
 
-    pub fn selected(&self) -> Option<&Proposal> {
-        self.pending.get(self.selected)
+    pub fn filter(&self) -> &str {
+        &self.filter
     }
 
-    /// New data from the stores; the selection follows its proposal if it is still pending.
-    pub fn refresh(&mut self, mut pending: Vec<Proposal>, mut history: Vec<AuditEntry>, now: u64) {
+    /// How many proposals were read from the stores so far (the rest came from memory).
+    pub fn proposals_read(&self) -> u64 {
+        self.cache.reads
+    }
+
+    /// The proposals the filter shows, newest first.
+    pub fn visible(&self) -> Vec<&Proposal> {
+        self.pending.iter().filter(|p| matches_filter(p, &self.filter)).collect()
+    }
+
+    pub fn selected(&self) -> Option<&Proposal> {
+        self.visible().get(self.selected).copied()
+    }
+
+    fn select(&mut self, index: usize) {
+        if index != self.selected {
+            self.scroll = 0;
+        }
+        self.selected = index;
+    }
+
+    /// New pending proposals; the selection follows its proposal if it is still shown.
+    pub fn refresh(&mut self, mut pending: Vec<Proposal>, now: u64) {
         let keep = self.selected().map(|p| p.id.clone());
         pending.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
-        history.reverse();
         self.pending = pending;
-        self.history = history;
         self.now = now;
-        self.selected = keep
-            .and_then(|id| self.pending.iter().position(|p| p.id == id))
-            .unwrap_or(self.selected.min(self.pending.len().saturating_sub(1)));
+        self.refollow(keep);
         // A proposal decided elsewhere (or whose hold ended) cannot be decided here.
         let gone = match &self.prompt {
             Some(Prompt::Approve { id, .. } | Prompt::Reject { id, .. }) => !self.pending.iter().any(|p| &p.id == id),
-            None => false,
+            _ => false,
         };
         if gone {
             self.prompt = None;
             self.message = "that proposal is no longer pending (decided elsewhere, or its hold ended)".into();
         }
+    }
+
+    /// The decision history, newest first.
+    pub fn refresh_history(&mut self, mut history: Vec<AuditEntry>) {
+        history.reverse();
+        self.history = history;
+    }
+
+    fn refollow(&mut self, keep: Option<String>) {
+        let visible = self.visible();
+        let index = keep
+            .and_then(|id| visible.iter().position(|p| p.id == id))
+            .unwrap_or(self.selected.min(visible.len().saturating_sub(1)));
+        self.select(index);
     }
 
     /// The outcome of an action, for the status line.
@@ -119,11 +209,34 @@ impl App {
         }
         match (self.view(), key.code) {
             (_, KeyCode::Char('q')) => return Action::Quit,
-            (View::Pending, KeyCode::Char('h')) => self.view = Some(View::History),
+            (View::Pending, KeyCode::Char('h')) => {
+                self.view = Some(View::History);
+                return Action::Refresh;
+            }
             (View::History, KeyCode::Char('h') | KeyCode::Esc) => self.view = Some(View::Pending),
-            (View::Pending, KeyCode::Up | KeyCode::Char('k')) => self.selected = self.selected.saturating_sub(1),
+            (View::Pending, KeyCode::Up | KeyCode::Char('k')) => self.select(self.selected.saturating_sub(1)),
             (View::Pending, KeyCode::Down | KeyCode::Char('j')) => {
-                self.selected = (self.selected + 1).min(self.pending.len().saturating_sub(1));
+                self.select((self.selected + 1).min(self.visible().len().saturating_sub(1)));
+            }
+            (View::Pending, KeyCode::PageDown | KeyCode::Char(']')) => self.scroll = self.scroll.saturating_add(5),
+            (View::Pending, KeyCode::PageUp | KeyCode::Char('[')) => self.scroll = self.scroll.saturating_sub(5),
+            (View::Pending, KeyCode::Char('/')) => {
+                self.message.clear();
+                self.prompt = Some(Prompt::Filter);
+            }
+            (View::Pending, KeyCode::Esc) if !self.filter.is_empty() => {
+                let keep = self.selected().map(|p| p.id.clone());
+                self.filter.clear();
+                self.refollow(keep);
+            }
+            (View::Pending, KeyCode::Char('R')) => {
+                let ids: Vec<String> = self.visible().iter().map(|p| p.id.clone()).collect();
+                if ids.is_empty() {
+                    self.message = "nothing pending to reject".into();
+                } else {
+                    self.message.clear();
+                    self.prompt = Some(Prompt::RejectAll { ids, reason: String::new() });
+                }
             }
             (View::Pending, KeyCode::Char('a' | 'r')) => match self.selected() {
                 None => self.message = "nothing pending to decide".into(),
@@ -143,8 +256,27 @@ impl App {
     }
 
     fn on_prompt_key(&mut self, mut prompt: Prompt, key: KeyEvent) -> Action {
+        if prompt == Prompt::Filter {
+            let keep = self.selected().map(|p| p.id.clone());
+            match key.code {
+                KeyCode::Esc => self.filter.clear(),
+                KeyCode::Enter => {}
+                KeyCode::Backspace => {
+                    self.filter.pop();
+                    self.prompt = Some(prompt);
+                }
+                KeyCode::Char(c) => {
+                    self.filter.push(c);
+                    self.prompt = Some(prompt);
+                }
+                _ => self.prompt = Some(prompt),
+            }
+            self.refollow(keep);
+            return Action::None;
+        }
         let reason = match &mut prompt {
-            Prompt::Approve { reason, .. } | Prompt::Reject { reason, .. } => reason,
+            Prompt::Approve { reason, .. } | Prompt::Reject { reason, .. } | Prompt::RejectAll { reason, .. } => reason,
+            Prompt::Filter => unreachable!("handled above"),
         };
         match key.code {
             KeyCode::Esc => {
@@ -181,15 +313,29 @@ impl App {
             Prompt::Reject { id, reason } => {
                 Action::Decide { id, status: Status::Rejected, reason: reason.trim().to_string(), scope: None }
             }
+            Prompt::RejectAll { ids, reason } => Action::RejectAll { ids, reason: reason.trim().to_string() },
+            Prompt::Filter => Action::None,
         }
     }
 
     pub fn render(&self, frame: &mut Frame<'_>) {
-        let [title, main, detail, footer] =
-            Layout::vertical([Constraint::Length(1), Constraint::Min(4), Constraint::Length(9), Constraint::Length(4)])
-                .areas(frame.area());
+        let [title, main, detail, footer] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Min(4),
+            Constraint::Length(14),
+            Constraint::Length(6),
+        ])
+        .areas(frame.area());
         let heading = match self.view() {
-            View::Pending => format!("egress-gateway supervise: {} pending", self.pending.len()),
+            View::Pending if self.filter.is_empty() => {
+                format!("egress-gateway supervise: {} pending", self.pending.len())
+            }
+            View::Pending => format!(
+                "egress-gateway supervise: {} pending, {} shown (filter: {})",
+                self.pending.len(),
+                self.visible().len(),
+                render::inert(&self.filter)
+            ),
             View::History => format!("egress-gateway supervise: history ({} decisions)", self.history.len()),
         };
         frame.render_widget(Line::from(Span::styled(heading, Style::new().add_modifier(Modifier::BOLD))), title);
@@ -203,38 +349,91 @@ impl App {
         self.render_footer(frame, footer);
     }
 
+    /// One item, two lines: the gateway's (age, bottle, destination host, detector
+    /// reason), then, indented, the agent's method and path, marked and cut to
+    /// `ROW_BUDGET`, on a line of their own that cannot run into the gateway's.
+    fn row(&self, p: &Proposal) -> Text<'static> {
+        let p = p.inert();
+        Text::from(vec![
+            Line::from(vec![
+                Span::raw(format!("{:>4}  {:<12} ", protocol::format_age(self.now, p.created_at), p.bottle)),
+                Span::styled(budget(&p.payload.host, ROW_BUDGET), Style::new().add_modifier(Modifier::BOLD)),
+                Span::raw(format!("  {}", budget(&p.payload.reason, ROW_BUDGET * 2))),
+            ]),
+            Line::from(vec![
+                Span::raw("      "),
+                agent(&p.payload.method, 16),
+                Span::raw(" "),
+                agent(&p.payload.path, ROW_BUDGET),
+            ]),
+        ])
+    }
+
     fn render_pending(&self, frame: &mut Frame<'_>, area: Rect) {
-        let items: Vec<ListItem<'_>> = self.pending.iter().map(|p| ListItem::new(p.summary(self.now))).collect();
+        let items: Vec<ListItem<'_>> = self.visible().into_iter().map(|p| ListItem::new(self.row(p))).collect();
         let empty = items.is_empty();
+        let title = match (empty, self.filter.is_empty()) {
+            (true, true) => " no pending proposals ",
+            (true, false) => " no pending proposal matches the filter ",
+            (false, _) => " pending, newest first ",
+        };
         let list = List::new(items)
-            .block(Block::bordered().title(if empty { " no pending proposals " } else { " pending, newest first " }))
+            .block(Block::bordered().title(title))
             .highlight_style(Style::new().add_modifier(Modifier::REVERSED))
             .highlight_symbol("> ");
         let mut state = ListState::default().with_selected((!empty).then_some(self.selected));
         frame.render_stateful_widget(list, area, &mut state);
     }
 
+    /// The gateway's lines (destination host, detector reason, bottle, age, id) in a
+    /// fixed part the agent's text cannot reach; below them, the agent's fields, marked,
+    /// in a part that scrolls.
     fn render_detail(&self, frame: &mut Frame<'_>, area: Rect) {
-        let lines = match self.selected() {
-            None => vec![Line::from("Held requests appear here as the gateway proposes them.")],
-            // Inert text only: the layout is computed on what is drawn, and nothing the
-            // agent wrote reaches the terminal as a control sequence.
-            Some(p) => {
-                let p = p.inert();
-                vec![
-                    Line::from(format!("id       {}", p.id)),
-                    Line::from(format!("bottle   {}   age {}", p.bottle, protocol::format_age(self.now, p.created_at))),
-                    Line::from(format!("request  {} {}{}", p.payload.method, p.payload.host, p.payload.path)),
-                    Line::from(format!("reason   {}", p.payload.reason)),
-                    Line::from(format!("context  {}", p.payload.context)),
-                    Line::from(p.justification.clone()),
-                ]
-            }
+        let block = Block::bordered()
+            .title(format!(" proposal ({AGENT_OPEN}…{AGENT_CLOSE} = sent by the agent; PgUp/PgDn or [ ] scroll) "));
+        let inner = block.inner(area);
+        frame.render_widget(block, area);
+        let Some(p) = self.selected() else {
+            frame.render_widget(Paragraph::new("Held requests appear here as the gateway proposes them."), inner);
+            return;
         };
-        frame.render_widget(
-            Paragraph::new(lines).wrap(Wrap { trim: false }).block(Block::bordered().title(" proposal ")),
-            area,
-        );
+        // Inert text only: the layout is computed on what is drawn, and nothing the
+        // agent wrote reaches the terminal as a control sequence.
+        let p = p.inert();
+        let label = |t: &str| Span::styled(format!("{t:<9}"), Style::new().add_modifier(Modifier::BOLD));
+        let fixed = vec![
+            Line::from(vec![
+                label("host"),
+                Span::styled(budget(&p.payload.host, 256), Style::new().add_modifier(Modifier::BOLD)),
+            ]),
+            Line::from(vec![label("reason"), Span::raw(budget(&p.payload.reason, 256))]),
+            Line::from(vec![
+                label("bottle"),
+                Span::raw(format!("{}   age {}   id {}", p.bottle, protocol::format_age(self.now, p.created_at), p.id)),
+            ]),
+        ];
+        // The fixed part is as tall as the host and reason need (wrapped), never taller
+        // than the budgets allow: nothing of the agent's is in it.
+        let width = usize::from(inner.width.max(1));
+        let tall = |n: usize| (9 + n).div_ceil(width);
+        let height =
+            tall(p.payload.host.chars().count().min(256)) + tall(p.payload.reason.chars().count().min(256)) + 1;
+        let [top, rule, rest] =
+            Layout::vertical([Constraint::Length(height as u16), Constraint::Length(1), Constraint::Min(1)])
+                .areas(inner);
+        frame.render_widget(Paragraph::new(fixed).wrap(Wrap { trim: false }), top);
+        frame.render_widget(Line::from("─".repeat(rule.width as usize)), rule);
+        let scrolling = vec![
+            Line::from(vec![label("method"), agent(&p.payload.method, 64)]),
+            Line::from(vec![
+                label("path"),
+                agent(&p.payload.path, DETAIL_BUDGET),
+                Span::raw(format!("  ({} characters)", p.payload.path.chars().count())),
+            ]),
+            Line::from(vec![label("context"), agent(&p.payload.context, DETAIL_BUDGET)]),
+            Line::from(p.justification.clone()),
+        ];
+        frame.render_widget(Paragraph::new(scrolling).wrap(Wrap { trim: false }).scroll((self.scroll, 0)), rest);
     }
 
     fn render_history(&self, frame: &mut Frame<'_>, area: Rect) {
@@ -252,8 +451,14 @@ impl App {
             Some(Prompt::Reject { reason, .. }) => {
                 format!("reject: reason (optional): {reason}_   Enter: confirm   Esc: cancel")
             }
+            Some(Prompt::RejectAll { ids, reason }) => {
+                format!("reject ALL {} shown: reason (optional): {reason}_   Enter: confirm   Esc: cancel", ids.len())
+            }
+            Some(Prompt::Filter) => format!("filter: {}_   Enter: keep   Esc: clear", self.filter),
             None => match self.view() {
-                View::Pending => "up/down j/k: select   a: approve   r: reject   h: history   q: quit".into(),
+                View::Pending => "j/k: select   a: approve   r: reject   /: filter   R: reject all shown   \
+                                  PgUp/PgDn: scroll   h: history   q: quit"
+                    .into(),
                 View::History => "h/Esc: back to pending   q: quit".into(),
             },
         };
@@ -262,36 +467,57 @@ impl App {
                 Line::from(render::inert_string(&first)),
                 Line::from(render::inert_string(&self.message)),
             ])
+            .wrap(Wrap { trim: false })
             .block(Block::bordered()),
             area,
         );
     }
 }
 
-/// Reads every store into the app.
+/// Reads the stores into the app: the pending proposals incrementally (ids, then only
+/// the new proposals), the history only while it is shown.
 pub fn reload(app: &mut App, op: &Operator) {
-    match op.pending().and_then(|p| Ok((p, op.history()?))) {
-        Ok((pending, history)) => app.refresh(pending, history, protocol::now()),
+    match op.pending_incremental(&mut app.cache) {
+        Ok(pending) => app.refresh(pending, protocol::now()),
         Err(e) => app.set_message(format!("cannot read the stores: {e}")),
+    }
+    if app.view() == View::History {
+        match op.history() {
+            Ok(history) => app.refresh_history(history),
+            Err(e) => app.set_message(format!("cannot read the stores: {e}")),
+        }
     }
 }
 
 /// Carries out an action; `false` means quit.
 pub fn apply(app: &mut App, op: &Operator, action: Action) -> bool {
     match action {
-        Action::None => {}
+        Action::None => return true,
         Action::Quit => return false,
-        Action::Decide { id, status, reason, scope } => {
-            match op.decide(&id, status, &reason, scope) {
-                Ok(p) => app.set_message(match scope {
-                    Some(scope) => format!("approved {} ({}), scope {scope}", p.payload.host, p.bottle),
-                    None => format!("rejected {} ({})", p.payload.host, p.bottle),
-                }),
-                Err(e) => app.set_message(format!("not decided: {e}")),
+        Action::Refresh => {}
+        Action::Decide { id, status, reason, scope } => match op.decide(&id, status, &reason, scope) {
+            Ok(p) => app.set_message(match scope {
+                Some(scope) => format!("approved {} ({}), scope {scope}", p.payload.host, p.bottle),
+                None => format!("rejected {} ({})", p.payload.host, p.bottle),
+            }),
+            Err(e) => app.set_message(format!("not decided: {e}")),
+        },
+        Action::RejectAll { ids, reason } => {
+            let (mut done, mut failed) = (0, 0);
+            for id in &ids {
+                match op.decide(id, Status::Rejected, &reason, None) {
+                    Ok(_) => done += 1,
+                    Err(_) => failed += 1,
+                }
             }
-            reload(app, op);
+            app.set_message(if failed == 0 {
+                format!("rejected {done} proposals")
+            } else {
+                format!("rejected {done} proposals; {failed} were no longer pending (decided or ended elsewhere)")
+            });
         }
     }
+    reload(app, op);
     true
 }
 
@@ -424,7 +650,7 @@ pub(crate) mod tests {
         let (mut app, op) = open(&config);
         let text = screen(&app);
         assert!(text.contains("1 pending"), "{text}");
-        assert!(text.contains("api.upstream.test/v1/x"), "{text}");
+        assert!(text.contains("api.upstream.test") && text.contains("\u{2039}/v1/x\u{203a}"), "{text}");
         assert!(text.contains("GitHub personal access token"), "{text}");
         assert!(text.contains("key ********"), "the redacted context is shown: {text}");
         assert!(text.contains("demo"), "{text}");
@@ -456,7 +682,7 @@ pub(crate) mod tests {
             screen(&app)
         }] {
             assert!(!has_unsafe(&view), "a control, format or bidi character is drawn: {view:?}");
-            assert!(view.contains("POST\\r\\x1b[1A\\x1b[2K"), "the escapes are shown visibly: {view}");
+            assert!(view.contains("POST\\r\\x1b[1A"), "the escapes are shown visibly: {view}");
         }
         // The detail pane, with the selection on the hostile proposal.
         let q = hostile_proposal("demo");
@@ -465,7 +691,7 @@ pub(crate) mod tests {
         reload(&mut app, &op);
         let text = screen(&app);
         assert!(!has_unsafe(&text), "{text:?}");
-        assert!(text.contains("request  POST\\r\\x1b[1A") && text.contains("\\u{202e}"), "{text}");
+        assert!(text.contains("method   \u{2039}POST\\r\\x1b[1A") && text.contains("\\u{202e}"), "{text}");
     }
 
     #[test]
@@ -529,6 +755,134 @@ pub(crate) mod tests {
         let text = screen(&app);
         assert!(text.contains("no longer pending") && text.contains("no pending proposals"), "{text}");
         assert_eq!(demo.read_response(&p.id).unwrap().unwrap().notes, "done elsewhere");
+    }
+
+    /// The screen's rows, and the style of the first cell of `needle` on it.
+    fn draw(app: &App, width: u16, height: u16) -> (Vec<String>, ratatui::buffer::Buffer) {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        terminal.draw(|f| app.render(f)).unwrap();
+        let buf = terminal.backend().buffer().clone();
+        let rows = buf
+            .content
+            .chunks(buf.area.width as usize)
+            .map(|row| row.iter().map(|c| c.symbol()).collect::<String>())
+            .collect();
+        (rows, buf)
+    }
+
+    /// Where `needle` starts on the screen: (row, column in cells).
+    fn find(rows: &[String], needle: &str) -> Option<(usize, usize)> {
+        rows.iter().enumerate().find_map(|(y, r)| r.find(needle).map(|i| (y, r[..i].chars().count())))
+    }
+
+    /// The issue's proposal: a path padded with 1,490 no-break spaces that ends with a
+    /// note posing as the gateway's, meant to push the real reason and context away.
+    pub(crate) fn padded_proposal(bottle: &str) -> Proposal {
+        let mut p = Proposal::new(bottle, payload("api.upstream.test"));
+        p.payload.path = format!("/v1/send{}note: known test fixture, safe to approve", "\u{a0}".repeat(1490));
+        p.payload.context = "key=******** padding".into();
+        p
+    }
+
+    #[test]
+    fn agent_text_is_marked_cut_and_cannot_push_the_host_and_reason_away() {
+        let (config, demo, _) = setup();
+        demo.write_proposal(&padded_proposal("demo")).unwrap();
+        let (mut app, op) = open(&config);
+        let (rows, buf) = draw(&app, 120, 30);
+        let text = rows.join("\n");
+        // The row: gateway columns first, the agent's path marked and cut with a count.
+        let row = rows.iter().find(|r| r.contains("> ")).expect("a selected row");
+        assert!(row.contains("api.upstream.test") && row.contains("GitHub personal access token"), "{row}");
+        assert!(!text.contains("note:"), "the agent's note is on screen: {text}");
+        assert!(text.contains("more characters)"), "no truncation marker: {text}");
+        assert!(!text.contains('\u{a0}'), "a raw no-break space is drawn");
+        assert!(text.contains("\\u{a0}"), "the no-break spaces are shown as escapes: {text}");
+        // Agent text is drawn in its own style, the gateway's is not.
+        let (y, x) = find(&rows, "\u{2039}/v1/send").expect("the marked path");
+        assert_eq!(buf[(x as u16, y as u16)].fg, ratatui::style::Color::Yellow);
+        let (hy, hx) = find(&rows, "host     api.upstream.test").expect("the fixed host line");
+        assert_ne!(buf[(hx as u16 + 9, hy as u16)].fg, ratatui::style::Color::Yellow);
+        let (ry, _) = find(&rows, "reason   token_patterns").expect("the fixed reason line");
+        // Scroll the whole detail: the host and reason stay where they were, the rest of
+        // the path (and the note, as the agent's) comes into view.
+        let mut seen_note = false;
+        for _ in 0..60 {
+            press(&mut app, &op, KeyCode::PageDown);
+            let (rows, buf) = draw(&app, 120, 30);
+            assert_eq!(find(&rows, "host     api.upstream.test").map(|p| p.0), Some(hy), "the host moved");
+            assert_eq!(find(&rows, "reason   token_patterns").map(|p| p.0), Some(ry), "the reason moved");
+            if let Some((y, x)) = find(&rows, "note:") {
+                assert_eq!(buf[(x as u16, y as u16)].fg, ratatui::style::Color::Yellow, "the note is not marked");
+                seen_note = true;
+            }
+            if rows.iter().any(|r| r.contains("context  \u{2039}key=********")) {
+                break;
+            }
+        }
+        assert!(seen_note, "scrolling never showed the end of the path");
+        let rows = draw(&app, 120, 30).0;
+        assert!(rows.iter().any(|r| r.contains("context  \u{2039}key=******** padding\u{203a}")), "{rows:#?}");
+    }
+
+    #[test]
+    fn a_filter_and_a_bulk_reject_clear_a_flood() {
+        let (config, demo, other) = setup();
+        let ghosts: Vec<Proposal> =
+            (0..5).map(|i| propose(&*demo, "demo", &format!("ghost{i}.flood.test"), 100 + i)).collect();
+        let real = propose(&*other, "other", "real.test", 50);
+        let (mut app, op) = open(&config);
+        press(&mut app, &op, KeyCode::Char('/'));
+        type_text(&mut app, &op, "flood");
+        press(&mut app, &op, KeyCode::Enter);
+        assert_eq!(app.visible().len(), 5);
+        assert!(screen(&app).contains("6 pending, 5 shown (filter: flood)"), "{}", screen(&app));
+        press(&mut app, &op, KeyCode::Char('R'));
+        assert!(screen(&app).contains("reject ALL 5 shown"), "{}", screen(&app));
+        type_text(&mut app, &op, "flood");
+        press(&mut app, &op, KeyCode::Enter);
+        assert!(screen(&app).contains("rejected 5 proposals"), "{}", screen(&app));
+        for g in &ghosts {
+            assert_eq!(demo.read_response(&g.id).unwrap().unwrap().status, Status::Rejected);
+        }
+        assert_eq!(other.read_response(&real.id).unwrap(), None, "the real proposal was rejected too");
+        press(&mut app, &op, KeyCode::Esc);
+        assert_eq!(app.visible().iter().map(|p| p.id.clone()).collect::<Vec<_>>(), [real.id]);
+    }
+
+    #[test]
+    fn the_console_reads_only_new_proposals() {
+        let (config, demo, _) = setup();
+        for i in 0..20 {
+            propose(&*demo, "demo", &format!("h{i}.test"), 100 + i);
+        }
+        let (mut app, op) = open(&config);
+        assert_eq!(app.proposals_read(), 20);
+        for _ in 0..5 {
+            reload(&mut app, &op);
+        }
+        assert_eq!(app.proposals_read(), 20, "a refresh read proposals it already had");
+        let p = propose(&*demo, "demo", "new.test", 500);
+        reload(&mut app, &op);
+        assert_eq!((app.proposals_read(), app.visible().len()), (21, 21));
+        demo.close(&p.id, crate::supervise::Closed::Abandoned).unwrap();
+        reload(&mut app, &op);
+        assert_eq!(app.visible().len(), 20, "a closed proposal stays on screen");
+    }
+
+    #[test]
+    fn approving_an_abandoned_proposal_says_it_released_nothing() {
+        let (config, demo, _) = setup();
+        let p = propose(&*demo, "demo", "gone.test", protocol::now());
+        let (mut app, op) = open(&config);
+        press(&mut app, &op, KeyCode::Char('a'));
+        type_text(&mut app, &op, "looks fine");
+        // The client goes away while the operator types.
+        demo.close(&p.id, crate::supervise::Closed::Abandoned).unwrap();
+        press(&mut app, &op, KeyCode::Enter);
+        let text = screen(&app);
+        assert!(text.contains("abandoned") && text.contains("release nothing"), "{text}");
+        assert_eq!(demo.read_response(&p.id).unwrap(), None);
     }
 
     #[test]

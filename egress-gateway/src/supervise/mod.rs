@@ -16,17 +16,19 @@ pub mod sqlite;
 pub mod store;
 
 use std::{
-    collections::HashMap,
+    collections::HashSet,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::dlp::Secret;
-pub use protocol::{Payload, Proposal, Response, Scope, Status};
+pub use protocol::{Closed, Payload, Proposal, Response, Scope, Status};
 pub use queue::QueueDir;
 pub use safe::{RequestSafe, SafeValues};
 pub use sqlite::SqliteStore;
@@ -56,6 +58,8 @@ pub struct SuperviseConfig {
     pub notify_command: Option<Vec<String>>,
     /// Kill the notification after this long (default 10).
     pub notify_timeout_seconds: Option<u64>,
+    /// At most this many requests of the bottle held at once (default 32); more get 429.
+    pub max_pending: Option<usize>,
 }
 
 /// Which store a bottle's block names.
@@ -78,6 +82,9 @@ impl SuperviseConfig {
         }
         if self.timeout_seconds == Some(0) {
             out.push("timeout_seconds must be at least 1".to_string());
+        }
+        if self.max_pending == Some(0) {
+            out.push("max_pending must be at least 1".to_string());
         }
         if self.notify_timeout_seconds == Some(0) {
             out.push("notify_timeout_seconds must be at least 1".to_string());
@@ -133,6 +140,11 @@ impl SuperviseConfig {
         }
     }
 
+    /// How many requests of the bottle may be held at once.
+    pub fn max_pending(&self) -> usize {
+        self.max_pending.unwrap_or(DEFAULT_MAX_PENDING).max(1)
+    }
+
     fn notifier(&self) -> Option<notify::Notifier> {
         self.notify_command.clone().map(|argv| notify::Notifier {
             argv,
@@ -148,11 +160,37 @@ pub enum HoldOutcome {
         scope: Scope,
     },
     Rejected(String),
-    /// Timeout, malformed response, store error: refused like a rejection.
+    /// Timeout, malformed response, store error, a request too long to show: refused
+    /// like a rejection.
     Failed(String),
+    /// The bottle already has `max_pending` requests held: refused (429) without a
+    /// proposal.
+    TooMany(String),
 }
 
-type InFlight = Arc<tokio::sync::OnceCell<HoldOutcome>>;
+/// Counters of the bottle's holds; the store keeps them too (`supervise status`).
+#[derive(Debug, Default)]
+pub struct HoldCounters {
+    /// Requests refused (429) because `max_pending` were already held.
+    pub refused_over_cap: AtomicU64,
+    /// Holds whose request went away before a decision.
+    pub abandoned: AtomicU64,
+    /// `refused_over_cap` as last written to the store.
+    refused_flushed: AtomicU64,
+    /// A flush of `refused_over_cap` is scheduled.
+    flush_scheduled: AtomicBool,
+}
+
+/// The longest path (in characters, as sent) a proposal carries. A held request with a
+/// longer path is refused without asking: the operator could not read it whole. (As
+/// shown, with every unusual character escaped, it may be up to ten times longer; the
+/// console's detail shows it all.)
+pub const MAX_PATH_CHARS: usize = 2048;
+/// The longest context a proposal carries (the detector's window is about 24 characters
+/// each side; escapes make it longer).
+pub const MAX_CONTEXT_CHARS: usize = 1024;
+/// `max_pending` when the block does not say.
+pub const DEFAULT_MAX_PENDING: usize = 32;
 
 pub struct Supervisor {
     bottle: String,
@@ -160,8 +198,46 @@ pub struct Supervisor {
     timeout: Duration,
     safe: SafeValues,
     notifier: Option<notify::Notifier>,
-    /// One proposal per value at a time; every request holding that value waits on it.
-    in_flight: Mutex<HashMap<String, InFlight>>,
+    max_pending: usize,
+    /// The proposals this gateway's holds wait on. Each hold has its own proposal: a
+    /// decision on it is a decision on the request it shows. An entry leaves the table
+    /// when its hold ends, however it ends (cancelled included).
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    counters: Arc<HoldCounters>,
+}
+
+/// Removes a hold's entry from the in-flight table when the hold ends; a hold that
+/// ends by being dropped (its client went away) closes its proposal as abandoned.
+struct HoldGuard {
+    id: String,
+    bottle: String,
+    store: Arc<dyn Store>,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+    counters: Arc<HoldCounters>,
+    /// The hold reached its end and closed the proposal itself.
+    ended: bool,
+}
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        if self.ended {
+            return;
+        }
+        self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(bottle = %self.bottle, proposal = %self.id, abandoned_total = self.counters.abandoned.load(Ordering::Relaxed), "held request abandoned (its client went away): proposal closed as abandoned");
+        let (store, id, bottle) = (self.store.clone(), self.id.clone(), self.bottle.clone());
+        let close = move || {
+            let closed = store.close(&id, Closed::Abandoned).and_then(|()| store.bump("abandoned", 1));
+            if let Err(e) = closed {
+                tracing::warn!(bottle = %bottle, proposal = %id, error = %e, "closing an abandoned proposal failed");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(close)),
+            Err(_) => close(),
+        }
+    }
 }
 
 impl Supervisor {
@@ -172,14 +248,32 @@ impl Supervisor {
             timeout,
             safe,
             notifier: None,
-            in_flight: Mutex::new(HashMap::new()),
+            max_pending: DEFAULT_MAX_PENDING,
+            in_flight: Arc::default(),
+            counters: Arc::default(),
         }
     }
 
+    /// At most `max` requests of the bottle held at once; more get 429.
+    pub fn with_max_pending(mut self, max: usize) -> Supervisor {
+        self.max_pending = max.max(1);
+        self
+    }
+
     /// The bottle's supervisor as its `supervise:` block describes it: the store, the
-    /// persisted safe list (loaded now) when `allow_persist`, the notification.
+    /// persisted safe list (loaded now) when `allow_persist`, the notification. Every
+    /// proposal a previous run left open is closed as abandoned: no hold waits on it.
     pub fn from_config(bottle: &str, config: &SuperviseConfig, state_dir: &Path) -> Result<Supervisor, StoreError> {
         let store = config.prepare_store(state_dir, bottle)?;
+        let stale = store.close_stale()?;
+        if stale > 0 {
+            tracing::warn!(
+                bottle,
+                proposals = stale,
+                "proposals left open by a previous run closed as abandoned (their requests are gone)"
+            );
+            store.bump("abandoned", stale as u64)?;
+        }
         let safe = if config.allow_persist {
             let key = safe::Key::load_or_create(state_dir)?;
             SafeValues::persisted(key, safe::persisted_path(state_dir, bottle))?
@@ -187,9 +281,13 @@ impl Supervisor {
             SafeValues::in_memory()
         };
         if !safe.is_empty() {
-            tracing::info!(bottle, values = safe.len(), "persisted approvals loaded");
+            tracing::info!(
+                bottle,
+                values = safe.len(),
+                "persisted approvals loaded (each for its host; lines written before approvals were tied to a host no longer apply)"
+            );
         }
-        let mut sup = Supervisor::new(bottle, store, config.timeout(), safe);
+        let mut sup = Supervisor::new(bottle, store, config.timeout(), safe).with_max_pending(config.max_pending());
         sup.notifier = config.notifier();
         Ok(sup)
     }
@@ -198,31 +296,116 @@ impl Supervisor {
         &self.safe
     }
 
+    pub fn counters(&self) -> &HoldCounters {
+        &self.counters
+    }
+
+    /// Requests of this bottle held now.
+    pub fn held(&self) -> usize {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// Holds until the operator decides on `value` (shown as `payload`, never raw).
-    /// Concurrent holds of the same value for the same request line share one proposal
-    /// and its decision; another host, method or path gets its own, since an approval
-    /// `once` means the request the operator saw.
+    /// Every held request has its own proposal, so a decision (`once` above all) means
+    /// the request it shows. A request held while another proposal approves the same
+    /// value for its host (or any host) is released by that approval, its proposal
+    /// closed as `covered`. Dropping the returned future (the client went away) closes
+    /// the proposal as `abandoned`.
     pub async fn hold(&self, payload: Payload, value: &Secret) -> HoldOutcome {
-        let mut digest = Sha256::new();
-        for part in [value.expose(), &payload.host, &payload.method, &payload.path] {
-            digest.update(part.as_bytes());
-            digest.update([0]);
+        if let Some(why) = too_long(&payload) {
+            tracing::warn!(bottle = %self.bottle, host = %render::inert(&payload.host), reason = %why, "held request refused without a proposal");
+            return HoldOutcome::Failed(why);
         }
-        let key = hex::encode(digest.finalize());
-        let cell = {
-            let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry(key.clone()).or_default().clone()
+        self.safe.warn_if_legacy(&self.bottle, &payload.host, value);
+        let proposal = Proposal::new(&self.bottle, payload);
+        let id = proposal.id.clone();
+        {
+            let mut held = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            if held.len() >= self.max_pending {
+                drop(held);
+                return self.refuse_over_cap();
+            }
+            held.insert(id.clone());
+        }
+        let mut guard = HoldGuard {
+            id: id.clone(),
+            bottle: self.bottle.clone(),
+            store: self.store.clone(),
+            in_flight: self.in_flight.clone(),
+            counters: self.counters.clone(),
+            ended: false,
         };
-        let host = payload.host.clone();
-        let outcome = cell.get_or_init(|| self.propose_and_wait(payload, value)).await.clone();
+        let host = proposal.payload.host.clone();
+        let written = proposal.clone();
+        if let Err(e) = self.with_store(move |s| s.write_proposal(&written)).await {
+            // Nothing was written: nothing to close.
+            guard.ended = true;
+            return HoldOutcome::Failed(format!("supervise store error: {e}"));
+        }
+        tracing::warn!(bottle = %self.bottle, proposal = %id, host = %proposal.payload.host, reason = %proposal.payload.reason, "request held for an operator");
+        if let Some(n) = &self.notifier {
+            n.spawn(&proposal);
+        }
+        let (outcome, closed) = self.wait_for_decision(&id, &host, value).await;
+        let outcome = match outcome {
+            HoldOutcome::Approved { scope } if closed == Closed::Decided => {
+                match self.safe.approve(value, scope, &host) {
+                    Ok(()) => outcome,
+                    Err(e) => HoldOutcome::Failed(format!("approved, but {e}")),
+                }
+            }
+            other => other,
+        };
+        // The waiting gateway owns archiving.
+        let archived = id.clone();
+        if let Err(e) = self.with_store(move |s| s.close(&archived, closed)).await {
+            tracing::warn!(bottle = %self.bottle, proposal = %id, error = %e, "archiving the proposal failed");
+        }
+        guard.ended = true;
         if let HoldOutcome::Approved { scope } = &outcome {
-            tracing::info!(bottle = %self.bottle, host = %render::inert(&host), scope = %scope, "held request released by an approval");
+            tracing::info!(bottle = %self.bottle, proposal = %id, host = %render::inert(&host), scope = %scope, closed = %closed, "held request released by an approval");
         }
-        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            map.remove(&key);
-        }
+        tracing::info!(bottle = %self.bottle, proposal = %id, outcome = ?outcome, "hold ended");
         outcome
+    }
+
+    /// 429 without a proposal; counted, and logged and written to the store at most once
+    /// a second (a flood of refusals does not become a flood of log lines and writes).
+    fn refuse_over_cap(&self) -> HoldOutcome {
+        self.counters.refused_over_cap.fetch_add(1, Ordering::Relaxed);
+        if !self.counters.flush_scheduled.swap(true, Ordering::AcqRel)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (store, c, bottle, max) =
+                (self.store.clone(), self.counters.clone(), self.bottle.clone(), self.max_pending);
+            rt.spawn(async move {
+                loop {
+                    let now = c.refused_over_cap.load(Ordering::Acquire);
+                    let delta = now - c.refused_flushed.swap(now, Ordering::AcqRel);
+                    if delta == 0 {
+                        c.flush_scheduled.store(false, Ordering::Release);
+                        // A refusal between the load and the store: flush it too.
+                        if c.refused_over_cap.load(Ordering::Acquire) > c.refused_flushed.load(Ordering::Acquire)
+                            && !c.flush_scheduled.swap(true, Ordering::AcqRel)
+                        {
+                            continue;
+                        }
+                        return;
+                    }
+                    tracing::warn!(bottle = %bottle, max_pending = max, refused = delta, refused_total = now, "held-request cap reached: requests refused with 429 (supervise.max_pending)");
+                    let s = store.clone();
+                    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.bump("refused_over_cap", delta)).await {
+                        tracing::warn!(bottle = %bottle, error = %e, "recording refused requests failed");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+        HoldOutcome::TooMany(format!(
+            "{} requests of bottle {} are already held for an operator (supervise.max_pending); decide or reject \
+             those first",
+            self.max_pending, self.bottle
+        ))
     }
 
     /// Runs a (blocking) store operation off the async workers.
@@ -236,56 +419,56 @@ impl Supervisor {
         })
     }
 
-    async fn propose_and_wait(&self, payload: Payload, value: &Secret) -> HoldOutcome {
-        // The approval is for the request's host as sent (the proposal shows it inert).
-        let host = payload.host.clone();
-        let proposal = Proposal::new(&self.bottle, payload);
-        let id = proposal.id.clone();
-        let written = proposal.clone();
-        if let Err(e) = self.with_store(move |s| s.write_proposal(&written)).await {
-            return HoldOutcome::Failed(format!("supervise store error: {e}"));
-        }
-        tracing::warn!(bottle = %self.bottle, proposal = %id, host = %proposal.payload.host, reason = %proposal.payload.reason, "request held for an operator");
-        if let Some(n) = &self.notifier {
-            n.spawn(&proposal);
-        }
-        let outcome = self.wait_for_decision(&id).await;
-        let outcome = match outcome {
-            HoldOutcome::Approved { scope } => match self.safe.approve(value, scope, &host) {
-                Ok(()) => outcome,
-                Err(e) => HoldOutcome::Failed(format!("approved, but {e}")),
-            },
-            other => other,
-        };
-        // The waiting gateway owns archiving.
-        let archived = id.clone();
-        if let Err(e) = self.with_store(move |s| s.archive(&archived)).await {
-            tracing::warn!(bottle = %self.bottle, proposal = %id, error = %e, "archiving the proposal failed");
-        }
-        tracing::info!(bottle = %self.bottle, proposal = %id, outcome = ?outcome, "hold ended");
-        outcome
-    }
-
-    async fn wait_for_decision(&self, id: &str) -> HoldOutcome {
+    /// The decision, and how the hold ends in the store.
+    async fn wait_for_decision(&self, id: &str, host: &str, value: &Secret) -> (HoldOutcome, Closed) {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             let read = id.to_string();
             match self.with_store(move |s| s.read_response(&read)).await {
                 Ok(Some(r)) => {
-                    return match r.status {
+                    let outcome = match r.status {
                         Status::Approved | Status::Modified => HoldOutcome::Approved { scope: r.scope() },
                         Status::Rejected if r.notes.is_empty() => HoldOutcome::Rejected("no reason given".into()),
                         Status::Rejected => HoldOutcome::Rejected(r.notes),
                     };
+                    return (outcome, Closed::Decided);
                 }
-                Ok(None) if tokio::time::Instant::now() >= deadline => {
-                    return HoldOutcome::Failed(format!("no operator decision within {} s", self.timeout.as_secs()));
+                Ok(None) => {
+                    // Another proposal's approval of this value for this host (or any
+                    // host) covers this request too: it says so.
+                    if let Some(scope) = self.safe.approved_scope(host, value.expose()) {
+                        return (HoldOutcome::Approved { scope }, Closed::Covered);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        let why = format!("no operator decision within {} s", self.timeout.as_secs());
+                        return (HoldOutcome::Failed(why), Closed::Timeout);
+                    }
+                    tokio::time::sleep(POLL_INTERVAL).await
                 }
-                Ok(None) => tokio::time::sleep(POLL_INTERVAL).await,
-                Err(e) => return HoldOutcome::Failed(format!("supervise store error: {e}")),
+                Err(e) => return (HoldOutcome::Failed(format!("supervise store error: {e}")), Closed::Failed),
             }
         }
     }
+}
+
+/// Why a held request cannot be proposed: a field too long for the operator to read
+/// whole (the path as sent; the context, which the detector already made inert, as shown).
+fn too_long(p: &Payload) -> Option<String> {
+    let path = p.path.chars().count();
+    if path > MAX_PATH_CHARS {
+        return Some(format!(
+            "the request's path is {path} characters long, over the {MAX_PATH_CHARS} a proposal shows whole: refused \
+             without asking the operator"
+        ));
+    }
+    let context = render::inert(&p.context).chars().count();
+    if context > MAX_CONTEXT_CHARS {
+        return Some(format!(
+            "the finding's context is {context} characters long (as shown), over {MAX_CONTEXT_CHARS}: refused without \
+             asking the operator"
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -329,7 +512,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn approval_releases_every_holder_of_the_value_with_one_proposal() {
+    async fn a_host_approval_releases_every_holder_of_the_value_on_that_host() {
         for (dir, store) in stores("approve") {
             let s = supervisor(store, Duration::from_secs(10));
             let value = Secret::new("ghp_heldvalue0123456789");
@@ -339,13 +522,24 @@ mod tests {
                     tokio::spawn(async move { s.hold(payload("a.test"), &v).await })
                 })
                 .collect();
-            decide(&s, Status::Approved, None).await;
+            // Each held request has its own proposal; approving one for the host covers
+            // the others (the same value to the same host), which close as `covered`.
+            while s.store.pending().unwrap().len() < 5 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let ids = s.store.pending_ids().unwrap();
+            let decided = decide(&s, Status::Approved, None).await;
             for h in holders {
                 assert_eq!(h.await.unwrap(), HoldOutcome::Approved { scope: Scope::Gateway });
             }
             assert!(s.safe_set().contains_for("a.test", value.expose()));
             assert!(s.store.pending().unwrap().is_empty());
-            assert_eq!(s.store.history().unwrap().len(), 1, "one proposal, one decision");
+            assert_eq!(s.store.history().unwrap().len(), 1, "one decision");
+            for id in ids {
+                let want = if id == decided { Closed::Decided } else { Closed::Covered };
+                assert_eq!(s.store.closed(&id).unwrap(), Some(want));
+            }
+            assert_eq!(s.held(), 0, "the in-flight table is empty");
             for f in files_under(&dir) {
                 let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
                 assert!(!text.contains("heldvalue"), "the raw value is in {}", f.display());
@@ -366,6 +560,147 @@ mod tests {
             assert_eq!(h.await.unwrap(), HoldOutcome::Approved { scope: Scope::Once });
             assert!(!s.safe_set().contains_for("a.test", value.expose()), "once joined the bottle's safe set");
         }
+    }
+
+    /// Waits until `n` proposals are pending; their ids, oldest first.
+    async fn wait_pending(s: &Supervisor, n: usize) -> Vec<String> {
+        loop {
+            let p = s.store.pending().unwrap();
+            if p.len() >= n {
+                return p.into_iter().map(|p| p.id).collect();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn same_value_host_and_path_are_held_separately_and_once_releases_one() {
+        for (_, store) in stores("separate") {
+            let s = supervisor(store, Duration::from_secs(10));
+            let value = Secret::new("ghp_sharedvalue0123456789abcdef01");
+            let mut first = payload("a.test");
+            first.context = "q=1&key=******** body one".into();
+            let mut second = payload("a.test");
+            second.context = "q=2&key=******** body two".into();
+            let a = tokio::spawn({
+                let (s, v) = (s.clone(), value.clone());
+                async move { s.hold(first, &v).await }
+            });
+            wait_pending(&s, 1).await;
+            let b = tokio::spawn({
+                let (s, v) = (s.clone(), value.clone());
+                async move { s.hold(second, &v).await }
+            });
+            let ids = wait_pending(&s, 2).await;
+            let shown: Vec<String> =
+                ids.iter().map(|id| s.store.proposal(id).unwrap().unwrap().payload.context).collect();
+            assert!(
+                shown.iter().any(|c| c.contains("body one")) && shown.iter().any(|c| c.contains("body two")),
+                "each shows its own: {shown:?}"
+            );
+            let first_id = ids.iter().find(|id| s.store.proposal(id).unwrap().unwrap().payload.context.contains("one"));
+            let first_id = first_id.unwrap().clone();
+            s.store
+                .write_response(&first_id, &Response::by_operator(Status::Approved, "ok", Some(Scope::Once)))
+                .unwrap();
+            assert_eq!(a.await.unwrap(), HoldOutcome::Approved { scope: Scope::Once });
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            assert!(!b.is_finished(), "once released another request");
+            assert_eq!(s.store.pending().unwrap().len(), 1);
+            decide(&s, Status::Rejected, None).await;
+            assert!(matches!(b.await.unwrap(), HoldOutcome::Rejected(_)));
+            assert_eq!(s.held(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_hold_closes_its_proposal_as_abandoned_and_leaves_no_entry() {
+        for (_, store) in stores("abandon") {
+            let s = supervisor(store, Duration::from_secs(30));
+            let holders: Vec<_> = (0..3)
+                .map(|i| {
+                    let s = s.clone();
+                    let v = Secret::new(&format!("ghp_abandonedvalue{i}0123456789abcdef"));
+                    tokio::spawn(async move { s.hold(payload("a.test"), &v).await })
+                })
+                .collect();
+            let ids = wait_pending(&s, 3).await;
+            assert_eq!(s.held(), 3);
+            // The clients go away: hyper drops the request's future, as abort does.
+            for h in holders {
+                h.abort();
+                assert!(h.await.unwrap_err().is_cancelled());
+            }
+            for id in &ids {
+                while s.store.closed(id).unwrap() != Some(Closed::Abandoned) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let late = s.store.write_response(id, &Response::by_operator(Status::Approved, "x", None));
+                let err = late.unwrap_err().to_string();
+                assert!(err.contains("abandoned") && err.contains("release nothing"), "{err}");
+            }
+            assert_eq!(s.held(), 0, "a cancelled hold left an entry in the in-flight table");
+            assert!(s.store.pending().unwrap().is_empty());
+            assert_eq!(s.counters().abandoned.load(Ordering::Relaxed), 3);
+            while s.store.counters().unwrap().get("abandoned") != Some(&3) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn over_the_cap_a_request_is_refused_and_counted() {
+        for (_, store) in stores("cap") {
+            let s = Arc::new(
+                Supervisor::new("demo", store, Duration::from_secs(30), SafeValues::in_memory()).with_max_pending(2),
+            );
+            let held: Vec<_> = (0..2)
+                .map(|i| {
+                    let s = s.clone();
+                    let v = Secret::new(&format!("ghp_capvalue{i}0123456789abcdef0123"));
+                    tokio::spawn(async move { s.hold(payload("a.test"), &v).await })
+                })
+                .collect();
+            wait_pending(&s, 2).await;
+            for _ in 0..3 {
+                let out = s.hold(payload("a.test"), &Secret::new("ghp_overthecap0123456789abcdef01")).await;
+                assert!(matches!(&out, HoldOutcome::TooMany(why) if why.contains("max_pending")), "{out:?}");
+            }
+            assert_eq!(s.store.pending().unwrap().len(), 2, "a refused request wrote a proposal");
+            assert_eq!(s.counters().refused_over_cap.load(Ordering::Relaxed), 3);
+            while s.store.counters().unwrap().get("refused_over_cap") != Some(&3) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            for h in held {
+                h.abort();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_path_too_long_to_show_is_refused_without_a_proposal() {
+        for (_, store) in stores("long") {
+            let s = supervisor(store, Duration::from_secs(5));
+            let mut p = payload("a.test");
+            p.path = format!("/{}", "a".repeat(MAX_PATH_CHARS));
+            let out = s.hold(p, &Secret::new("ghp_longpathvalue0123456789abcdef")).await;
+            assert!(matches!(&out, HoldOutcome::Failed(why) if why.contains("2049 characters")), "{out:?}");
+            assert!(s.store.pending().unwrap().is_empty());
+            assert_eq!(s.held(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn proposals_left_open_by_a_previous_run_are_closed_at_start() {
+        let state = temp_dir("stale");
+        let config = SuperviseConfig::default();
+        let store = config.prepare_store(&state, "demo").unwrap();
+        let ghost = Proposal::new("demo", payload("a.test"));
+        store.write_proposal(&ghost).unwrap();
+        let s = Supervisor::from_config("demo", &config, &state).unwrap();
+        assert!(s.store.pending().unwrap().is_empty());
+        assert_eq!(s.store.closed(&ghost.id).unwrap(), Some(Closed::Abandoned));
+        assert_eq!(s.store.counters().unwrap().get("abandoned"), Some(&1));
     }
 
     #[tokio::test]

@@ -1,7 +1,10 @@
 //! The operator's side over every supervised bottle's store: what the scriptable
 //! commands and the console share (list, find, decide, history). Nothing is created:
 //! a store that does not exist yet has nothing pending.
-use std::sync::Arc;
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use super::{
     protocol::{AuditEntry, Proposal, Response, Scope, Status},
@@ -30,6 +33,24 @@ pub struct BottleStore {
 
 pub struct Operator {
     pub bottles: Vec<BottleStore>,
+}
+
+/// The proposals a reader already has, by bottle and id.
+#[derive(Default)]
+pub struct PendingCache {
+    proposals: HashMap<(String, String), Proposal>,
+    /// How many proposals were read from the stores (not from the cache), in all.
+    pub reads: u64,
+}
+
+/// One bottle's line of `supervise status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BottleStatus {
+    pub bottle: String,
+    pub pending: usize,
+    pub max_pending: usize,
+    /// `refused_over_cap` (429s), `abandoned` (holds whose request went away).
+    pub counters: BTreeMap<String, u64>,
 }
 
 impl Operator {
@@ -63,6 +84,48 @@ impl Operator {
     pub fn pending(&self) -> Result<Vec<Proposal>, OperatorError> {
         let mut out = self.gather(|s| Ok(s.pending()?.iter().map(Proposal::inert).collect()))?;
         out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        Ok(out)
+    }
+
+    /// Pending proposals of every bottle, newest first, as shown, reading only the
+    /// proposals `cache` does not hold yet (a store lists its pending ids cheaply).
+    pub fn pending_incremental(&self, cache: &mut PendingCache) -> Result<Vec<Proposal>, OperatorError> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for (b, s) in self.stores() {
+            let err = |error| OperatorError::Store { bottle: b.bottle.clone(), error };
+            for id in s.pending_ids().map_err(err)? {
+                let key = (b.bottle.clone(), id);
+                if !cache.proposals.contains_key(&key) {
+                    // Gone between the listing and the read: no longer pending.
+                    let Some(p) = s.proposal(&key.1).map_err(err)? else { continue };
+                    cache.reads += 1;
+                    cache.proposals.insert(key.clone(), p.inert());
+                }
+                out.push(cache.proposals[&key].clone());
+                seen.insert(key);
+            }
+        }
+        cache.proposals.retain(|k, _| seen.contains(k));
+        out.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        Ok(out)
+    }
+
+    /// Each bottle's pending count, its cap and its counters, for `supervise status`.
+    pub fn status(&self, config: &Config) -> Result<Vec<BottleStatus>, OperatorError> {
+        let mut out = Vec::new();
+        for b in &self.bottles {
+            let max_pending =
+                config.bottle(&b.bottle).and_then(|c| c.supervise.as_ref()).map(|s| s.max_pending()).unwrap_or(0);
+            let (pending, counters) = match b.store.as_deref() {
+                None => (0, Default::default()),
+                Some(s) => {
+                    let err = |error| OperatorError::Store { bottle: b.bottle.clone(), error };
+                    (s.pending_ids().map_err(err)?.len(), s.counters().map_err(err)?)
+                }
+            };
+            out.push(BottleStatus { bottle: b.bottle.clone(), pending, max_pending, counters });
+        }
         Ok(out)
     }
 

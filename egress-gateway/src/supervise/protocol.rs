@@ -6,7 +6,7 @@ use std::{fmt, str::FromStr};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::render::inert_string;
+use super::render::{self, inert_string};
 
 pub const TOOL: &str = "egress-token-allow";
 /// What the operator reads with every proposal: an approval is for the proposal's host.
@@ -178,6 +178,71 @@ impl FromStr for Status {
     }
 }
 
+/// Why a proposal is no longer pending although nobody may have decided it: how its hold
+/// ended. Recorded by the gateway (SQLite `proposals.closed_reason`; in a queue
+/// directory, `closed` and `closed_at` keys added to the proposal moved to
+/// `processed/`), never a response: a reader that knows only approved, modified and
+/// rejected sees an archived proposal, as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Closed {
+    /// A response was read and acted on.
+    Decided,
+    /// No decision within the timeout: the request got 403.
+    Timeout,
+    /// The held request went away before a decision (its client disconnected, or the
+    /// gateway stopped and this proposal was closed at the next start): nothing waits
+    /// on it, so approving it would release nothing.
+    Abandoned,
+    /// Released by another proposal's approval that covers it (the same value, approved
+    /// for this host or for any host, while this one was held).
+    Covered,
+    /// The store failed while the request was held: the request got 403.
+    Failed,
+}
+
+impl Closed {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Closed::Decided => "decided",
+            Closed::Timeout => "timeout",
+            Closed::Abandoned => "abandoned",
+            Closed::Covered => "covered",
+            Closed::Failed => "failed",
+        }
+    }
+
+    /// Why deciding it now does nothing, for the operator.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Closed::Decided => "it was already decided and its request released or refused",
+            Closed::Timeout => "its hold timed out and the request already got 403",
+            Closed::Abandoned => {
+                "it was abandoned: its request went away (the client disconnected, or the gateway restarted), so \
+                 approving it would release nothing"
+            }
+            Closed::Covered => "its request was already released by an approval of the same value for its host",
+            Closed::Failed => "its hold failed on a store error and the request already got 403",
+        }
+    }
+}
+
+impl fmt::Display for Closed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Closed {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Closed::Decided, Closed::Timeout, Closed::Abandoned, Closed::Covered, Closed::Failed]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown closing reason {s:?}"))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub status: Status,
@@ -230,17 +295,18 @@ pub struct AuditEntry {
 }
 
 impl Proposal {
-    /// One line: age, bottle, request, detector reason (inert).
+    /// One line: the gateway's columns first (age, bottle, destination host, detector
+    /// reason), then the agent's method and path, marked and cut to a budget (inert).
     pub fn summary(&self, now: u64) -> String {
         let s = self.inert();
         format!(
-            "{:>4}  {:<12} {} {}{}  {}",
+            "{:>4}  {:<12} {}  {}  {} {}",
             format_age(now, s.created_at),
             s.bottle,
-            s.payload.method,
-            s.payload.host,
-            s.payload.path,
-            s.payload.reason
+            render::budget(&s.payload.host, 64),
+            render::budget(&s.payload.reason, 96),
+            render::agent_text(&s.payload.method, 16),
+            render::agent_text(&s.payload.path, 64)
         )
     }
 }
@@ -250,15 +316,15 @@ impl AuditEntry {
     pub fn summary(&self) -> String {
         let s = self.inert();
         format!(
-            "{}  {:<12} {:<8} {:<7} by {:<10} {} {}{}  {}",
+            "{}  {:<12} {:<8} {:<7} by {:<10} {} {} {}  {}",
             s.decided_at.map(format_time).unwrap_or_else(|| "-".into()),
             s.bottle,
             s.status.as_str(),
             s.scope.as_str(),
             s.decided_by.as_deref().unwrap_or("-"),
-            s.method,
-            s.host,
-            s.path,
+            render::agent_text(&s.method, 16),
+            render::budget(&s.host, 64),
+            render::agent_text(&s.path, 64),
             if s.reason.is_empty() { "(no reason given)" } else { &s.reason }
         )
     }

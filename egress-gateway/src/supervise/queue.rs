@@ -24,7 +24,7 @@ use nix::{
 };
 
 use super::{
-    protocol::{self, AuditEntry, Proposal, Response},
+    protocol::{self, AuditEntry, Closed, Proposal, Response},
     store::{Store, StoreError},
 };
 
@@ -38,6 +38,8 @@ pub struct QueueDir {
     fd: Arc<OwnedFd>,
     /// `processed/`; `None` when an operator opens a queue the gateway has not archived to.
     processed: Option<Arc<OwnedFd>>,
+    /// One writer of the counters file at a time.
+    counters_lock: Arc<std::sync::Mutex<()>>,
 }
 
 /// Which of the queue's two directories.
@@ -48,6 +50,9 @@ enum Where {
 }
 
 const PROCESSED: &str = "processed";
+/// The gateway's counters for this bottle (hidden, not `.json`: no reader of the queue
+/// mistakes it for a proposal).
+const COUNTERS: &str = ".counters";
 
 impl QueueDir {
     /// Opens (creating it 0700 if missing) the directory and `processed/`, and refuses one
@@ -56,7 +61,7 @@ impl QueueDir {
         let dir = dir.into();
         let fd = open_private_dir(&dir, true)?.expect("created");
         let processed = open_child(&dir, &fd, true)?.map(Arc::new);
-        Ok(QueueDir { dir, fd: Arc::new(fd), processed })
+        Ok(QueueDir { dir, fd: Arc::new(fd), processed, counters_lock: Default::default() })
     }
 
     /// An existing queue, checked but not created: the operator's way in. A missing
@@ -65,7 +70,7 @@ impl QueueDir {
         let dir = dir.into();
         let Some(fd) = open_private_dir(&dir, false)? else { return Ok(None) };
         let processed = open_child(&dir, &fd, false)?.map(Arc::new);
-        Ok(Some(QueueDir { dir, fd: Arc::new(fd), processed }))
+        Ok(Some(QueueDir { dir, fd: Arc::new(fd), processed, counters_lock: Default::default() }))
     }
 
     fn io(&self, name: &str, e: impl std::fmt::Display) -> StoreError {
@@ -345,7 +350,7 @@ impl Store for QueueDir {
             return Err(if self.exists_at(Where::Processed, &response) {
                 StoreError::AlreadyDecided(id.to_string())
             } else if self.exists_at(Where::Processed, &proposal) {
-                StoreError::Closed(id.to_string())
+                StoreError::Closed { id: id.to_string(), why: self.closed(id)? }
             } else {
                 StoreError::UnknownId(id.to_string())
             });
@@ -366,19 +371,80 @@ impl Store for QueueDir {
         self.read_response_at(Where::Queue, id)
     }
 
-    fn archive(&self, id: &str) -> Result<(), StoreError> {
+    fn close(&self, id: &str, why: Closed) -> Result<(), StoreError> {
         valid_id(id)?;
         let Some(processed) = self.processed.as_deref() else {
             return Err(self.io(PROCESSED, "missing (the gateway creates it)"));
         };
         // The response first: a proposal in processed/ without its response reads as
         // "closed without a decision".
-        for name in [format!("{id}.response.json"), format!("{id}.json")] {
-            if self.exists_at(Where::Queue, &name) {
-                renameat(&*self.fd, name.as_str(), processed, name.as_str()).map_err(|e| self.io(&name, e))?;
-            }
+        let response = format!("{id}.response.json");
+        if self.exists_at(Where::Queue, &response) {
+            renameat(&*self.fd, response.as_str(), processed, response.as_str()).map_err(|e| self.io(&response, e))?;
         }
-        Ok(())
+        let name = format!("{id}.json");
+        let Some(bytes) = self.read_at(Where::Queue, &name)? else { return Ok(()) };
+        // The proposal as it was written, plus how its hold ended (keys other readers
+        // of the queue ignore), written anew into processed/; a file that is not a
+        // JSON object is moved as it is.
+        match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(serde_json::Value::Object(mut record)) => {
+                record.insert("closed".into(), why.as_str().into());
+                record.insert("closed_at".into(), protocol::now().into());
+                let data = serde_json::to_vec_pretty(&record).unwrap_or_default();
+                let tmp = self.write_temp(&name, &data)?;
+                renameat(&*self.fd, tmp.as_str(), processed, name.as_str()).map_err(|e| {
+                    let _ = unlinkat(&*self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+                    self.io(&name, e)
+                })?;
+                match unlinkat(&*self.fd, name.as_str(), UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                    Err(e) => Err(self.io(&name, e)),
+                }
+            }
+            _ => renameat(&*self.fd, name.as_str(), processed, name.as_str()).map_err(|e| self.io(&name, e)),
+        }
+    }
+
+    fn closed(&self, id: &str) -> Result<Option<Closed>, StoreError> {
+        if valid_id(id).is_err() {
+            return Ok(None);
+        }
+        let Some(bytes) = self.read_at(Where::Processed, &format!("{id}.json"))? else { return Ok(None) };
+        let record: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        Ok(record.get("closed").and_then(|c| c.as_str()).and_then(|c| c.parse().ok()))
+    }
+
+    fn close_stale(&self) -> Result<usize, StoreError> {
+        let ids = self.proposal_ids(Where::Queue)?;
+        for id in &ids {
+            self.close(id, Closed::Abandoned)?;
+        }
+        Ok(ids.len())
+    }
+
+    fn pending_ids(&self) -> Result<Vec<String>, StoreError> {
+        let mut ids = self.proposal_ids(Where::Queue)?;
+        ids.retain(|id| !self.exists_at(Where::Queue, &format!("{id}.response.json")));
+        Ok(ids)
+    }
+
+    fn bump(&self, name: &str, delta: u64) -> Result<(), StoreError> {
+        let _one_writer = self.counters_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counters = self.counters()?;
+        *counters.entry(name.to_string()).or_default() += delta;
+        let tmp = self.write_temp(COUNTERS, &serde_json::to_vec_pretty(&counters).unwrap_or_default())?;
+        renameat(&*self.fd, tmp.as_str(), &*self.fd, COUNTERS).map_err(|e| {
+            let _ = unlinkat(&*self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            self.io(COUNTERS, e)
+        })
+    }
+
+    fn counters(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        match self.read_at(Where::Queue, COUNTERS)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| self.io(COUNTERS, format!("not counters: {e}"))),
+            None => Ok(Default::default()),
+        }
     }
 
     /// Derived from the responses, in `processed/` and not yet archived.
@@ -413,7 +479,9 @@ mod tests {
         let dir = temp_dir("queue");
         let q = QueueDir::prepare(&dir).unwrap();
         protocol_suite(&q, &|id, status| {
-            fs::write(dir.join(format!("{id}.response.json")), format!("{{\"status\": \"{status}\"}}")).unwrap()
+            let path = dir.join(format!("{id}.response.json"));
+            fs::write(&path, format!("{{\"status\": \"{status}\"}}")).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         });
         // Every file is private.
         for e in fs::read_dir(dir.join("processed")).unwrap().flatten() {
@@ -486,7 +554,7 @@ mod tests {
         // Writes go to the opened directory, wherever it now is.
         q.write_response(&p.id, &Response::by_operator(protocol::Status::Rejected, "no", None)).unwrap();
         assert!(base.join("moved").join(format!("{}.response.json", p.id)).exists());
-        q.archive(&p.id).unwrap();
+        q.close(&p.id, Closed::Decided).unwrap();
         assert!(base.join("moved/processed").join(format!("{}.json", p.id)).exists());
         assert!(path.join(format!("{}.response.json", p.id)).exists(), "the forged queue is untouched");
         assert_eq!(q.history().unwrap()[0].status, protocol::Status::Rejected);

@@ -12,9 +12,31 @@
 //! typed by the agent therefore reads the same as an escaped ESC: both are inert.
 use std::{borrow::Cow, fmt::Write};
 
-/// Control, format (Cf) and separator characters: the ones `inert` escapes.
+/// Control, format (Cf) and separator characters, and every space but the ASCII one:
+/// the ones `inert` escapes.
 pub fn is_unsafe(c: char) -> bool {
-    c.is_control() || is_format(c) || matches!(c, '\u{2028}' | '\u{2029}')
+    c.is_control() || is_format(c) || matches!(c, '\u{2028}' | '\u{2029}') || is_unusual_space(c)
+}
+
+/// White space other than the ASCII space (and the controls): the no-break spaces
+/// (U+00A0, U+202F), the Ogham, en/em and other typographic spaces (U+1680,
+/// U+2000 to U+200A), the mathematical and ideographic spaces (U+205F, U+3000), and
+/// the Braille blank and Hangul fillers that render as blanks. Shown escaped so that
+/// agent text cannot pass as blank room or pad a field to push the gateway's text away.
+fn is_unusual_space(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00A0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200A}'
+                | '\u{202F}'
+                | '\u{205F}'
+                | '\u{3000}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{FFA0}'
+                | '\u{115F}'
+                | '\u{1160}'
+    )
 }
 
 /// Unicode general category Cf (format), Unicode 15.1.
@@ -66,6 +88,30 @@ pub fn inert(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Agent-supplied text is shown between these (the console adds a colour of its own);
+/// the agent's own copies of them are escaped, so it cannot close the mark early and
+/// pass what follows as the gateway's text.
+pub const AGENT_OPEN: char = '\u{2039}';
+pub const AGENT_CLOSE: char = '\u{203a}';
+
+/// `text` cut to `budget` characters, with an explicit marker of what was cut.
+pub fn budget(text: &str, budget: usize) -> String {
+    let total = text.chars().count();
+    if total <= budget {
+        return text.to_string();
+    }
+    let kept: String = text.chars().take(budget).collect();
+    format!("{kept}… ({} more characters)", total - budget)
+}
+
+/// Agent-supplied text as shown to the operator: inert, its own copies of the marks
+/// escaped, cut to `limit` characters (with the marker), between the marks.
+pub fn agent_text(text: &str, limit: usize) -> String {
+    let inert = inert(text);
+    let escaped = inert.replace(AGENT_OPEN, "\\u{2039}").replace(AGENT_CLOSE, "\\u{203a}");
+    format!("{AGENT_OPEN}{}{AGENT_CLOSE}", budget(&escaped, limit))
+}
+
 /// `inert`, as an owned string (for struct fields).
 pub fn inert_string(text: &str) -> String {
     inert(text).into_owned()
@@ -90,6 +136,11 @@ mod tests {
             let got = inert(&format!("a{c}b")).into_owned();
             assert_eq!(got, format!("a\\u{{{:x}}}b", c as u32));
         }
+        // No-break and other unusual spaces.
+        for c in ['\u{A0}', '\u{202F}', '\u{2003}', '\u{3000}', '\u{2800}', '\u{3164}'] {
+            assert_eq!(inert(&format!("a{c}b")), format!("a\\u{{{:x}}}b", c as u32));
+        }
+        assert_eq!(inert("a b"), "a b", "the ASCII space stays");
         // Zero-width and other format characters, tags, separators.
         for c in ['\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}', '\u{AD}', '\u{E0041}', '\u{2028}'] {
             let got = inert(&format!("a{c}b")).into_owned();
@@ -105,6 +156,19 @@ mod tests {
         assert!(!once.contains(is_unsafe), "{once:?}");
         assert!(once.contains("\\x1b[1A") && once.contains("\\u{202e}"), "{once:?}");
         assert_eq!(inert(&once), once);
+    }
+
+    #[test]
+    fn agent_text_is_marked_cut_with_a_count_and_cannot_close_its_mark() {
+        assert_eq!(agent_text("/v1/send", 48), "\u{2039}/v1/send\u{203a}");
+        let long = format!("/x{}", "\u{a0}".repeat(1490));
+        let shown = agent_text(&format!("{long}note: known test fixture, safe to approve"), 48);
+        assert!(shown.starts_with("\u{2039}/x\\u{a0}\\u{a0}"), "{shown}");
+        assert!(shown.ends_with("more characters)\u{203a}") && !shown.contains("note:"), "{shown}");
+        let fake = agent_text("/a\u{203a} gateway: safe \u{2039}", 48);
+        assert_eq!(fake.matches('\u{203a}').count(), 1, "{fake}");
+        assert!(fake.contains("\\u{203a} gateway"), "{fake}");
+        assert_eq!(budget("abcdef", 4), "abcd… (2 more characters)");
     }
 
     #[test]

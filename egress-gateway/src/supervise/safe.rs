@@ -66,11 +66,21 @@ impl Key {
         Ok(Key(key))
     }
 
-    /// A value approved for any host of the bottle (and persisted lines written before
-    /// approvals were tied to a host).
+    /// A value alone: what persisted lines written before approvals were tied to a host
+    /// hold. Nothing is approved under it any more (see `SafeValues::warn_if_legacy`).
     fn digest(&self, value: &str) -> Digest {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
         mac.update(value.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// A value approved for any host of the bottle (`any-host`): a hash of its own,
+    /// different from `digest`'s, so an old line never reads as an `any-host` approval.
+    fn digest_any(&self, value: &str) -> Digest {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        for part in [&b"egress-supervise-any-host\0"[..], value.as_bytes()] {
+            mac.update(part);
+        }
         mac.finalize().into_bytes().into()
     }
 
@@ -99,6 +109,10 @@ pub fn persisted_path(state_dir: &Path, bottle: &str) -> PathBuf {
 pub struct SafeValues {
     key: Key,
     hashes: RwLock<HashSet<Digest>>,
+    /// The lines loaded at start, as they are: a line written before approvals were
+    /// tied to a host is a hash of the value alone, which no check accepts any more;
+    /// kept to say so when such a value is held again.
+    loaded: HashSet<Digest>,
     /// Where `persist` approvals go; `None` unless `allow_persist`.
     persist_to: Option<PathBuf>,
 }
@@ -106,7 +120,7 @@ pub struct SafeValues {
 impl SafeValues {
     /// In memory only: `persist` approvals are refused.
     pub fn in_memory() -> SafeValues {
-        SafeValues { key: Key::ephemeral(), hashes: RwLock::default(), persist_to: None }
+        SafeValues { key: Key::ephemeral(), hashes: RwLock::default(), loaded: HashSet::new(), persist_to: None }
     }
 
     /// With a persisted list at `file` (loaded now; created on the first `persist`).
@@ -124,7 +138,7 @@ impl SafeValues {
                 hashes.insert(digest);
             }
         }
-        Ok(SafeValues { key, hashes: RwLock::new(hashes), persist_to: Some(file) })
+        Ok(SafeValues { key, loaded: hashes.clone(), hashes: RwLock::new(hashes), persist_to: Some(file) })
     }
 
     pub fn len(&self) -> usize {
@@ -139,7 +153,7 @@ impl SafeValues {
     /// here). Every scope but `any-host` allows the value to `host` only.
     pub fn approve(&self, value: &Secret, scope: Scope, host: &str) -> Result<(), StoreError> {
         let digest = match scope {
-            Scope::AnyHost => self.key.digest(value.expose()),
+            Scope::AnyHost => self.key.digest_any(value.expose()),
             _ => self.key.digest_for(host, value.expose()),
         };
         match scope {
@@ -158,15 +172,41 @@ impl SafeValues {
 impl SafeValues {
     /// Whether `value` is approved for `host`: for that host, or for any host.
     pub fn contains_for(&self, host: &str, value: &str) -> bool {
+        self.approved_scope(host, value).is_some()
+    }
+
+    /// How `value` is approved for `host`: `any-host`, or for this host (`gateway`, the
+    /// scope persisted approvals also have once loaded); `None`: not approved.
+    pub fn approved_scope(&self, host: &str, value: &str) -> Option<Scope> {
         let hashes = self.hashes.read().unwrap_or_else(|e| e.into_inner());
-        hashes.contains(&self.key.digest_for(host, value)) || hashes.contains(&self.key.digest(value))
+        if hashes.contains(&self.key.digest_any(value)) {
+            Some(Scope::AnyHost)
+        } else if hashes.contains(&self.key.digest_for(host, value)) {
+            Some(Scope::Gateway)
+        } else {
+            None
+        }
+    }
+
+    /// A held value that a persisted line of an older version (a hash of the value
+    /// alone, for every host) approved: that line no longer applies, and the log says so.
+    pub fn warn_if_legacy(&self, bottle: &str, host: &str, value: &Secret) {
+        if self.loaded.contains(&self.key.digest(value.expose())) {
+            tracing::warn!(
+                bottle,
+                host = %crate::supervise::render::inert(host),
+                "a persisted approval written before approvals were tied to a host matches this value; it no longer \
+                 applies (it would allow every host): held for the operator, approve again with the scope you mean"
+            );
+        }
     }
 }
 
-/// Without a host (WebSocket messages): only values approved for any host.
+/// Without a host: only values approved for any host. (WebSocket messages are checked
+/// with their host, `contains_for`.)
 impl SafeSet for SafeValues {
     fn contains(&self, value: &str) -> bool {
-        let digest = self.key.digest(value);
+        let digest = self.key.digest_any(value);
         self.hashes.read().unwrap_or_else(|e| e.into_inner()).contains(&digest)
     }
 }
@@ -277,6 +317,23 @@ mod tests {
         let w = Secret::new("value-approved-for-any-host");
         safe.approve(&w, Scope::AnyHost, "api.a.test").unwrap();
         assert!(safe.contains_for("api.b.test", w.expose()) && safe.contains(w.expose()));
+    }
+
+    #[test]
+    fn a_persisted_line_from_before_hosts_allows_no_host() {
+        let state = temp_dir("safe-legacy");
+        let file = persisted_path(&state, "demo");
+        let key = Key::load_or_create(&state).unwrap();
+        let v = Secret::new("ghp_legacyapprovedvalue0123456789");
+        // What an older version wrote for an approval of the value alone.
+        append_line(&file, &hex::encode(key.digest(v.expose()))).unwrap();
+        let safe = SafeValues::persisted(key, file).unwrap();
+        assert_eq!(safe.len(), 1);
+        for host in ["a.test", "b.test", ""] {
+            assert!(!safe.contains_for(host, v.expose()), "an old line allowed {host:?}");
+        }
+        assert!(!safe.contains(v.expose()), "an old line reads as any-host");
+        assert_eq!(safe.approved_scope("a.test", v.expose()), None);
     }
 
     #[test]

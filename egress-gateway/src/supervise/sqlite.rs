@@ -14,7 +14,7 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    protocol::{AuditEntry, Payload, Proposal, Response, Scope, Status},
+    protocol::{AuditEntry, Closed, Payload, Proposal, Response, Scope, Status},
     store::{self, Store, StoreError},
 };
 
@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS proposals (
     justification TEXT NOT NULL,
     payload_hash  TEXT NOT NULL,
     created_at    INTEGER NOT NULL,   -- seconds since the epoch
-    closed_at     INTEGER             -- set by the gateway when the hold ends
+    closed_at     INTEGER,            -- set by the gateway when the hold ends
+    closed_reason TEXT                -- decided | timeout | abandoned | covered | failed
 );
 CREATE INDEX IF NOT EXISTS proposals_open ON proposals (bottle, closed_at);
 CREATE TABLE IF NOT EXISTS responses (
@@ -57,6 +58,12 @@ CREATE TABLE IF NOT EXISTS audit (
     reason      TEXT NOT NULL,
     decided_by  TEXT,
     decided_at  INTEGER
+);
+CREATE TABLE IF NOT EXISTS counters (
+    bottle TEXT NOT NULL,
+    name   TEXT NOT NULL,             -- refused_over_cap | abandoned
+    value  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bottle, name)
 );
 CREATE TRIGGER IF NOT EXISTS responses_only_while_pending BEFORE INSERT ON responses
 WHEN NOT EXISTS (SELECT 1 FROM proposals WHERE id = NEW.proposal_id AND closed_at IS NULL)
@@ -100,7 +107,7 @@ impl SqliteStore {
         }
         store::check_private_file(path)?;
         let store = Self::connect(path, bottle)?;
-        store.lock().execute_batch(SCHEMA).map_err(|e| store.db(e))?;
+        store.migrate()?;
         Ok(store)
     }
 
@@ -115,8 +122,24 @@ impl SqliteStore {
         }
         store::check_private_file(path)?;
         let store = Self::connect(path, bottle)?;
-        store.lock().execute_batch(SCHEMA).map_err(|e| store.db(e))?;
+        store.migrate()?;
         Ok(Some(store))
+    }
+
+    /// The schema, and the columns later versions added to an older database.
+    fn migrate(&self) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.execute_batch(SCHEMA).map_err(|e| self.db(e))?;
+        let has_reason: bool = conn
+            .query_row("SELECT COUNT(*) FROM pragma_table_info('proposals') WHERE name = 'closed_reason'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(|e| self.db(e))?
+            > 0;
+        if !has_reason {
+            conn.execute_batch("ALTER TABLE proposals ADD COLUMN closed_reason TEXT").map_err(|e| self.db(e))?;
+        }
+        Ok(())
     }
 
     fn connect(path: &Path, bottle: &str) -> Result<SqliteStore, StoreError> {
@@ -227,7 +250,13 @@ impl Store for SqliteStore {
         match state {
             None => return Err(StoreError::UnknownId(id.to_string())),
             Some((_, true)) => return Err(StoreError::AlreadyDecided(id.to_string())),
-            Some((Some(_), false)) => return Err(StoreError::Closed(id.to_string())),
+            Some((Some(_), false)) => {
+                let why: Option<String> = tx
+                    .query_row("SELECT closed_reason FROM proposals WHERE id = ?1", params![id], |r| r.get(0))
+                    .map_err(|e| self.db(e))?;
+                let why = why.and_then(|w| w.parse().ok());
+                return Err(StoreError::Closed { id: id.to_string(), why });
+            }
             Some((None, false)) => {}
         }
         tx.execute(
@@ -268,14 +297,70 @@ impl Store for SqliteStore {
         }))
     }
 
-    fn archive(&self, id: &str) -> Result<(), StoreError> {
+    fn close(&self, id: &str, why: Closed) -> Result<(), StoreError> {
         self.lock()
             .execute(
-                "UPDATE proposals SET closed_at = ?1 WHERE id = ?2 AND closed_at IS NULL",
-                params![super::protocol::now() as i64, id],
+                "UPDATE proposals SET closed_at = ?1, closed_reason = ?2 WHERE id = ?3 AND bottle = ?4 \
+                 AND closed_at IS NULL",
+                params![super::protocol::now() as i64, why.as_str(), id, self.bottle],
             )
             .map_err(|e| self.db(e))?;
         Ok(())
+    }
+
+    fn closed(&self, id: &str) -> Result<Option<Closed>, StoreError> {
+        let why: Option<Option<String>> = self
+            .lock()
+            .query_row(
+                "SELECT closed_reason FROM proposals WHERE id = ?1 AND bottle = ?2 AND closed_at IS NOT NULL",
+                params![id, self.bottle],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.db(e))?;
+        Ok(why.flatten().and_then(|w| w.parse().ok()))
+    }
+
+    fn close_stale(&self) -> Result<usize, StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE proposals SET closed_at = ?1, closed_reason = 'abandoned' WHERE bottle = ?2 \
+                 AND closed_at IS NULL",
+                params![super::protocol::now() as i64, self.bottle],
+            )
+            .map_err(|e| self.db(e))
+    }
+
+    fn pending_ids(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT p.id FROM proposals p WHERE p.bottle = ?1 AND p.closed_at IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.proposal_id = p.id)",
+            )
+            .map_err(|e| self.db(e))?;
+        let rows = stmt.query_map(params![self.bottle], |r| r.get(0)).map_err(|e| self.db(e))?;
+        rows.collect::<Result<Vec<String>, _>>().map_err(|e| self.db(e))
+    }
+
+    fn bump(&self, name: &str, delta: u64) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO counters (bottle, name, value) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (bottle, name) DO UPDATE SET value = value + excluded.value",
+                params![self.bottle, name, delta as i64],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    fn counters(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT name, value FROM counters WHERE bottle = ?1").map_err(|e| self.db(e))?;
+        let rows = stmt
+            .query_map(params![self.bottle], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64)))
+            .map_err(|e| self.db(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.db(e))
     }
 
     fn history(&self) -> Result<Vec<AuditEntry>, StoreError> {
@@ -366,7 +451,7 @@ mod tests {
         let store = SqliteStore::prepare(&path, "demo").unwrap();
         let p = Proposal::new("demo", payload("x.test"));
         store.write_proposal(&p).unwrap();
-        store.archive(&p.id).unwrap();
+        store.close(&p.id, Closed::Timeout).unwrap();
         let raw = Connection::open(&path).unwrap();
         let late = raw.execute("INSERT INTO responses (proposal_id, status) VALUES (?1, 'approved')", params![p.id]);
         assert!(late.is_err(), "a response to a closed proposal was accepted");

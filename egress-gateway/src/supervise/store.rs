@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::protocol::{AuditEntry, Proposal, Response};
+use super::protocol::{AuditEntry, Closed, Proposal, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -25,8 +25,9 @@ pub enum StoreError {
     AlreadyDecided(String),
     #[error("approval scope persist is not allowed for this bottle (set allow_persist: true in its supervise block)")]
     PersistNotAllowed,
-    #[error("proposal {0} is no longer pending (its hold ended without a decision: timeout or gateway stop)")]
-    Closed(String),
+    /// Deciding it would do nothing: nothing was written.
+    #[error("proposal {id} is no longer pending: {}; nothing was written", why.map(Closed::explain).unwrap_or("its hold ended without a decision (timeout, or the request went away)"))]
+    Closed { id: String, why: Option<Closed> },
 }
 
 /// Where a bottle's proposals and responses live.
@@ -43,9 +44,25 @@ pub trait Store: Send + Sync {
     fn write_response(&self, id: &str, r: &Response) -> Result<(), StoreError>;
     /// The response to `id`, if one was written; a malformed one is an error.
     fn read_response(&self, id: &str) -> Result<Option<Response>, StoreError>;
-    /// Ends the hold: the proposal (and its response, if any) is no longer pending.
-    /// The waiting gateway calls it.
-    fn archive(&self, id: &str) -> Result<(), StoreError>;
+    /// Ends the hold: the proposal (and its response, if any) is no longer pending, and
+    /// `why` says how it ended. The waiting gateway calls it (once; a second call
+    /// changes nothing).
+    fn close(&self, id: &str, why: Closed) -> Result<(), StoreError>;
+    /// How the proposal's hold ended; `None` while it is open (or for a proposal closed
+    /// by a version that did not record it).
+    fn closed(&self, id: &str) -> Result<Option<Closed>, StoreError>;
+    /// At the gateway's start: no hold of this process waits on any proposal yet, so
+    /// every one still open is closed as abandoned. Returns how many.
+    fn close_stale(&self) -> Result<usize, StoreError>;
+    /// The ids of the pending proposals (cheap: no proposal is read), for readers that
+    /// keep the proposals they already have.
+    fn pending_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.pending()?.into_iter().map(|p| p.id).collect())
+    }
+    /// Adds `delta` to the bottle's counter `name` (e.g. `refused_over_cap`).
+    fn bump(&self, name: &str, delta: u64) -> Result<(), StoreError>;
+    /// The bottle's counters, by name.
+    fn counters(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError>;
     /// Every decision, oldest first.
     fn history(&self) -> Result<Vec<AuditEntry>, StoreError>;
 }
@@ -187,20 +204,24 @@ pub(crate) mod tests {
         assert!(store.proposal("no-such-id").unwrap().is_none());
 
         // The waiting gateway archives; the decision stays readable in the history.
-        store.archive(&first.id).unwrap();
+        assert_eq!(store.closed(&first.id).unwrap(), None);
+        store.close(&first.id, Closed::Decided).unwrap();
+        assert_eq!(store.closed(&first.id).unwrap(), Some(Closed::Decided));
         assert_eq!(store.proposal(&first.id).unwrap(), Some(first.clone()));
         assert!(matches!(
             store.write_response(&first.id, &response(Status::Rejected, "late", None)),
             Err(StoreError::AlreadyDecided(_))
         ));
 
-        // A hold that ended without a decision (timeout): closed, not decidable.
-        store.archive(&second.id).unwrap();
+        // A hold that ended without a decision (its request went away): closed, not
+        // decidable, and the refusal says approving it would release nothing.
+        store.close(&second.id, Closed::Abandoned).unwrap();
         assert!(store.pending().unwrap().is_empty());
-        assert!(matches!(
-            store.write_response(&second.id, &response(Status::Approved, "late", None)),
-            Err(StoreError::Closed(_))
-        ));
+        assert!(store.pending_ids().unwrap().is_empty());
+        let late = store.write_response(&second.id, &response(Status::Approved, "late", None)).unwrap_err();
+        assert!(matches!(late, StoreError::Closed { why: Some(Closed::Abandoned), .. }), "{late:?}");
+        assert!(late.to_string().contains("would release nothing"), "{late}");
+        assert_eq!(store.closed(&second.id).unwrap(), Some(Closed::Abandoned));
 
         // A rejection without a scope is audited as gateway, with who and when.
         let third = Proposal::new("demo", payload("c.test"));
@@ -220,8 +241,23 @@ pub(crate) mod tests {
         // A foreign tool's malformed response: an error for the waiting gateway.
         let fourth = Proposal::new("demo", payload("d.test"));
         store.write_proposal(&fourth).unwrap();
+        assert_eq!(store.pending_ids().unwrap(), vec![fourth.id.clone()]);
         inject_raw(&fourth.id, "perhaps");
         assert!(matches!(store.read_response(&fourth.id), Err(StoreError::Malformed { .. })));
+
+        // At a start, whatever is still open is abandoned.
+        let fifth = Proposal::new("demo", payload("e.test"));
+        store.write_proposal(&fifth).unwrap();
+        // The third and fourth were answered but never closed (no hold waited on them).
+        assert_eq!(store.close_stale().unwrap(), 3, "the third, fourth and fifth");
+        assert!(store.pending().unwrap().is_empty());
+        assert_eq!(store.closed(&fifth.id).unwrap(), Some(Closed::Abandoned));
+        assert_eq!(store.close_stale().unwrap(), 0);
+
+        // Counters add up.
+        store.bump("refused_over_cap", 2).unwrap();
+        store.bump("refused_over_cap", 3).unwrap();
+        assert_eq!(store.counters().unwrap().get("refused_over_cap"), Some(&5));
     }
 
     #[test]
