@@ -239,7 +239,7 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let upstream = proxy::upstream::Upstream::new(resolver.clone(), &config.upstream_ca_files)
         .context("building the upstream TLS client")?;
     let limits = Arc::new(proxy::limits::Shared::new(config.limits.clone()));
-    let proxy = Arc::new(proxy::ProxyContext { resolver: resolver.clone(), dlp, ca: Arc::new(ca), upstream, limits });
+    let proxy = Arc::new(proxy::ProxyContext::new(resolver.clone(), dlp, Arc::new(ca), upstream, limits));
 
     // The admin socket first: if another gateway runs, stop before touching anything.
     let admin = admin::AdminListener::bind(&config.admin_socket).context("opening the admin socket")?;
