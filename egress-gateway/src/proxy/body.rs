@@ -42,8 +42,9 @@ pub async fn read_body(
     reservation: &mut Reservation,
     timeout: Duration,
 ) -> Result<BufferedBody, Refusal> {
-    let too_large =
-        || Refusal::client(StatusCode::PAYLOAD_TOO_LARGE, format!("egress: request body over {MAX_REQUEST_BODY} bytes"));
+    let too_large = || {
+        Refusal::client(StatusCode::PAYLOAD_TOO_LARGE, format!("egress: request body over {MAX_REQUEST_BODY} bytes"))
+    };
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_REQUEST_BODY as u64) {
@@ -106,4 +107,3 @@ pub async fn read_body(
     }
     Ok(BufferedBody { data: Bytes::from(data), trailers })
 }
-

@@ -85,4 +85,3 @@ async fn open_tunnel(
     tokio::spawn(tunnel.instrument(conn_span));
     Ok(Response::new(empty()))
 }
-

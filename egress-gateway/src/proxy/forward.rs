@@ -30,7 +30,12 @@ pub const HOP_BY_HOP: [&str; 9] = [
 
 /// The headers to send upstream: the client's, minus what never leaves the gateway,
 /// plus the route's credential. A credential the gateway does not have refuses (502).
-pub fn prepare(rq: &RequestCtx, route: &Route, client_headers: &HeaderMap, websocket: bool) -> Result<HeaderMap, Refusal> {
+pub fn prepare(
+    rq: &RequestCtx,
+    route: &Route,
+    client_headers: &HeaderMap,
+    websocket: bool,
+) -> Result<HeaderMap, Refusal> {
     let mut headers = forwardable_headers(client_headers, websocket);
     if let Some(auth) = &route.auth {
         let Some(secret) = rq.live.credential(&auth.token_env) else {
@@ -53,9 +58,8 @@ pub fn prepare(rq: &RequestCtx, route: &Route, client_headers: &HeaderMap, webso
 /// The URI the request is sent to: the checked target's host and port.
 pub fn target_uri(target: &Target, path_and_query: &str) -> Result<Uri, Refusal> {
     let scheme = if target.tls { "https" } else { "http" };
-    upstream_uri(scheme, &target.host, target.addr.port(), path_and_query).map_err(|e| {
-        Refusal::client(StatusCode::BAD_REQUEST, format!("egress: cannot form the upstream URI: {e}"))
-    })
+    upstream_uri(scheme, &target.host, target.addr.port(), path_and_query)
+        .map_err(|e| Refusal::client(StatusCode::BAD_REQUEST, format!("egress: cannot form the upstream URI: {e}")))
 }
 
 /// Sends the request upstream; a failure is the upstream's (502).

@@ -271,13 +271,7 @@ fn redact(
         Some(q) => format!("{new_path}?{q}"),
         None => new_path,
     };
-    Outbound::Forward {
-        path_and_query,
-        headers: new_headers,
-        body: new_body,
-        trailers,
-        warnings,
-    }
+    Outbound::Forward { path_and_query, headers: new_headers, body: new_body, trailers, warnings }
 }
 
 /// `fields` (headers or trailers) with every value of each field `named` by a finding

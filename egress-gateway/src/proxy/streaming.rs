@@ -112,4 +112,3 @@ pub fn stream_response(
     let frames = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     Ok(Response::from_parts(parts, http_body_util::StreamBody::new(frames).boxed()))
 }
-

@@ -103,4 +103,3 @@ pub async fn websocket(
     tracing::info!(host = %host, path = %path, decision = "allow", "websocket upgraded");
     Ok(client_resp.body(empty()).expect("valid response"))
 }
-
