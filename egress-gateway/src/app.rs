@@ -2,7 +2,6 @@
 //! signal. Stopping the gateway leaves the programs pinned: bottles stay redirected to
 //! listeners that no longer exist, so their connections are refused (fail closed).
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     os::fd::AsFd,
     path::PathBuf,
@@ -13,161 +12,32 @@ use std::{
 };
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use tokio::{
     net::{TcpListener, UdpSocket},
     signal::unix::{SignalKind, signal},
 };
 
+pub use crate::bottle::{BottleLive, BottleState, ListenerScope, Registry, Served};
 use crate::{
     admin::{self, BottleSource, ControlError},
     bpf,
     ca::CertificateAuthority,
-    config,
-    credentials::Credentials,
-    dlp, dns, netns, policy, proxy,
+    config, dlp, dns, netns, proxy,
     resolve::Resolver,
     sd_notify, telemetry,
 };
-
-/// What a bottle's requests are decided with, replaced as a whole on reload: a request
-/// takes one snapshot, so it never sees new routes with old credentials.
-pub struct BottleLive {
-    pub routes: Arc<policy::Routes>,
-    /// The bottle's `credentials_file` (empty without one).
-    pub credentials: Arc<Credentials>,
-    /// The shared rules with this bottle's known secrets (and its own clean cache).
-    pub dlp: Arc<dlp::Engine>,
-}
-
-impl BottleLive {
-    /// The value of a route's `token_env` for this bottle: its credentials file first,
-    /// then the gateway's environment. Never another bottle's file.
-    pub fn credential(&self, name: &str) -> Option<String> {
-        match self.credentials.get(name) {
-            Some(v) => Some(v.to_string()),
-            None => std::env::var(name).ok().filter(|v| !v.is_empty()),
-        }
-    }
-}
-
-/// A configured bottle and its live policy.
-pub struct BottleState {
-    pub config: config::Bottle,
-    live: ArcSwap<BottleLive>,
-    /// The gateway-wide engine each of this bottle's engines is derived from.
-    base_dlp: Arc<dlp::Engine>,
-    /// Routes given inline when the bottle was attached at run time (it has no routes
-    /// file): a reload keeps them.
-    inline_routes: Option<Arc<policy::Routes>>,
-    /// Holds supervised requests; `None` when the bottle has no `supervise:` block.
-    pub supervisor: Option<Arc<crate::supervise::Supervisor>>,
-    /// Its open connections and buffered body bytes, against its limits.
-    pub usage: Arc<proxy::limits::BottleUsage>,
-}
-
-impl BottleState {
-    /// Everything a bottle needs, checked: routes, credentials file, known secrets,
-    /// supervise store. Nothing is attached or served yet.
-    pub fn build(
-        config: &config::Config,
-        bottle: &config::Bottle,
-        base_dlp: &Arc<dlp::Engine>,
-        inline_routes: Option<policy::Routes>,
-    ) -> anyhow::Result<Self> {
-        let inline_routes = inline_routes.map(Arc::new);
-        let live = Self::load_live(bottle, inline_routes.as_ref(), base_dlp)
-            .with_context(|| format!("bottle {}", bottle.name))?;
-        let supervisor = match &bottle.supervise {
-            Some(s) => {
-                let sup = crate::supervise::Supervisor::from_config(&bottle.name, s, &config.state_dir)
-                    .with_context(|| format!("bottle {}: supervise", bottle.name))?;
-                Some(Arc::new(sup))
-            }
-            None => None,
-        };
-        Ok(BottleState {
-            config: bottle.clone(),
-            live: ArcSwap::from_pointee(live),
-            base_dlp: base_dlp.clone(),
-            inline_routes,
-            supervisor,
-            usage: Arc::new(proxy::limits::BottleUsage::new(&config.limits)),
-        })
-    }
-
-    /// One consistent view of the bottle's policy, credentials and DLP engine.
-    pub fn live(&self) -> Arc<BottleLive> {
-        self.live.load_full()
-    }
-
-    pub fn routes(&self) -> Arc<policy::Routes> {
-        self.live.load().routes.clone()
-    }
-
-    /// The bottle's DLP engine: the gateway's rules with the bottle's known secrets.
-    pub fn dlp(&self) -> Arc<dlp::Engine> {
-        self.live.load().dlp.clone()
-    }
-
-    /// Whether the routes came inline with a run-time attach.
-    pub fn has_inline_routes(&self) -> bool {
-        self.inline_routes.is_some()
-    }
-
-    /// Routes (inline, a file, or none: deny everything), credentials, and the engine
-    /// that knows them.
-    fn load_live(
-        bottle: &config::Bottle,
-        inline_routes: Option<&Arc<policy::Routes>>,
-        base_dlp: &dlp::Engine,
-    ) -> anyhow::Result<BottleLive> {
-        let routes = match (inline_routes, &bottle.routes) {
-            (Some(inline), _) => inline.clone(),
-            (None, Some(path)) => Arc::new(policy::Routes::load(path)?),
-            (None, None) => Arc::new(policy::Routes::deny_all()),
-        };
-        let credentials = match &bottle.credentials_file {
-            Some(path) => Credentials::load(path)?,
-            None => Credentials::empty(),
-        };
-        // Known secrets: every value of the file (injected or not), and the gateway
-        // environment's value of each `token_env` these routes name, on top of the
-        // gateway-wide ones.
-        let mut own: Vec<(String, String)> =
-            credentials.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
-        for route in routes.routes() {
-            if let Some(auth) = &route.auth
-                && let Ok(value) = std::env::var(&auth.token_env)
-            {
-                own.push((auth.token_env.clone(), value));
-            }
-        }
-        let dlp = base_dlp.with_known_secrets(base_dlp.known_secrets().extended(own));
-        Ok(BottleLive { routes, credentials: Arc::new(credentials), dlp: Arc::new(dlp) })
-    }
-
-    /// Re-reads the routes and credentials files and rebuilds the known secrets, then
-    /// swaps them in together; on any error nothing changes and the error (which names
-    /// files and lines, never a value) is returned for the log.
-    pub fn reload(&self) -> anyhow::Result<()> {
-        let live = Self::load_live(&self.config, self.inline_routes.as_ref(), &self.base_dlp)?;
-        self.live.store(Arc::new(live));
-        Ok(())
-    }
-}
 
 /// Everything a connection handler needs, and the bottles being served.
 pub struct Gateway {
     pub config: config::Config,
     pub resolver: Resolver,
-    pub maps: bpf::KernelMaps,
+    pub maps: Arc<bpf::KernelMaps>,
     pub proxy: Arc<proxy::ProxyContext>,
-    /// Each bottle's budget of new names under wildcard routes (DNS answers).
-    pub dns_budgets: crate::dns::NameBudgets,
+    /// What the DNS listeners answer with (its name budgets included).
+    pub dns: Arc<dns::DnsContext>,
     /// The bottles served now, by id; replaced whole when one is attached or detached,
     /// so readers never take a lock.
-    bottles: ArcSwap<HashMap<u32, Arc<Served>>>,
+    bottles: Arc<Registry>,
     /// Serialises attach and detach (each is several kernel and file-system steps).
     changes: tokio::sync::Mutex<()>,
     /// Bottles attached at run time, kept for the next start.
@@ -177,56 +47,24 @@ pub struct Gateway {
     next_conn_id: AtomicU64,
 }
 
-/// A bottle being served: its policy, where it came from, and the listener tasks opened
-/// in its network namespace (none for a bottle in the gateway's namespace: it uses the
-/// shared ones).
-pub struct Served {
-    pub state: Arc<BottleState>,
-    pub source: BottleSource,
-    listeners: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        for task in &self.listeners {
-            task.abort();
-        }
-    }
-}
-
-/// Which bottles a listener may serve: the shared listeners serve every bottle in the
-/// gateway's namespace; a listener opened in a bottle's namespace serves that bottle only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenerScope {
-    Shared,
-    Bottle(u32),
-}
-
 impl Gateway {
     pub fn bottle_by_id(&self, id: u32) -> Option<Arc<BottleState>> {
-        self.bottles.load().get(&id).map(|s| s.state.clone())
+        self.bottles.by_id(id)
     }
 
     /// The bottle a connection or query on a listener of `scope` belongs to, given the id
     /// the kernel programs recorded (`None` for a namespaced listener: it has one bottle).
     pub fn bottle_for(&self, scope: ListenerScope, recorded: Option<u32>) -> Option<Arc<BottleState>> {
-        match (scope, recorded) {
-            (ListenerScope::Bottle(id), None) => self.bottle_by_id(id),
-            (ListenerScope::Bottle(id), Some(r)) if r == id => self.bottle_by_id(id),
-            (ListenerScope::Shared, Some(r)) => self.bottle_by_id(r).filter(|b| b.config.netns.is_none()),
-            _ => None,
-        }
+        self.bottles.bottle_for(scope, recorded)
     }
 
     /// Every bottle served, by name.
     pub fn served(&self) -> Vec<Arc<Served>> {
-        let mut all: Vec<_> = self.bottles.load().values().cloned().collect();
-        all.sort_by(|a, b| a.state.config.name.cmp(&b.state.config.name));
-        all
+        self.bottles.served()
     }
 
     pub fn bottles(&self) -> Vec<Arc<BottleState>> {
-        self.served().into_iter().map(|s| s.state.clone()).collect()
+        self.bottles.bottles()
     }
 
     fn next_conn_id(&self) -> u64 {
@@ -252,18 +90,16 @@ impl Gateway {
             let udp = UdpSocket::from_std(ns.udp)?;
             let scope = ListenerScope::Bottle(bottle.id);
             listeners.push(tokio::spawn(accept_loop(tcp, cookie, scope, self.arc())));
-            listeners.push(tokio::spawn(dns::serve(udp, scope, self.arc())));
+            listeners.push(tokio::spawn(dns::serve(udp, scope, self.dns.clone())));
         }
         // If attaching fails, dropping `served` stops its listeners.
-        let served = Arc::new(Served { state, source, listeners });
+        let served = Arc::new(Served::new(state, source, listeners));
         let config = self.config.clone();
         let b = bottle.clone();
         tokio::task::spawn_blocking(move || bpf::attach_bottle(&config, &b))
             .await?
             .with_context(|| format!("attaching bottle {}", bottle.name))?;
-        let mut next = HashMap::clone(&self.bottles.load());
-        next.insert(bottle.id, served);
-        self.bottles.store(Arc::new(next));
+        self.bottles.insert(served);
         Ok(())
     }
 
@@ -319,17 +155,14 @@ impl Gateway {
     /// Stops serving a bottle and removes its programs; a namespace the gateway created
     /// goes too. The caller holds `changes`.
     async fn stop_serving(&self, name: &str, force: bool) -> anyhow::Result<()> {
-        let current = self.bottles.load_full();
-        let Some((&id, served)) = current.iter().find(|(_, s)| s.state.config.name == name) else {
+        let Some(served) = self.bottles.by_name(name) else {
             anyhow::bail!("no bottle named {name:?} is attached");
         };
         let bottle = served.state.config.clone();
         let config = self.config.clone();
         let b = bottle.clone();
         tokio::task::spawn_blocking(move || bpf::detach(&config, &b, force, true)).await??;
-        let mut next = HashMap::clone(&current);
-        next.remove(&id);
-        self.bottles.store(Arc::new(next));
+        self.bottles.remove(bottle.id);
         if let Err(e) = netns::remove_created(&bottle) {
             tracing::warn!(bottle = %name, error = %format!("{e:#}"), "removing the bottle's namespace failed");
         }
@@ -340,6 +173,7 @@ impl Gateway {
     /// Reloads every bottle (SIGHUP, `POST /v1/reload`): each swaps its routes,
     /// credentials and known secrets together, or keeps them all.
     pub fn reload_all(&self) -> Vec<(String, Result<(), String>)> {
+        self.reload_gateway_settings();
         self.bottles()
             .iter()
             .map(|b| {
@@ -355,6 +189,15 @@ impl Gateway {
                 (b.config.name.clone(), result)
             })
             .collect()
+    }
+
+    /// The settings of gateway.yaml that take effect without a restart (today `dns:`),
+    /// read again from the file the gateway started with; a file that does not load
+    /// leaves them as they were.
+    fn reload_gateway_settings(&self) {
+        if let Some(path) = &self.config.source {
+            self.dns.reload_from(path);
+        }
     }
 }
 
@@ -396,7 +239,7 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let upstream = proxy::upstream::Upstream::new(resolver.clone(), &config.upstream_ca_files)
         .context("building the upstream TLS client")?;
     let limits = Arc::new(proxy::limits::Shared::new(config.limits.clone()));
-    let proxy = Arc::new(proxy::ProxyContext { resolver: resolver.clone(), dlp, ca: Arc::new(ca), upstream, limits });
+    let proxy = Arc::new(proxy::ProxyContext::new(resolver.clone(), dlp, Arc::new(ca), upstream, limits));
 
     // The admin socket first: if another gateway runs, stop before touching anything.
     let admin = admin::AdminListener::bind(&config.admin_socket).context("opening the admin socket")?;
@@ -413,7 +256,15 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     // The shared maps exist before any bottle does, so a gateway may start with none.
     bpf::ensure_maps(&config)?;
     let layout = bpf::PinLayout::new(&config);
-    let maps = bpf::KernelMaps::open(&layout.maps_dir())?;
+    let maps = Arc::new(bpf::KernelMaps::open(&layout.maps_dir())?);
+    let bottles = Arc::new(Registry::new());
+    let dns = Arc::new(dns::DnsContext {
+        resolver: resolver.clone(),
+        dlp: proxy.dlp.clone(),
+        bottles: bottles.clone(),
+        budgets: dns::NameBudgets::new(config.dns.new_names_per_minute),
+        clients: maps.clone(),
+    });
 
     let gw = Arc::new_cyclic(|me| Gateway {
         resolver,
@@ -421,13 +272,13 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
         config: config.clone(),
         maps,
         proxy,
-        dns_budgets: crate::dns::NameBudgets::new(config.dns.new_names_per_minute),
-        bottles: ArcSwap::from_pointee(HashMap::new()),
+        dns,
+        bottles,
         changes: tokio::sync::Mutex::new(()),
         me: me.clone(),
         next_conn_id: AtomicU64::new(1),
     });
-    tokio::spawn(dns::serve(udp, ListenerScope::Shared, gw.clone()));
+    tokio::spawn(dns::serve(udp, ListenerScope::Shared, gw.dns.clone()));
     tokio::spawn(accept_loop(tcp, shared_cookie, ListenerScope::Shared, gw.clone()));
 
     {

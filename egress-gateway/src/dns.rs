@@ -5,14 +5,17 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use tokio::net::UdpSocket;
 
-use crate::app::{Gateway, ListenerScope};
+use crate::{
+    bottle::{ListenerScope, Registry},
+    resolve::Resolver,
+};
 
 /// TTL of answers: short, so policy and override changes take effect quickly.
 const ANSWER_TTL_SECS: u32 = 30;
@@ -21,8 +24,64 @@ const MAX_DATAGRAM: usize = 1232;
 const INTROSPECTION_NAME: &str = "_egress.local";
 const INTROSPECTION_ADDR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
+/// Which bottle sent a query from a client address to the shared listener (the kernel
+/// programs record it; tests give a table).
+pub trait ClientBottles: Send + Sync {
+    fn bottle_of(&self, client: SocketAddr) -> Option<u32>;
+}
+
+impl ClientBottles for crate::bpf::KernelMaps {
+    fn bottle_of(&self, client: SocketAddr) -> Option<u32> {
+        self.dns_client_bottle(client)
+    }
+}
+
+impl ClientBottles for HashMap<SocketAddr, u32> {
+    fn bottle_of(&self, client: SocketAddr) -> Option<u32> {
+        self.get(&client).copied()
+    }
+}
+
+/// What the DNS answerer needs, and nothing else: the gateway's resolver, its DLP engine
+/// (for names that belong to no bottle), the bottles, their name budgets, and who sent a
+/// query.
+pub struct DnsContext {
+    pub resolver: Resolver,
+    pub dlp: Arc<crate::dlp::Engine>,
+    pub bottles: Arc<Registry>,
+    pub budgets: NameBudgets,
+    pub clients: Arc<dyn ClientBottles>,
+}
+
+impl DnsContext {
+    /// The `dns:` settings of a reloaded gateway.yaml: the new-names budget and the
+    /// per-bottle concurrent lookups take effect for the next query.
+    pub fn apply(&self, dns: &crate::config::DnsConfig) {
+        if self.budgets.limit() != dns.new_names_per_minute {
+            tracing::info!(
+                before = self.budgets.limit(),
+                after = dns.new_names_per_minute,
+                "dns budget of new names per minute changed"
+            );
+            self.budgets.set_limit(dns.new_names_per_minute);
+        }
+        self.resolver.set_concurrent_lookups(dns.concurrent_lookups);
+    }
+}
+
+impl DnsContext {
+    /// `dns:` read again from gateway.yaml (SIGHUP, `POST /v1/reload`); a file that does
+    /// not load leaves the settings as they were, and says why.
+    pub fn reload_from(&self, path: &std::path::Path) {
+        match crate::config::Config::load(path) {
+            Ok(fresh) => self.apply(&fresh.dns),
+            Err(e) => tracing::error!(error = %e, "reload of gateway.yaml failed; keeping the previous dns settings"),
+        }
+    }
+}
+
 /// Answers the queries that reach one DNS listener; `scope` says whose they can be.
-pub async fn serve(socket: UdpSocket, scope: ListenerScope, gw: Arc<Gateway>) {
+pub async fn serve(socket: UdpSocket, scope: ListenerScope, gw: Arc<DnsContext>) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096];
     loop {
@@ -43,7 +102,8 @@ pub async fn serve(socket: UdpSocket, scope: ListenerScope, gw: Arc<Gateway>) {
     }
 }
 
-async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &Gateway) -> Option<Vec<u8>> {
+/// The reply to one datagram from `peer` on a listener of `scope`; `None`: no reply.
+pub async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &DnsContext) -> Option<Vec<u8>> {
     let query = match wire::parse_query(packet) {
         Ok(q) => q,
         Err(wire::ParseError::NotAQuery) => return None,
@@ -52,17 +112,18 @@ async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &Gate
     // A namespaced bottle's listener is its own; the shared one asks the map which bottle
     // sent from this address and port.
     let recorded = match scope {
-        ListenerScope::Shared => gw.maps.dns_client_bottle(peer),
+        ListenerScope::Shared => gw.clients.bottle_of(peer),
         ListenerScope::Bottle(_) => None,
     };
     let bottle = match (scope, recorded) {
         (ListenerScope::Shared, None) => None,
-        _ => gw.bottle_for(scope, recorded),
+        _ => gw.bottles.bottle_for(scope, recorded),
     };
     let Some(bottle) = bottle else {
         // No bottle to scope it to: withheld if it may carry any bottle's secret.
-        let mut name = crate::dlp::hostname::loggable(&gw.proxy.dlp, &query.name);
-        if name == query.name && gw.bottles().iter().any(|b| crate::dlp::hostname::carries_data(&b.dlp(), &query.name))
+        let mut name = crate::dlp::hostname::loggable(&gw.dlp, &query.name);
+        if name == query.name
+            && gw.bottles.bottles().iter().any(|b| crate::dlp::hostname::carries_data(&b.dlp(), &query.name))
         {
             name = format!("(withheld: {} characters that may carry data)", query.name.len());
         }
@@ -96,14 +157,14 @@ async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &Gate
     // A new name under a wildcard spends the bottle's budget: whatever the shape checks
     // miss, a tunnel gets only so many names a minute.
     if let Some(route) = live.routes.route_for(&query.name).filter(|r| r.host.starts_with("*."))
-        && let Err(refused) = gw.dns_budgets.admit(&bottle.config.name, &query.name, Instant::now())
+        && let Err(refused) = gw.budgets.admit(&bottle.config.name, &query.name, Instant::now())
     {
         // Never the name: under a wildcard its labels are the bottle's to choose.
         tracing::warn!(
             bottle = %bottle.config.name,
             wildcard = %route.host,
             name_len = query.name.len(),
-            limit_per_minute = gw.dns_budgets.limit(),
+            limit_per_minute = gw.budgets.limit(),
             refused_total = refused,
             decision = "nxdomain",
             reason = "budget of new names under a wildcard spent",
@@ -137,7 +198,8 @@ const BUDGET_WINDOW: Duration = Duration::from_secs(60);
 /// a name beyond `dns.new_names_per_minute` is refused. Names already seen in the
 /// window are free, so a client asking again is never refused.
 pub struct NameBudgets {
-    limit: u32,
+    /// Changed by a reload of gateway.yaml.
+    limit: AtomicU32,
     seen: Mutex<HashMap<String, HashMap<String, Instant>>>,
     refused: AtomicU64,
 }
@@ -145,11 +207,16 @@ pub struct NameBudgets {
 impl NameBudgets {
     /// `limit` new names per minute and bottle; 0: no limit.
     pub fn new(limit: u32) -> Self {
-        NameBudgets { limit, seen: Mutex::default(), refused: AtomicU64::new(0) }
+        NameBudgets { limit: AtomicU32::new(limit), seen: Mutex::default(), refused: AtomicU64::new(0) }
     }
 
     pub fn limit(&self) -> u32 {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A new limit for the names admitted from now on (names already seen stay seen).
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     /// Names refused so far, every bottle.
@@ -159,7 +226,8 @@ impl NameBudgets {
 
     /// Admits `name` for `bottle` at `now`, or says how many have been refused in all.
     pub fn admit(&self, bottle: &str, name: &str, now: Instant) -> Result<(), u64> {
-        if self.limit == 0 {
+        let limit = self.limit();
+        if limit == 0 {
             return Ok(());
         }
         let mut all = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -168,11 +236,121 @@ impl NameBudgets {
             return Ok(());
         }
         seen.retain(|_, t| now.duration_since(*t) < BUDGET_WINDOW);
-        if seen.len() < self.limit as usize {
+        if seen.len() < limit as usize {
             seen.insert(name.to_string(), now);
             return Ok(());
         }
         Err(self.refused.fetch_add(1, Ordering::Relaxed) + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{wire::*, *};
+    use crate::{
+        bottle::{BottleLive, BottleState, Served},
+        config, dlp, policy,
+    };
+
+    const CLIENT: &str = "127.0.0.1:40000";
+
+    /// A context with one bottle (id 7) in the gateway's namespace whose client is
+    /// `CLIENT`, and `a.test` resolving to 127.0.0.9.
+    fn context(routes: &str, budget: u32) -> DnsContext {
+        let engine = Arc::new(dlp::Engine::new(dlp::KnownSecrets::default(), Vec::new()).unwrap());
+        let routes = Arc::new(policy::Routes::parse(std::path::Path::new("r.yaml"), routes).unwrap());
+        let bottle = config::Bottle {
+            name: "b".into(),
+            id: 7,
+            cgroup: "egress/b".into(),
+            netns: None,
+            routes: None,
+            credentials_file: None,
+            supervise: None,
+            mounts: Vec::new(),
+        };
+        let live = BottleLive {
+            routes: routes.clone(),
+            credentials: Arc::new(crate::credentials::Credentials::empty()),
+            dlp: engine.clone(),
+        };
+        let state = BottleState::new(bottle, live, engine.clone(), Some(routes), None, &config::Limits::default());
+        let bottles = Arc::new(Registry::new());
+        bottles.insert(Arc::new(Served::new(Arc::new(state), crate::admin::BottleSource::Config, Vec::new())));
+        let hosts: BTreeMap<String, Vec<IpAddr>> = ["a.test", "x.w.test", "y.w.test", "z.w.test"]
+            .iter()
+            .map(|h| (h.to_string(), vec!["127.0.0.9".parse().unwrap()]))
+            .collect();
+        let clients: HashMap<SocketAddr, u32> = [(CLIENT.parse().unwrap(), 7)].into();
+        DnsContext {
+            resolver: Resolver::new(hosts),
+            dlp: engine,
+            bottles,
+            budgets: NameBudgets::new(budget),
+            clients: Arc::new(clients),
+        }
+    }
+
+    fn query(name: &str) -> Vec<u8> {
+        let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            p.push(label.len() as u8);
+            p.extend_from_slice(label.as_bytes());
+        }
+        p.push(0);
+        p.extend_from_slice(&QTYPE_A.to_be_bytes());
+        p.extend_from_slice(&1u16.to_be_bytes());
+        p
+    }
+
+    async fn rcode(ctx: &DnsContext, from: &str, name: &str) -> u8 {
+        let reply = answer(&query(name), from.parse().unwrap(), ListenerScope::Shared, ctx).await.unwrap();
+        reply[3] & 0x0f
+    }
+
+    const ROUTES: &str = "routes:\n  - host: a.test\n  - host: \"*.w.test\"\n";
+
+    #[tokio::test]
+    async fn answers_allowed_names_and_refuses_the_rest() {
+        let ctx = context(ROUTES, 0);
+        let reply = answer(&query("a.test"), CLIENT.parse().unwrap(), ListenerScope::Shared, &ctx).await.unwrap();
+        assert_eq!(reply[3] & 0x0f, Rcode::NoError as u8);
+        assert_eq!(&reply[reply.len() - 4..], &[127, 0, 0, 9]);
+        assert_eq!(rcode(&ctx, CLIENT, "b.test").await, Rcode::NxDomain as u8, "not in the routes");
+        assert_eq!(rcode(&ctx, "127.0.0.1:40001", "a.test").await, Rcode::Refused as u8, "no bottle sent it");
+        let scoped = answer(&query("a.test"), CLIENT.parse().unwrap(), ListenerScope::Bottle(8), &ctx).await.unwrap();
+        assert_eq!(scoped[3] & 0x0f, Rcode::Refused as u8, "another bottle's listener");
+    }
+
+    #[tokio::test]
+    async fn the_new_names_budget_follows_the_reloaded_gateway_yaml() {
+        let ctx = context(ROUTES, 2);
+        assert_eq!(rcode(&ctx, CLIENT, "x.w.test").await, Rcode::NoError as u8);
+        assert_eq!(rcode(&ctx, CLIENT, "y.w.test").await, Rcode::NoError as u8);
+        assert_eq!(rcode(&ctx, CLIENT, "z.w.test").await, Rcode::NxDomain as u8, "budget of 2 spent");
+        assert_eq!(rcode(&ctx, CLIENT, "a.test").await, Rcode::NoError as u8, "exact names spend nothing");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.yaml");
+        let yaml = |n: u32| {
+            format!(
+                "listen: 127.0.0.1:15001\ndns_listen: 127.0.0.1:15053\nstate_dir: {}\nbottles: []\n\
+                 dns: {{new_names_per_minute: {n}, concurrent_lookups: 3}}\n",
+                dir.path().join("state").display()
+            )
+        };
+        std::fs::write(&path, yaml(3)).unwrap();
+        ctx.reload_from(&path);
+        assert_eq!(ctx.budgets.limit(), 3);
+        assert_eq!(ctx.resolver.concurrent_lookups(), 3);
+        assert_eq!(rcode(&ctx, CLIENT, "z.w.test").await, Rcode::NoError as u8, "the new budget admits it");
+
+        // A file that does not load changes nothing.
+        std::fs::write(&path, "listen: [nonsense\n").unwrap();
+        ctx.reload_from(&path);
+        assert_eq!(ctx.budgets.limit(), 3);
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod bottle;
 pub mod bpf;
 pub mod ca;
 pub mod cgroup;

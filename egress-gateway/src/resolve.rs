@@ -38,7 +38,8 @@ pub struct Resolver {
     inner: Option<TokioResolver>,
     /// In-flight lookups per bottle (`""`: the gateway's own).
     slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
-    per_bottle: usize,
+    /// Shared by every clone; a reload of gateway.yaml may change it.
+    per_bottle: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -112,7 +113,12 @@ impl Resolver {
         inner: Option<TokioResolver>,
         per_bottle: usize,
     ) -> Self {
-        Resolver { overrides: Arc::new(overrides), inner, slots: Arc::default(), per_bottle: per_bottle.max(1) }
+        Resolver {
+            overrides: Arc::new(overrides),
+            inner,
+            slots: Arc::default(),
+            per_bottle: Arc::new(std::sync::atomic::AtomicUsize::new(per_bottle.max(1))),
+        }
     }
 
     /// Every address of `host` (an IP literal resolves to itself), for the gateway itself.
@@ -151,8 +157,23 @@ impl Resolver {
 
     fn slots_of(&self, bottle: &str) -> Arc<Semaphore> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let n = if bottle.is_empty() { GATEWAY_CONCURRENT_LOOKUPS } else { self.per_bottle };
+        let n = if bottle.is_empty() { GATEWAY_CONCURRENT_LOOKUPS } else { self.concurrent_lookups() };
         slots.entry(bottle.to_string()).or_insert_with(|| Arc::new(Semaphore::new(n))).clone()
+    }
+
+    /// Lookups one bottle may have in flight.
+    pub fn concurrent_lookups(&self) -> usize {
+        self.per_bottle.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A new per-bottle limit (a reload): each bottle's next lookups wait for slots of
+    /// the new size; lookups already in flight keep theirs.
+    pub fn set_concurrent_lookups(&self, n: usize) {
+        let n = n.max(1);
+        if self.per_bottle.swap(n, std::sync::atomic::Ordering::Relaxed) != n {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.retain(|bottle, _| bottle.is_empty());
+        }
     }
 
     /// Whether `ip` is one of `host`'s addresses: the check that keeps data for a host

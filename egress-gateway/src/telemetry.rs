@@ -1,4 +1,5 @@
-//! Logging: JSON lines on stderr through tracing. `EGRESS_LOG` (an env-filter directive)
+//! Logging: JSON lines on stderr through tracing; each line carries its span (`span`)
+//! and every span above it (`spans`: the connection, then the request). `EGRESS_LOG` (an env-filter directive)
 //! overrides the default level.
 use tracing_subscriber::{EnvFilter, fmt};
 
@@ -8,7 +9,7 @@ pub fn init() {
         .json()
         .flatten_event(true)
         .with_current_span(true)
-        .with_span_list(false)
+        .with_span_list(true)
         .with_target(false)
         .with_writer(std::io::stderr)
         .with_env_filter(filter)

@@ -3,17 +3,30 @@
 //! request policed) or closed.
 //!
 //! Layers, outside in: `sniff` (what protocol), `tls` (terminate with a minted leaf),
-//! `http` (per-request policy and forwarding), `upstream` (the gateway's own client).
+//! `http` (the connection's HTTP, and each request through its phases: `identify`,
+//! `authorize`, `body`, `hold` with `scan`, `forward`, `respond` / `streaming`; `connect`
+//! and `ws_handshake` for tunnels and upgrades; `request` for the context and refusals
+//! they share), `upstream` (the gateway's own client).
+mod authorize;
+mod body;
+mod connect;
+mod forward;
+mod hold;
 mod http;
+mod identify;
 pub mod limits;
 mod relay;
+mod request;
+mod respond;
 mod rewind;
 mod scan;
 mod sniff;
+mod streaming;
 mod tls;
 pub mod upstream;
 mod websocket;
 mod ws_frame;
+mod ws_handshake;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -47,6 +60,21 @@ pub struct ProxyContext {
     pub upstream: upstream::Upstream,
     /// Budgets and timeouts (`limits:` of gateway.yaml) and the gateway-wide body budget.
     pub limits: Arc<limits::Shared>,
+    /// TLS server configurations, one per leaf and ALPN offer: built once, not per
+    /// handshake.
+    tls_configs: tls::ConfigCache,
+}
+
+impl ProxyContext {
+    pub fn new(
+        resolver: Resolver,
+        dlp: Arc<crate::dlp::Engine>,
+        ca: Arc<CertificateAuthority>,
+        upstream: upstream::Upstream,
+        limits: Arc<limits::Shared>,
+    ) -> Self {
+        ProxyContext { resolver, dlp, ca, upstream, limits, tls_configs: tls::ConfigCache::default() }
+    }
 }
 
 /// One intercepted stream's facts, shared by its requests.
@@ -61,8 +89,13 @@ struct Flow {
     tls: bool,
 }
 
-/// Serves one accepted connection; `stream` carries the bottle's connection permit.
-pub async fn handle(stream: limits::Tracked<tokio::net::TcpStream>, conn: Connection, ctx: Arc<ProxyContext>) {
+/// Serves one accepted connection: the gateway's accept loop passes a TCP stream that
+/// carries the bottle's connection permit; tests pass any byte stream (an in-memory
+/// pipe), with `conn` saying where the kernel would have said it was going.
+pub async fn handle<S>(stream: S, conn: Connection, ctx: Arc<ProxyContext>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let span = tracing::info_span!(
         "conn",
         id = conn.id,

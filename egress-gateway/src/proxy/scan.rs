@@ -54,10 +54,12 @@ pub fn outbound(
         }
     };
     let (path, query) = req.path_and_query.split_once('?').unwrap_or((req.path_and_query, ""));
+    // The agent's own `Authorization` is never forwarded (the route's credential, or
+    // nothing, replaces it), so it is not scanned: it can neither leak nor be held.
     let header_pairs: Vec<(String, String)> = req
         .headers
         .iter()
-        .filter(|(name, _)| *name != header::HOST)
+        .filter(|(name, _)| *name != header::HOST && *name != header::AUTHORIZATION)
         .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let selection = dlp::Selection::from_names(route.dlp.outbound_detectors.as_deref());
@@ -150,9 +152,45 @@ pub fn outbound(
                 found
             };
             let (headers, trailers) = ((req.headers, &header_pairs[..]), req.trailers.map(|t| (t, &trailer_pairs[..])));
-            redact(req.path_and_query, headers, trailers, &decoded, &blocking, rescan, warnings)
+            redact(req.path_and_query, headers, trailers, (&req.body, &decoded), &blocking, rescan, warnings)
         }
     }
+}
+
+/// Bodies larger than this are scanned off the async workers: a scan of several MiB
+/// would otherwise stall every other connection on the worker thread.
+pub const OFF_WORKER_SCAN: usize = 64 * 1024;
+
+/// `outbound`, run where it does not stall other connections: inline for small bodies;
+/// for larger ones the worker hands its other tasks over first (`block_in_place`), on a
+/// multi-threaded runtime (a single-threaded one, as in tests, scans inline).
+pub fn outbound_off_workers(
+    engine: &dlp::Engine,
+    route: &Route,
+    req: Outgoing<'_>,
+    safe: &dyn dlp::SafeSet,
+    supervised: bool,
+) -> Outbound {
+    let big = req.body.len() > OFF_WORKER_SCAN;
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if big && multi_thread {
+        tokio::task::block_in_place(|| outbound(engine, route, req, safe, supervised))
+    } else {
+        outbound(engine, route, req, safe, supervised)
+    }
+}
+
+/// `inbound` on the blocking pool when the body is large.
+pub async fn inbound_off_workers(engine: &std::sync::Arc<dlp::Engine>, headers: &HeaderMap, body: Bytes) -> Inbound {
+    if body.len() <= OFF_WORKER_SCAN {
+        return inbound(engine, headers, &body);
+    }
+    let (engine, headers) = (engine.clone(), headers.clone());
+    tokio::task::spawn_blocking(move || inbound(&engine, &headers, &body)).await.unwrap_or_else(|e| Inbound {
+        verdict: InjectionVerdict::Block(format!("response scan failed: {e}")),
+        redacted: None,
+    })
 }
 
 /// Known secrets found lower-cased in a header or trailer name (names are folded, so the
@@ -176,12 +214,14 @@ pub fn folded_known_secrets(engine: &dlp::Engine, name: &str, loc: Location, saf
         .collect()
 }
 
-/// Rewrites every surface with a finding. A compressed body is sent decoded (identity).
+/// Rewrites every surface with a finding. A body with a finding is sent redacted and
+/// decoded (identity); a body without one is sent exactly as it came, bytes and
+/// encoding (a binary upload must not pass through a text rewrite).
 fn redact(
     path_and_query: &str,
     (headers, header_pairs): (&HeaderMap, &[(String, String)]),
     trailers: Option<(&HeaderMap, &[(String, String)])>,
-    body: &[u8],
+    (original_body, body): (&Bytes, &[u8]),
     findings: &[&Finding],
     rescan: impl Fn(&str, Location) -> Vec<Finding>,
     warnings: Vec<String>,
@@ -201,8 +241,12 @@ fn redact(
     };
     let new_path = redact_surface(Location::Path, path);
     let new_query = query.map(|q| redact_surface(Location::Query, q));
-    let body_text = String::from_utf8_lossy(body);
-    let new_body = redact_surface(Location::Body, &body_text);
+    let body_found = findings.iter().any(|f| f.location == Location::Body);
+    let new_body = if body_found {
+        Bytes::from(redact_surface(Location::Body, &String::from_utf8_lossy(body)).into_bytes())
+    } else {
+        original_body.clone()
+    };
     let Some(mut new_headers) = redact_fields(headers, header_pairs, findings, &rescan, |loc| match loc {
         Location::Header(name) => Some(name.as_str()),
         _ => None,
@@ -219,19 +263,15 @@ fn redact(
         },
         None => None,
     };
-    new_headers.remove(header::CONTENT_ENCODING);
-    new_headers.remove(header::CONTENT_LENGTH);
+    if body_found {
+        new_headers.remove(header::CONTENT_ENCODING);
+        new_headers.remove(header::CONTENT_LENGTH);
+    }
     let path_and_query = match new_query {
         Some(q) => format!("{new_path}?{q}"),
         None => new_path,
     };
-    Outbound::Forward {
-        path_and_query,
-        headers: new_headers,
-        body: Bytes::from(new_body.into_bytes()),
-        trailers,
-        warnings,
-    }
+    Outbound::Forward { path_and_query, headers: new_headers, body: new_body, trailers, warnings }
 }
 
 /// `fields` (headers or trailers) with every value of each field `named` by a finding

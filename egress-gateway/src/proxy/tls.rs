@@ -22,6 +22,51 @@ impl ResolvesServerCert for Fixed {
     }
 }
 
+/// Leaves in use at once, and so configurations kept.
+const CACHED_CONFIGS: u64 = 4096;
+
+/// One `ServerConfig` per (leaf name, h2 offered), rebuilt only when the CA hands out a
+/// new leaf for the name (the old one expired).
+pub struct ConfigCache {
+    configs: moka::sync::Cache<(String, bool), (Arc<CertifiedKey>, Arc<rustls::ServerConfig>)>,
+}
+
+impl Default for ConfigCache {
+    fn default() -> Self {
+        ConfigCache { configs: moka::sync::Cache::new(CACHED_CONFIGS) }
+    }
+}
+
+impl ConfigCache {
+    pub fn get(&self, name: &str, leaf: Arc<CertifiedKey>, offers_h2: bool) -> Arc<rustls::ServerConfig> {
+        let key = (name.to_string(), offers_h2);
+        if let Some((cached_leaf, config)) = self.configs.get(&key)
+            && Arc::ptr_eq(&cached_leaf, &leaf)
+        {
+            return config;
+        }
+        let config = Arc::new(server_config(leaf.clone(), offers_h2));
+        self.configs.insert(key, (leaf, config.clone()));
+        config
+    }
+}
+
+fn server_config(leaf: Arc<CertifiedKey>, offers_h2: bool) -> rustls::ServerConfig {
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("the default provider supports the default versions")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(leaf)));
+    config.alpn_protocols =
+        if offers_h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    // No resumption, as when each handshake had a configuration of its own: every
+    // connection is shown the leaf (and its SNI checked) afresh.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    config
+}
+
 pub async fn serve<I>(io: I, mut flow: Flow, ctx: Arc<ProxyContext>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -69,15 +114,8 @@ where
             return;
         }
     };
-    let mut config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("the default provider supports the default versions")
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Fixed(leaf)));
-    config.alpn_protocols =
-        if offers_h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(Arc::new(config))).await {
+    let config = ctx.tls_configs.get(&cert_name, leaf, offers_h2);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             // Usually the client does not trust the gateway's CA.
