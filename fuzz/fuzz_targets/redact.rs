@@ -15,7 +15,7 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    if let Err(e) = egress_gateway::dlp::properties::redaction_removes_every_match(
+    if let Err(e) = egress_dlp::properties::redaction_removes_every_match(
         &input.prefix,
         &input.middle,
         &input.suffix,

@@ -16,7 +16,7 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    egress_gateway::dlp::properties::scan_never_panics(
+    egress_dlp::properties::scan_never_panics(
         &input.host,
         &input.path,
         &input.query,

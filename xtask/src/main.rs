@@ -37,7 +37,7 @@ enum Task {
     /// Run a benchmark: `dlp` or `proxy`.
     Bench { name: String },
     /// Print the DLP accuracy reports (recall per provider family and format, benign
-    /// false positives) over the generated corpus in egress-gateway/testdata/dlp-corpus
+    /// false positives) over the generated corpus in egress-dlp/testdata/dlp-corpus
     /// and the independent one (other scanners' rule examples) in testdata/dlp-independent.
     DlpReport,
     /// Rewrite the DLP corpus files from their generator.
@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
         Task::DlpReport => {
             bootstrap::run()?;
             // Both reports: `accuracy_report` (generated corpus), `independent_report`.
-            let args = ["test", "-p", "egress-gateway", "--test", "dlp_corpus", "--", "report", "--nocapture"];
+            let args = ["test", "-p", "egress-dlp", "--test", "dlp_corpus", "--", "report", "--nocapture"];
             cargo(&[&args[..], &["--test-threads", "1"]].concat())
         }
         Task::DlpIndependent { noseyparker, kingfisher } => {
@@ -106,14 +106,14 @@ fn main() -> anyhow::Result<()> {
                 abs.to_str().map(str::to_string).with_context(|| format!("{} is not UTF-8", p.display()))
             };
             let (np, kf) = (path(noseyparker)?, path(kingfisher)?);
-            let args = ["test", "-p", "egress-gateway", "--test", "dlp_corpus", "--", "--exact"];
+            let args = ["test", "-p", "egress-dlp", "--test", "dlp_corpus", "--", "--exact"];
             let args = [&args[..], &["independent::independent_corpus_matches_its_manifest", "--nocapture"]].concat();
             let env = [("DLP_INDEPENDENT_NOSEYPARKER", np.as_str()), ("DLP_INDEPENDENT_KINGFISHER", kf.as_str())];
             cargo_with_env(&args, &env)
         }
         Task::DlpCorpus => {
             bootstrap::run()?;
-            let args = ["test", "-p", "egress-gateway", "--test", "dlp_corpus", "--", "committed_corpus"];
+            let args = ["test", "-p", "egress-dlp", "--test", "dlp_corpus", "--", "committed_corpus"];
             cargo_with_env(&args, &[("DLP_CORPUS_WRITE", "1")])
         }
         Task::Bench { name } => {
@@ -144,7 +144,7 @@ fn main() -> anyhow::Result<()> {
                     }
                     Ok(())
                 }
-                "dlp" => cargo(&["bench", "-p", "egress-gateway", "--bench", "dlp", "--bench", "dlp_latency"]),
+                "dlp" => cargo(&["bench", "-p", "egress-dlp", "--bench", "dlp", "--bench", "dlp_latency"]),
                 other => bail!("unknown benchmark {other:?}: expected dlp or proxy"),
             }
         }

@@ -3,9 +3,9 @@
 //! when something was found. Also loads user rules in gitleaks' TOML format.
 use std::{io::Read, path::PathBuf, process::ExitCode};
 
-use super::{Engine, KnownSecrets, Location, Selection, gitleaks::UserRule, known::DEFAULT_PARTIAL_MIN_LEN};
 use crate::supervise::render::inert;
 use anyhow::Context;
+use egress_dlp::{Engine, KnownSecrets, Location, Selection, gitleaks::UserRule, known::DEFAULT_PARTIAL_MIN_LEN};
 
 #[derive(Debug, clap::Args)]
 pub struct DlpArgs {
@@ -34,7 +34,7 @@ pub enum DlpCommand {
 /// Reads and compiles a gitleaks TOML rule file; errors name the file, the rule and why.
 pub fn load_rules(path: &std::path::Path) -> anyhow::Result<Vec<UserRule>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(super::gitleaks::parse(&path.display().to_string(), &text)?)
+    Ok(egress_dlp::gitleaks::parse(&path.display().to_string(), &text)?)
 }
 
 pub fn run(args: DlpArgs) -> anyhow::Result<ExitCode> {

@@ -19,7 +19,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use egress_gateway::dlp::{Engine, Finding, KnownSecrets, Request, Selection};
+use egress_dlp::{Engine, Finding, KnownSecrets, Request, Selection};
 
 /// Targets from the issue ("Accuracy and speed").
 const MIN_RECALL: f64 = 0.97;

@@ -3,7 +3,7 @@
 //! reports percentiles. `cargo xtask bench dlp`.
 use std::{collections::HashSet, hint::black_box, time::Instant};
 
-use egress_gateway::dlp::{Engine, KnownSecrets, Request, Selection};
+use egress_dlp::{Engine, KnownSecrets, Request, Selection};
 
 #[path = "bodies.rs"]
 mod bodies;

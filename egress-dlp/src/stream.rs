@@ -195,7 +195,7 @@ fn suffix(s: &str, n: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dlp::KnownSecrets;
+    use crate::KnownSecrets;
 
     fn engine(secrets: &[(&str, &str)]) -> Arc<Engine> {
         let known = KnownSecrets::new(secrets.iter().map(|(n, v)| (n.to_string(), v.to_string())), 12);

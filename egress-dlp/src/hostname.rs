@@ -205,7 +205,7 @@ fn base32(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dlp::KnownSecrets;
+    use crate::KnownSecrets;
 
     /// Ordinary names a bottle resolves: API, registry, git and CDN hosts, cloud
     /// endpoints with the random-looking ids real services use.

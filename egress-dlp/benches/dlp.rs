@@ -4,7 +4,7 @@ use std::{collections::HashSet, hint::black_box, time::Duration};
 
 use base64::Engine as _;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use egress_gateway::dlp::{Engine, KnownSecrets, Request, Selection};
+use egress_dlp::{Engine, KnownSecrets, Request, Selection};
 
 #[path = "bodies.rs"]
 mod bodies;

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use egress_gateway::dlp::{Engine, Finding, KnownSecrets};
+use egress_dlp::{Engine, Finding, KnownSecrets};
 
 use super::{
     Tally, contexts, files_under, findings,

@@ -414,7 +414,7 @@ fn a_context_is_inert_for_a_terminal() {
     let found = scan_body(&engine, &body, &HashSet::new());
     assert!(!found.is_empty());
     for f in &found {
-        assert!(!f.context.contains(crate::supervise::render::is_unsafe), "{:?}", f.context);
+        assert!(!f.context.contains(crate::inert::is_unsafe), "{:?}", f.context);
     }
     let shown = found.iter().map(|f| f.context.as_str()).collect::<Vec<_>>();
     assert!(shown.iter().any(|c| c.contains("\\x1b]0;t\\x07\\u{202e}k=********\\x1b[2J")), "{shown:?}");
