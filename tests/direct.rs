@@ -167,6 +167,7 @@ fn harness(routes: &str, operator: Option<supervise::Status>) -> Harness {
         credentials_file: Some(creds),
         supervise: None,
         mounts: Vec::new(),
+        unix_sockets: Default::default(),
     };
     let routes = Arc::new(policy::Routes::parse(Path::new("routes.yaml"), routes).unwrap());
     let live = BottleState::load_live(&bottle, Some(&routes), &base).unwrap();

@@ -6,17 +6,39 @@
 //! `\n`, `\r` for those three). Nothing else changes, so what is drawn is what is
 //! measured.
 //!
-//! The gateway's `supervise::render` has the same rules (a gateway test checks that the
-//! two agree on every character); it can become a re-export of this module.
+//! The gateway's `supervise::render` re-exports these: one rule for every place a human
+//! reads agent text.
 //!
 //! A backslash is kept as is, so `inert` is idempotent (applying it twice, as the
 //! proposal and the console both do, changes nothing the second time). A literal `\x1b`
 //! typed by the agent therefore reads the same as an escaped ESC: both are inert.
 use std::{borrow::Cow, fmt::Write};
 
-/// Control, format (Cf) and separator characters: the ones `inert` escapes.
+/// Control, format (Cf) and separator characters, and every space but the ASCII one:
+/// the ones `inert` escapes.
 pub fn is_unsafe(c: char) -> bool {
-    c.is_control() || is_format(c) || matches!(c, '\u{2028}' | '\u{2029}')
+    c.is_control() || is_format(c) || matches!(c, '\u{2028}' | '\u{2029}') || is_unusual_space(c)
+}
+
+/// White space other than the ASCII space (and the controls): the no-break spaces
+/// (U+00A0, U+202F), the Ogham, en/em and other typographic spaces (U+1680,
+/// U+2000 to U+200A), the mathematical and ideographic spaces (U+205F, U+3000), and
+/// the Braille blank and Hangul fillers that render as blanks. Shown escaped so that
+/// agent text cannot pass as blank room or pad a field to push the gateway's text away.
+fn is_unusual_space(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00A0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200A}'
+                | '\u{202F}'
+                | '\u{205F}'
+                | '\u{3000}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{FFA0}'
+                | '\u{115F}'
+                | '\u{1160}'
+    )
 }
 
 /// Unicode general category Cf (format), Unicode 15.1.

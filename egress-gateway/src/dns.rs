@@ -270,6 +270,7 @@ mod tests {
             credentials_file: None,
             supervise: None,
             mounts: Vec::new(),
+            unix_sockets: Default::default(),
         };
         let live = BottleLive {
             routes: routes.clone(),

@@ -1,92 +1,8 @@
-//! Agent-controlled text made inert for a human's terminal (and for any program that
-//! prints what it reads): every control character (C0, DEL, C1), every format
-//! character (Unicode category Cf: bidi embeddings, overrides and isolates, zero-width
-//! characters, tags, ...) and the line/paragraph separators are shown as a visible
-//! escape (`\x1b`, `\u{202e}`; `\t`, `\n`, `\r` for those three). Nothing else changes,
-//! so what is drawn is what is measured: no character of the result moves the cursor,
-//! changes the direction of the text, or has zero width because it is a format
-//! character.
-//!
-//! A backslash is kept as is, so `inert` is idempotent (applying it twice, as the
-//! proposal and the console both do, changes nothing the second time). A literal `\x1b`
-//! typed by the agent therefore reads the same as an escaped ESC: both are inert.
-use std::{borrow::Cow, fmt::Write};
-
-/// Control, format (Cf) and separator characters, and every space but the ASCII one:
-/// the ones `inert` escapes.
-pub fn is_unsafe(c: char) -> bool {
-    c.is_control() || is_format(c) || matches!(c, '\u{2028}' | '\u{2029}') || is_unusual_space(c)
-}
-
-/// White space other than the ASCII space (and the controls): the no-break spaces
-/// (U+00A0, U+202F), the Ogham, en/em and other typographic spaces (U+1680,
-/// U+2000 to U+200A), the mathematical and ideographic spaces (U+205F, U+3000), and
-/// the Braille blank and Hangul fillers that render as blanks. Shown escaped so that
-/// agent text cannot pass as blank room or pad a field to push the gateway's text away.
-fn is_unusual_space(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00A0}' | '\u{1680}' | '\u{2000}'
-            ..='\u{200A}'
-                | '\u{202F}'
-                | '\u{205F}'
-                | '\u{3000}'
-                | '\u{2800}'
-                | '\u{3164}'
-                | '\u{FFA0}'
-                | '\u{115F}'
-                | '\u{1160}'
-    )
-}
-
-/// Unicode general category Cf (format), Unicode 15.1.
-fn is_format(c: char) -> bool {
-    matches!(c,
-        '\u{00AD}'
-        | '\u{0600}'..='\u{0605}'
-        | '\u{061C}'
-        | '\u{06DD}'
-        | '\u{070F}'
-        | '\u{0890}'..='\u{0891}'
-        | '\u{08E2}'
-        | '\u{180E}'
-        | '\u{200B}'..='\u{200F}'
-        | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{2064}'
-        | '\u{2066}'..='\u{206F}'
-        | '\u{FEFF}'
-        | '\u{FFF9}'..='\u{FFFB}'
-        | '\u{110BD}'
-        | '\u{110CD}'
-        | '\u{13430}'..='\u{1343F}'
-        | '\u{1BCA0}'..='\u{1BCA3}'
-        | '\u{1D173}'..='\u{1D17A}'
-        | '\u{E0001}'
-        | '\u{E0020}'..='\u{E007F}')
-}
-
-/// `text` with every control, format and bidi character shown as a visible escape.
-/// Borrowed when there is none (the common case).
-pub fn inert(text: &str) -> Cow<'_, str> {
-    let Some(first) = text.find(is_unsafe) else { return Cow::Borrowed(text) };
-    let mut out = String::with_capacity(text.len() + 8);
-    out.push_str(&text[..first]);
-    for c in text[first..].chars() {
-        match c {
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x80 && is_unsafe(c) => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if is_unsafe(c) => {
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
-}
+//! Agent-controlled text as an operator sees it: inert (`egress_dlp::inert`, the one
+//! rule for logs, proposals, the console and `dlp scan`: control, format, bidi and
+//! unusual space characters shown as visible escapes), marked as the agent's, and cut to
+//! a budget with a count of what was cut.
+pub use crate::dlp::inert::{inert, inert_string, is_unsafe};
 
 /// Agent-supplied text is shown between these (the console adds a colour of its own);
 /// the agent's own copies of them are escaped, so it cannot close the mark early and
@@ -110,11 +26,6 @@ pub fn agent_text(text: &str, limit: usize) -> String {
     let inert = inert(text);
     let escaped = inert.replace(AGENT_OPEN, "\\u{2039}").replace(AGENT_CLOSE, "\\u{203a}");
     format!("{AGENT_OPEN}{}{AGENT_CLOSE}", budget(&escaped, limit))
-}
-
-/// `inert`, as an owned string (for struct fields).
-pub fn inert_string(text: &str) -> String {
-    inert(text).into_owned()
 }
 
 #[cfg(test)]
@@ -174,7 +85,7 @@ mod tests {
     #[test]
     fn ordinary_text_is_borrowed_unchanged() {
         for plain in ["api.example.test/v1/send?q=1", "déjà vu 😀 — ok", "key=******** \\x1b literal", ""] {
-            assert!(matches!(inert(plain), Cow::Borrowed(p) if p == plain));
+            assert!(matches!(inert(plain), std::borrow::Cow::Borrowed(p) if p == plain));
         }
     }
 }
