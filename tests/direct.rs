@@ -79,6 +79,7 @@ impl Logs {
 struct Operator {
     decision: supervise::Status,
     proposals: Mutex<Vec<supervise::Proposal>>,
+    closed: Mutex<Vec<(String, supervise::Closed)>>,
     location: std::path::PathBuf,
 }
 
@@ -108,8 +109,21 @@ impl Store for Operator {
             decided_at: None,
         }))
     }
-    fn archive(&self, _: &str) -> Result<(), StoreError> {
+    fn close(&self, id: &str, why: supervise::Closed) -> Result<(), StoreError> {
+        self.closed.lock().unwrap().push((id.to_string(), why));
         Ok(())
+    }
+    fn closed(&self, id: &str) -> Result<Option<supervise::Closed>, StoreError> {
+        Ok(self.closed.lock().unwrap().iter().find(|(i, _)| i == id).map(|(_, why)| *why))
+    }
+    fn close_stale(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+    fn bump(&self, _: &str, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn counters(&self) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        Ok(Default::default())
     }
     fn history(&self) -> Result<Vec<supervise::protocol::AuditEntry>, StoreError> {
         Ok(Vec::new())
@@ -172,7 +186,12 @@ fn harness(routes: &str, operator: Option<supervise::Status>) -> Harness {
     let routes = Arc::new(policy::Routes::parse(Path::new("routes.yaml"), routes).unwrap());
     let live = BottleState::load_live(&bottle, Some(&routes), &base).unwrap();
     let operator = operator.map(|decision| {
-        Arc::new(Operator { decision, proposals: Mutex::default(), location: dir.path().join("queue") })
+        Arc::new(Operator {
+            decision,
+            proposals: Mutex::default(),
+            closed: Mutex::default(),
+            location: dir.path().join("queue"),
+        })
     });
     let supervisor = operator.clone().map(|op| {
         let store: Arc<dyn Store> = op;

@@ -5,7 +5,9 @@
 //! A name whose server never answers costs a timer, not a thread: lookups are futures,
 //! each bounded by `LOOKUP_DEADLINE`, and one bottle may have at most
 //! `dns.concurrent_lookups` of them waiting at once, so a bottle flooding slow names waits
-//! behind its own lookups while every other bottle's resolve as usual.
+//! behind its own lookups while every other bottle's resolve as usual. That holds for the
+//! proxy's lookups (a request's address check, CONNECT, `tcp:` relays) as for the DNS
+//! listener's: each takes the bottle's slots.
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
@@ -176,11 +178,11 @@ impl Resolver {
         }
     }
 
-    /// Whether `ip` is one of `host`'s addresses: the check that keeps data for a host
-    /// from being delivered anywhere else.
-    pub async fn is_address_of(&self, host: &str, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of `host`'s addresses (looked up on behalf of `bottle`, in its
+    /// own slots): the check that keeps data for a host from being delivered anywhere else.
+    pub async fn is_address_of(&self, bottle: &str, host: &str, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        match self.lookup(host).await {
+        match self.lookup_for(bottle, host).await {
             Ok(addrs) => addrs.into_iter().any(|a| canonical(a) == ip),
             Err(_) => false,
         }
@@ -207,8 +209,8 @@ mod tests {
         m.insert("upstream.test".to_string(), vec!["127.0.0.2".parse().unwrap()]);
         let r = Resolver::new(m);
         assert_eq!(r.lookup("Upstream.Test.").await.unwrap(), vec!["127.0.0.2".parse::<IpAddr>().unwrap()]);
-        assert!(r.is_address_of("upstream.test", "::ffff:127.0.0.2".parse().unwrap()).await);
-        assert!(!r.is_address_of("upstream.test", "127.0.0.3".parse().unwrap()).await);
+        assert!(r.is_address_of("b", "upstream.test", "::ffff:127.0.0.2".parse().unwrap()).await);
+        assert!(!r.is_address_of("b", "upstream.test", "127.0.0.3".parse().unwrap()).await);
         assert_eq!(r.lookup("127.0.0.9").await.unwrap(), vec!["127.0.0.9".parse::<IpAddr>().unwrap()]);
         assert!(r.lookup("elsewhere.test").await.is_err(), "no name server: only overrides");
     }

@@ -40,7 +40,7 @@ pub async fn authorize<B>(
         Decision::Deny(denial) => return Err(Refusal::policy(denial.reason)),
     };
     let addr = rq.flow.dst;
-    if !ctx.resolver.is_address_of(host, addr.ip()).await {
+    if !ctx.resolver.is_address_of(rq.bottle(), host, addr.ip()).await {
         return Err(Refusal::policy(format!("egress: {} is not an address of {host}", addr.ip())));
     }
     Ok((route, Target { host: host.to_string(), addr, tls: rq.flow.tls }))

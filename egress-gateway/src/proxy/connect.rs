@@ -64,7 +64,7 @@ async fn open_tunnel(
     if !rq.live.routes.host_allowed(&host) {
         return Err(Refusal::policy(format!("egress: host {host} is not in the allowlist")));
     }
-    let addr = match ctx.resolver.lookup(&host).await {
+    let addr = match ctx.resolver.lookup_for(rq.bottle(), &host).await {
         Ok(addrs) if !addrs.is_empty() => SocketAddr::new(addrs[0], port),
         _ => return Err(Refusal::upstream(format!("egress: cannot resolve {host}"))),
     };

@@ -18,7 +18,7 @@ pub async fn allowed_by(conn: &Connection, resolver: &Resolver) -> Option<TcpAll
     let routes = conn.bottle.routes().clone();
     let dst = conn.orig_dst;
     for entry in routes.tcp().iter().filter(|t| t.port == dst.port()) {
-        if resolver.is_address_of(&entry.host, dst.ip()).await {
+        if resolver.is_address_of(&conn.bottle.config.name, &entry.host, dst.ip()).await {
             return Some(entry.clone());
         }
     }
