@@ -415,3 +415,42 @@ fn a_connect_flood_does_not_evict_another_bottles_destinations() {
     let others: Vec<_> = refusals.iter().filter(|l| l.contains("\"client\":\"127.0.")).collect();
     assert!(others.is_empty(), "the other bottle's connections were refused: {others:?}");
 }
+
+/// Connects from 127.0.0.1:`port` to `127.0.0.9:9` and reports the error (the gateway is
+/// down: refused), which leaves the bottle's entry for that client port behind.
+const STALE: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+try:
+    s.connect(('127.0.0.9', 9))
+    print('connected')
+except OSError as e:
+    print('refused', e.errno)
+"#;
+
+/// Decision 0010: an entry one bottle left under a client port (its connect was refused)
+/// does not take over the connection another bottle later makes from that port: the
+/// shared listener takes the newest entry of the bottles' maps.
+#[test]
+fn an_entry_left_by_one_bottle_does_not_take_over_another_bottles_connection() {
+    const HOST: &str = "api.stale.test";
+    let mut w = two_bottles("stale", HOST, "");
+    let other = w.env.more_bottle("other");
+    // Above the ephemeral range, so no connection of a test running alongside takes it.
+    let port = (61_000..65_000u16)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port above the ephemeral range")
+        .to_string();
+    w.env.kill_gateway();
+    // The bottle sorted first ("e2e" before "e2e-other") leaves its entry.
+    let out = w.env.exec(&["python3", "-c", STALE, &port]);
+    assert!(stdout(&out).starts_with("refused"), "{}{}", stdout(&out), stderr(&out));
+    w.env.start_gateway();
+    let url = w.url(HOST, "/mine");
+    let out = w.run_in(&other, &["curl", "-sS", "-m", "20", "-w", "\n%{http_code}", "--local-port", &port, &url]);
+    let (code, body) = egress_e2e::world::curl_result(&out);
+    assert_eq!(code, "200", "the other bottle's connection from port {port} was not its own: {body} {}", stderr(&out));
+    assert_eq!(w.up.requests().last().map(|r| r.path_and_query.clone()).as_deref(), Some("/mine"));
+}
