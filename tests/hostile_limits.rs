@@ -310,3 +310,147 @@ fn an_idle_websocket_is_closed() {
     assert!(text.trim_end().ends_with("closed"), "the idle WebSocket stayed open: {text}");
     w.env.wait_for_log("websocket closed");
 }
+
+/// Opens `total` non-blocking connections, each from its own loopback source address
+/// when the bottle may bind one, and drops each batch at once (SO_LINGER 0) without ever
+/// using it: the connects whose SYN the full accept queue drops leave their entry behind.
+const CONNECT_FLOOD: &str = r#"
+import resource, socket, struct, sys, time
+port, total = int(sys.argv[1]), int(sys.argv[2])
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+batch = max(100, min(hard - 200, 8000))
+done = bound = failed = src = 0
+start = time.time()
+while done < total:
+    socks = []
+    for _ in range(batch):
+        s = socket.socket()
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+        src += 1
+        try:
+            s.bind(('127.%d.%d.%d' % (1 + src // 62500, (src // 250) % 250 + 1, src % 250 + 1), 0))
+            bound += 1
+        except OSError:
+            pass
+        if s.connect_ex(('127.0.0.2', port)) not in (0, 115):
+            failed += 1
+        socks.append(s)
+    for s in socks:
+        s.close()
+    done += batch
+print('connects', done, 'bound', bound, 'failed', failed, 'seconds', round(time.time() - start, 1), flush=True)
+"#;
+
+/// `TcpExt` counters of the host namespace (where both bottles and the listener are).
+fn listen_drops() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    let get = |name: &str| {
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get("ListenOverflows"), get("ListenDrops"))
+}
+
+/// Issue 11: bottles that flood the gateway with connects they never use (more than the
+/// shared original-destination map holds, from several processes at once) do not make
+/// another bottle's connections fail: the gateway takes each entry at `accept()`, so
+/// only connects the full accept queue drops leave an entry behind (see security.md).
+#[test]
+fn a_connect_flood_does_not_evict_another_bottles_destinations() {
+    const HOST: &str = "api.connflood.test";
+    const FLOODERS: usize = 4;
+    const CONNECTS: &str = "100000";
+    let w = two_bottles("connflood", HOST, "");
+    let other = w.env.more_bottle("other");
+    let (code, _) = w.curl_in(&other, &[&w.url(HOST, "/warm")]);
+    assert_eq!(code, "200");
+    let drops_before = listen_drops();
+    let port = w.up.port().to_string();
+    let mut floods: Vec<_> =
+        (0..FLOODERS).map(|_| w.env.spawn_exec(&["python3", "-c", CONNECT_FLOOD, &port, CONNECTS], &[])).collect();
+    let start = Instant::now();
+    let (mut ok, mut failed, mut reports) = (0, Vec::new(), Vec::new());
+    while !floods.is_empty() {
+        let (code, body) = w.curl_in(&other, &["-m", "20", &w.url(HOST, "/during")]);
+        if code == "200" {
+            ok += 1;
+        } else {
+            failed.push(format!("{code}: {body}"));
+        }
+        let mut running = Vec::new();
+        for mut child in floods {
+            if child.try_wait().unwrap().is_some() {
+                let out = child.wait_with_output().unwrap();
+                assert!(out.status.success(), "flood failed: {}", stderr(&out));
+                reports.push(stdout(&out).trim().to_string());
+            } else {
+                running.push(child);
+            }
+        }
+        floods = running;
+    }
+    let drops_after = listen_drops();
+    let log = w.env.gateway_log();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("no original destination recorded")).collect();
+    let refused = refusals.len();
+    eprintln!(
+        "connect flood: {reports:?} in {:.1}s; other bottle {ok} ok, {} failed; gateway refused {refused} \
+         without an entry; listen overflows {}, drops {}",
+        start.elapsed().as_secs_f64(),
+        failed.len(),
+        drops_after.0 - drops_before.0,
+        drops_after.1 - drops_before.1
+    );
+    assert!(failed.is_empty(), "the other bottle's requests failed during the flood: {failed:?}");
+    assert!(ok > 0);
+    // The flood's sources are 127.1.0.0 and up: any refusal is of its own connections.
+    let others: Vec<_> = refusals.iter().filter(|l| l.contains("\"client\":\"127.0.")).collect();
+    assert!(others.is_empty(), "the other bottle's connections were refused: {others:?}");
+}
+
+/// Connects from 127.0.0.1:`port` to `127.0.0.9:9` and reports the error (the gateway is
+/// down: refused), which leaves the bottle's entry for that client port behind.
+const STALE: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+try:
+    s.connect(('127.0.0.9', 9))
+    print('connected')
+except OSError as e:
+    print('refused', e.errno)
+"#;
+
+/// Decision 0010: an entry one bottle left under a client port (its connect was refused)
+/// does not take over the connection another bottle later makes from that port: the
+/// shared listener takes the newest entry of the bottles' maps.
+#[test]
+fn an_entry_left_by_one_bottle_does_not_take_over_another_bottles_connection() {
+    const HOST: &str = "api.stale.test";
+    let mut w = two_bottles("stale", HOST, "");
+    let other = w.env.more_bottle("other");
+    // Above the ephemeral range, so no connection of a test running alongside takes it.
+    let port = (61_000..65_000u16)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port above the ephemeral range")
+        .to_string();
+    w.env.kill_gateway();
+    // The bottle sorted first ("e2e" before "e2e-other") leaves its entry.
+    let out = w.env.exec(&["python3", "-c", STALE, &port]);
+    assert!(stdout(&out).starts_with("refused"), "{}{}", stdout(&out), stderr(&out));
+    w.env.start_gateway();
+    let url = w.url(HOST, "/mine");
+    let out = w.run_in(&other, &["curl", "-sS", "-m", "20", "-w", "\n%{http_code}", "--local-port", &port, &url]);
+    let (code, body) = egress_e2e::world::curl_result(&out);
+    assert_eq!(code, "200", "the other bottle's connection from port {port} was not its own: {body} {}", stderr(&out));
+    assert_eq!(w.up.requests().last().map(|r| r.path_and_query.clone()).as_deref(), Some("/mine"));
+}

@@ -22,6 +22,18 @@ pub struct OrigDst {
     pub bottle_id: u32,
 }
 
+/// Value of a bottle's original-destination map: the destination, and when `sock_ops`
+/// recorded it (`bpf_ktime_get_ns`). The shared listener looks a client up in the maps of
+/// several bottles; a key is held by one socket at a time, so when two maps have it the
+/// older entry is one left by a socket gone before this connection was made (its connect
+/// was dropped), and the newer entry is this connection's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordedDst {
+    pub dst: OrigDst,
+    pub recorded_ns: u64,
+}
+
 /// Key of the original-destination map: the client end of a redirected TCP connection as
 /// the gateway sees it in `peer_addr()`, in the network namespace it was made in. Two
 /// bottles in their own namespaces can both have a client at 127.0.0.1:40000 at the same
@@ -117,11 +129,13 @@ pub mod globals {
     pub const DNS_BY_PORT: &str = "DNS_BY_PORT";
 }
 
-/// Names of the maps, shared by all bottles and pinned by name.
+/// Names of the pinned maps: shared by all bottles in the gateway's maps directory,
+/// except `ORIG_DST`, of which each bottle has its own in its pin directory.
 pub mod maps {
-    /// Renamed when its key gained the namespace cookie: a gateway upgraded in place must
-    /// not reuse the old pin, whose key is shorter.
-    pub const ORIG_DST: &str = "EGRESS_DST_V2";
+    /// One per bottle (decision 0010): renamed from `EGRESS_DST_V2` (key with the
+    /// namespace cookie, one map for all bottles) so a gateway upgraded in place never
+    /// reads the old shared pin as a bottle's own.
+    pub const ORIG_DST: &str = "EGRESS_DST_V3";
     /// Renamed when its key gained the source address (see `ORIG_DST`).
     pub const DNS_CLIENTS: &str = "EGRESS_DNS_V2";
     pub const COUNTERS: &str = "EGRESS_COUNTERS";
@@ -132,8 +146,14 @@ pub mod maps {
 /// Entries of the unix-socket allowlist, all bottles together.
 pub const UNIX_ENTRIES: u32 = 16_384;
 
-/// Capacity of the original-destination and DNS-client LRU maps.
+/// Capacity of the DNS-client LRU map (all bottles).
 pub const LRU_ENTRIES: u32 = 65_536;
+
+/// Capacity of each bottle's original-destination LRU map: its connections between
+/// `connect()` and the gateway's `accept()` (the listener's backlog is 1024), with room
+/// for the connects whose SYN a full backlog dropped. A bottle that makes more evicts
+/// only its own entries.
+pub const ORIG_DST_ENTRIES: u32 = 16_384;
 
 /// Bottles one gateway can serve; bounds the counters map.
 pub const MAX_BOTTLES: u32 = 1024;
@@ -157,6 +177,7 @@ mod pod {
     // SAFETY: all three are repr(C), Copy, and have no padding the kernel could leave
     // uninitialised (explicit `_pad` fields fill the gaps).
     unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::RecordedDst {}
     unsafe impl aya::Pod for super::ClientKey {}
     unsafe impl aya::Pod for super::DnsClientKey {}
     unsafe impl aya::Pod for super::Counters {}

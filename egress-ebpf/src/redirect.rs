@@ -6,12 +6,15 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr},
     btf_maps::SkStorage,
-    helpers::generated::{bpf_get_netns_cookie, bpf_sk_storage_get},
+    helpers::generated::{bpf_get_netns_cookie, bpf_ktime_get_ns, bpf_sk_storage_get},
     macros::{btf_map, map},
     maps::{LruHashMap, PerCpuHashMap},
     programs::{SkBuffContext, SockAddrContext, SockOpsContext},
 };
-use egress_common::{AF_INET, AF_INET6, ClientKey, Counters, DnsClientKey, LRU_ENTRIES, MAX_BOTTLES, OrigDst};
+use egress_common::{
+    AF_INET, AF_INET6, ClientKey, Counters, DnsClientKey, LRU_ENTRIES, MAX_BOTTLES, ORIG_DST_ENTRIES, OrigDst,
+    RecordedDst,
+};
 
 const PASS: i32 = 1;
 const REFUSE: i32 = 0;
@@ -44,10 +47,12 @@ fn global<T: Copy>(v: &'static T) -> T {
 #[btf_map]
 static SOCK_ORIG: SkStorage<OrigDst> = SkStorage::new();
 
-/// Original destination by client address, for the gateway's `accept()`; shared by all
-/// bottles and pinned so a restarted gateway reads what the previous programs wrote.
-#[map(name = "EGRESS_DST_V2")]
-static ORIG_DST: LruHashMap<ClientKey, OrigDst> = LruHashMap::pinned(LRU_ENTRIES, 0);
+/// Original destination by client address, for the gateway's `accept()`. One per bottle
+/// (the loader pins it in the bottle's pin directory), so a bottle that floods it evicts
+/// only its own entries; pinned so a restarted gateway, and the programs of a re-attach,
+/// use the map the running programs write.
+#[map(name = "EGRESS_DST_V3")]
+static ORIG_DST: LruHashMap<ClientKey, RecordedDst> = LruHashMap::pinned(ORIG_DST_ENTRIES, 0);
 
 /// Bottle of each DNS client port, so the shared DNS listener knows whose policy applies.
 #[map(name = "EGRESS_DNS_V2")]
@@ -304,7 +309,8 @@ pub fn sock_ops(ctx: &SockOpsContext) -> u32 {
     let netns = unsafe { bpf_get_netns_cookie(ctx.ops as *mut c_void) };
     let key = ClientKey { netns, ip4: ctx.local_ip4(), port: ctx.local_port() as u16, _pad: 0 };
     // If the insert fails the gateway finds no entry and refuses the connection.
-    let _ = ORIG_DST.insert(&key, unsafe { &*orig }, 0);
+    let recorded = RecordedDst { dst: unsafe { *orig }, recorded_ns: unsafe { bpf_ktime_get_ns() } };
+    let _ = ORIG_DST.insert(&key, &recorded, 0);
     1
 }
 

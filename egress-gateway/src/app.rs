@@ -256,7 +256,7 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     // The shared maps exist before any bottle does, so a gateway may start with none.
     bpf::ensure_maps(&config)?;
     let layout = bpf::PinLayout::new(&config);
-    let maps = Arc::new(bpf::KernelMaps::open(&layout.maps_dir())?);
+    let maps = Arc::new(bpf::KernelMaps::open(&layout)?);
     let bottles = Arc::new(Registry::new());
     let dns = Arc::new(dns::DnsContext {
         resolver: resolver.clone(),
@@ -401,7 +401,17 @@ async fn accept_loop(listener: TcpListener, netns: u64, scope: ListenerScope, gw
         // Small writes (TLS records, HTTP heads) must not wait for delayed ACKs.
         let _ = stream.set_nodelay(true);
         let id = gw.next_conn_id();
-        let redirected = match gw.maps.take_orig_dst(netns, client) {
+        // The maps of the bottles this listener serves: its own bottle's, or those of the
+        // bottles in the gateway's namespace.
+        let bottles = gw.bottles();
+        let names = bottles
+            .iter()
+            .filter(|b| match scope {
+                ListenerScope::Bottle(id) => b.config.id == id,
+                ListenerScope::Shared => b.config.netns.is_none(),
+            })
+            .map(|b| b.config.name.as_str());
+        let redirected = match gw.maps.take_orig_dst(netns, client, names) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(conn = id, client = %client, error = %e, "connection refused");

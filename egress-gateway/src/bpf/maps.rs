@@ -1,5 +1,6 @@
 //! Reading the pinned maps the kernel programs fill.
 use std::{
+    collections::HashMap as StdHashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::Path,
     sync::Mutex,
@@ -7,7 +8,11 @@ use std::{
 
 use anyhow::Context;
 use aya::maps::{HashMap, Map, MapData, PerCpuHashMap};
-use egress_common::{AF_INET, ClientKey, Counters, DnsClientKey, OrigDst, maps as names};
+use egress_common::{AF_INET, ClientKey, Counters, DnsClientKey, OrigDst, RecordedDst, maps as names};
+
+use super::PinLayout;
+
+type OrigDstMap = HashMap<MapData, ClientKey, RecordedDst>;
 
 /// The original destination of a redirected connection, and the bottle that made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,39 +30,81 @@ pub enum OrigDstError {
 }
 
 pub struct KernelMaps {
-    orig_dst: Mutex<HashMap<MapData, ClientKey, OrigDst>>,
+    layout: PinLayout,
+    /// Each bottle's original-destination map, by bottle name, opened from its pin on
+    /// first use.
+    orig_dst: Mutex<StdHashMap<String, OrigDstMap>>,
     dns_clients: HashMap<MapData, DnsClientKey, u32>,
     counters: PerCpuHashMap<MapData, u32, Counters>,
 }
 
+fn open_pinned(path: &Path) -> anyhow::Result<Map> {
+    let data = MapData::from_pin(path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    Map::from_map_data(data).with_context(|| format!("reading map {}", path.display()))
+}
+
 impl KernelMaps {
-    /// Opens the maps pinned in `maps_dir` (created by the first `attach_bottle`).
-    pub fn open(maps_dir: &Path) -> anyhow::Result<KernelMaps> {
-        let open = |name: &str| -> anyhow::Result<Map> {
-            let path = maps_dir.join(name);
-            let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
-            Map::from_map_data(data).with_context(|| format!("reading map {}", path.display()))
-        };
+    /// Opens the shared maps pinned in the layout's maps directory (`ensure_maps`); each
+    /// bottle's original-destination map is opened when first needed.
+    pub fn open(layout: &PinLayout) -> anyhow::Result<KernelMaps> {
+        let maps_dir = layout.maps_dir();
         Ok(KernelMaps {
-            orig_dst: Mutex::new(HashMap::try_from(open(names::ORIG_DST)?)?),
-            dns_clients: HashMap::try_from(open(names::DNS_CLIENTS)?)?,
-            counters: PerCpuHashMap::try_from(open(names::COUNTERS)?)?,
+            layout: layout.clone(),
+            orig_dst: Mutex::new(StdHashMap::new()),
+            dns_clients: HashMap::try_from(open_pinned(&maps_dir.join(names::DNS_CLIENTS))?)?,
+            counters: PerCpuHashMap::try_from(open_pinned(&maps_dir.join(names::COUNTERS))?)?,
         })
     }
 
     /// Looks up (and removes: each entry is read once) the original destination of the
     /// connection accepted from `client` on a listener in the network namespace `netns`
-    /// (its cookie).
-    pub fn take_orig_dst(&self, netns: u64, client: SocketAddr) -> Result<Redirected, OrigDstError> {
+    /// (its cookie), in the maps of `bottles` (by name): the bottles that listener
+    /// serves, the only ones whose programs send connections to it. When several maps
+    /// have the key, the newest entry is this connection's (`RecordedDst`); the others,
+    /// left by sockets gone before it was made, are removed too.
+    pub fn take_orig_dst<'a>(
+        &self,
+        netns: u64,
+        client: SocketAddr,
+        bottles: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Result<Redirected, OrigDstError> {
         let ip4 = match client.ip() {
             IpAddr::V4(ip) => ip,
             IpAddr::V6(ip) => ip.to_ipv4_mapped().ok_or(OrigDstError::NotIpv4(client))?,
         };
         let key = ClientKey { netns, ip4: u32::from_ne_bytes(ip4.octets()), port: client.port(), _pad: 0 };
-        let mut map = self.orig_dst.lock().unwrap_or_else(|e| e.into_inner());
-        let value = map.get(&key, 0).map_err(|_| OrigDstError::Missing(client))?;
-        let _ = map.remove(&key);
-        Ok(Redirected { bottle_id: value.bottle_id, orig_dst: decode(&value) })
+        let mut maps = self.orig_dst.lock().unwrap_or_else(|e| e.into_inner());
+        // A miss in the maps already open may be a bottle re-attached after a detach (a
+        // new map under the same pin): reopen them once before refusing.
+        let mut newest: Option<RecordedDst> = None;
+        for reopen in [false, true] {
+            for bottle in bottles.clone() {
+                if reopen {
+                    maps.remove(bottle);
+                }
+                if !maps.contains_key(bottle) {
+                    let pin = self.layout.bottle_dir(bottle).join(names::ORIG_DST);
+                    match open_pinned(&pin).and_then(|m| Ok(OrigDstMap::try_from(m)?)) {
+                        Ok(map) => drop(maps.insert(bottle.to_string(), map)),
+                        Err(e) => {
+                            tracing::debug!(bottle, error = %e, "no original-destination map for the bottle");
+                            continue;
+                        }
+                    }
+                }
+                let Some(map) = maps.get_mut(bottle) else { continue };
+                if let Ok(value) = map.get(&key, 0) {
+                    let _ = map.remove(&key);
+                    if newest.is_none_or(|n| value.recorded_ns > n.recorded_ns) {
+                        newest = Some(value);
+                    }
+                }
+            }
+            if let Some(value) = newest {
+                return Ok(Redirected { bottle_id: value.dst.bottle_id, orig_dst: decode(&value.dst) });
+            }
+        }
+        Err(OrigDstError::Missing(client))
     }
 
     /// The bottle that sent a DNS query from `client` to the shared listener, if the

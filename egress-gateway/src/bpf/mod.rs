@@ -20,7 +20,7 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-use egress_common::globals;
+use egress_common::{globals, maps as names};
 
 pub use maps::{KernelMaps, OrigDstError};
 
@@ -44,6 +44,8 @@ const SOCK_ADDR_PROGRAMS: [&str; 10] = [
 ];
 const SOCK_OPS_PROGRAM: &str = "egress_sockops";
 const BACKSTOP_PROGRAM: &str = "egress_backstop";
+/// The original-destination map all bottles shared before each got its own (0010).
+const RETIRED_ORIG_DST: &str = "EGRESS_DST_V2";
 
 /// Where one gateway instance keeps its pins.
 #[derive(Debug, Clone)]
@@ -141,6 +143,9 @@ pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow
     let mut ebpf = EbpfLoader::new()
         .btf(btf.as_ref())
         .default_map_pin_directory(&maps_dir)
+        // The bottle's own original-destination map: reused when pinned (a re-attach), so
+        // the gateway reads one map whichever of the bottle's programs wrote the entry.
+        .map_pin_path(names::ORIG_DST, bottle_dir.join(names::ORIG_DST))
         .override_global(globals::PROXY_IP4, &proxy_ip4, true)
         .override_global(globals::PROXY_PORT, &proxy_port, true)
         .override_global(globals::DNS_IP4, &dns_ip4, true)
@@ -287,7 +292,7 @@ pub struct CounterReport {
 /// Attachment, process count and counters of each of `bottles`.
 pub fn status(config: &config::Config, bottles: &[config::Bottle]) -> anyhow::Result<Vec<BottleStatus>> {
     let layout = PinLayout::new(config);
-    let maps = KernelMaps::open(&layout.maps_dir()).ok();
+    let maps = KernelMaps::open(&layout).ok();
     let mut out = Vec::new();
     for b in bottles {
         let c = maps.as_ref().map(|m| m.counters(b.id)).unwrap_or_default();
@@ -339,11 +344,20 @@ pub fn ensure_maps(config: &config::Config) -> anyhow::Result<()> {
     let maps_dir = PinLayout::new(config).maps_dir();
     fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
     let btf = Btf::from_sys_fs().ok();
-    EbpfLoader::new()
+    // The per-bottle original-destination map is pinned by each bottle's attach; this
+    // load makes one it does not keep (bpffs refuses names with a dot).
+    let scratch = maps_dir.join(format!("{}_UNUSED", names::ORIG_DST));
+    let loaded = EbpfLoader::new()
         .btf(btf.as_ref())
         .default_map_pin_directory(&maps_dir)
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF object to create its maps (is this kernel >= 5.8 with BTF and cgroup BPF?)")?;
+        .map_pin_path(names::ORIG_DST, &scratch)
+        .load(EBPF_OBJECT);
+    let _ = fs::remove_file(&scratch);
+    // The shared original-destination map of earlier versions: no program this gateway
+    // loads writes it, and it never reads it; the programs still attached to it keep it
+    // alive until their bottle is re-attached.
+    let _ = fs::remove_file(maps_dir.join(RETIRED_ORIG_DST));
+    loaded.context("loading the eBPF object to create its maps (is this kernel >= 5.8 with BTF and cgroup BPF?)")?;
     Ok(())
 }
 
