@@ -114,6 +114,11 @@ mod tests {
             let got = inert(&format!("a{c}b")).into_owned();
             assert_eq!(got, format!("a\\u{{{:x}}}b", c as u32));
         }
+        // No-break and other unusual spaces.
+        for c in ['\u{A0}', '\u{202F}', '\u{2003}', '\u{3000}', '\u{2800}', '\u{3164}'] {
+            assert_eq!(inert(&format!("a{c}b")), format!("a\\u{{{:x}}}b", c as u32));
+        }
+        assert_eq!(inert("a b"), "a b", "the ASCII space stays");
         // Zero-width and other format characters, tags, separators.
         for c in ['\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}', '\u{AD}', '\u{E0041}', '\u{2028}'] {
             let got = inert(&format!("a{c}b")).into_owned();
