@@ -295,15 +295,7 @@ mod tests {
     }
 
     fn query(name: &str) -> Vec<u8> {
-        let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        for label in name.split('.') {
-            p.push(label.len() as u8);
-            p.extend_from_slice(label.as_bytes());
-        }
-        p.push(0);
-        p.extend_from_slice(&QTYPE_A.to_be_bytes());
-        p.extend_from_slice(&1u16.to_be_bytes());
-        p
+        super::wire::tests::query(name, QTYPE_A)
     }
 
     async fn rcode(ctx: &DnsContext, from: &str, name: &str) -> u8 {
@@ -481,7 +473,7 @@ pub mod wire {
     }
 
     #[cfg(test)]
-    mod tests {
+    pub(super) mod tests {
         use super::*;
 
         #[test]
@@ -500,7 +492,8 @@ pub mod wire {
             assert_eq!(crate::dns::NameBudgets::new(0).admit("one", "x", t0), Ok(()), "0: no limit");
         }
 
-        fn query(name: &str, qtype: u16) -> Vec<u8> {
+        /// A one-question query for `name`, as a stub resolver sends it.
+        pub(crate) fn query(name: &str, qtype: u16) -> Vec<u8> {
             let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
             for label in name.split('.') {
                 p.push(label.len() as u8);
