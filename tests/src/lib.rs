@@ -156,14 +156,17 @@ impl TestEnv {
             .filter(|(_, ns)| *ns)
             .map(|(n, _)| n.clone())
             .collect();
+        // Each probe frees its port before returning, so two may return the same one.
+        let listen_port = free_port();
+        let dns_port = std::iter::repeat_with(free_port).find(|&p| p != listen_port).unwrap();
         let env = TestEnv {
             bottle_name,
             more_bottles,
             netns_bottles,
             name: test.to_string(),
             config_path: dir.join("gateway.yaml"),
-            listen_port: free_port(),
-            dns_port: free_port(),
+            listen_port,
+            dns_port,
             bpffs_dir: PathBuf::from(format!("/sys/fs/bpf/egress-e2e-{unique}")),
             cgroup_rel: format!("egress-e2e/{unique}"),
             log_path: dir.join("gateway.log"),
