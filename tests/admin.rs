@@ -283,3 +283,81 @@ fn readiness_is_told_to_systemd_and_answered_on_the_admin_socket() {
     let _ = std::fs::remove_file(&notify_path);
     assert_eq!(stopping, "STOPPING=1");
 }
+
+/// Issue 14: `/metrics` (admin socket and `admin_listen`) parses as Prometheus text and its
+/// counters match the traffic sent; `admin_listen` serves nothing but the probes and
+/// metrics, and a bottle cannot reach it.
+#[test]
+fn metrics_parse_and_count_the_traffic_sent() {
+    let port = egress_e2e::free_port();
+    let config = format!("admin_listen: 127.0.0.1:{port}\n");
+    let routes = format!(
+        "log: 1\nroutes:\n  - host: {h}\n    matches:\n      - paths: [{{type: prefix, value: /v1/}}]\n    \
+         dlp:\n      outbound_on_match: block\n",
+        h = HOSTS[0]
+    );
+    let spec = WorldSpec { hosts: &HOSTS, routes: &routes, config: &config, ..Default::default() };
+    let w = World::start_spec("metrics", &spec);
+    let token = format!("ghp_{}", &"Kq7Zr2Xw9Lm4Np6Ts8Vb1Yc3Hd5Fg0Jk2Lm4Np"[..36]);
+    for i in 0..3 {
+        let (code, body) = w.curl(&[&w.url(HOSTS[0], &format!("/v1/ok{i}"))]);
+        assert_eq!(code, "200", "{body}");
+    }
+    for _ in 0..2 {
+        let (code, _) = w.curl(&[&w.url(HOSTS[0], "/v2/not-routed")]);
+        assert_eq!(code, "403");
+    }
+    let (code, _) = w.curl(&["--data-binary", &format!("key={token}"), &w.url(HOSTS[0], "/v1/leak")]);
+    assert_eq!(code, "403", "the DLP block");
+    w.env.signal_gateway(libc::SIGHUP);
+    w.env.wait_for_log("routes and credentials reloaded");
+
+    let scrape = |text: &str| {
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        prometheus_parse::Scrape::parse(lines).unwrap_or_else(|e| panic!("/metrics does not parse: {e}\n{text}"))
+    };
+    let value = |s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]| -> f64 {
+        s.samples
+            .iter()
+            .filter(|m| m.metric == name && labels.iter().all(|(k, v)| m.labels.get(k) == Some(*v)))
+            .map(|m| match m.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    let socket = w.env.dir.join("admin.sock");
+    let (code, body) = api(&socket, "GET", "/metrics", None);
+    assert_eq!(code, "200", "{body}");
+    let tcp = Command::new("curl")
+        .args(["-sS", "-m", "10", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .expect("curl admin_listen");
+    assert!(tcp.status.success(), "admin_listen: {}", stderr(&tcp));
+    for text in [body, stdout(&tcp)] {
+        let s = scrape(&text);
+        let bottle = ("bottle", w.env.bottle());
+        assert_eq!(value(&s, "egress_requests_total", &[bottle, ("decision", "allowed")]), 3.0, "{text}");
+        assert_eq!(value(&s, "egress_requests_total", &[bottle, ("source", "policy")]), 2.0, "{text}");
+        assert_eq!(value(&s, "egress_requests_total", &[bottle, ("source", "dlp")]), 1.0, "{text}");
+        assert_eq!(value(&s, "egress_reloads_total", &[("result", "ok")]), 1.0, "{text}");
+        assert_eq!(value(&s, "egress_bottle_attached", &[bottle]), 1.0, "{text}");
+        assert_eq!(value(&s, "egress_tls_handshakes_total", &[("side", "client"), ("result", "ok")]), 6.0, "{text}");
+        assert!(value(&s, "egress_kernel_tcp_redirected_total", &[bottle]) >= 6.0, "{text}");
+        assert_eq!(value(&s, "egress_build_info", &[]), 1.0, "{text}");
+        assert!(!text.contains(&token), "a secret reached the metrics");
+    }
+
+    // Read-only over TCP: attach, detach and reload are for the admin socket.
+    let post = Command::new("curl")
+        .args(["-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .arg(format!("http://127.0.0.1:{port}/v1/reload"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&post), "403");
+    // From a bottle, the address is redirected to the proxy like any other: no metrics.
+    let out = w.run(&["curl", "-sS", "-m", "10", &format!("http://127.0.0.1:{port}/metrics")]);
+    assert!(!stdout(&out).contains("egress_requests_total"), "a bottle reached admin_listen: {}", stdout(&out));
+}

@@ -30,6 +30,22 @@ fn check_accepts_the_documented_example() {
     assert!(stdout(&out).contains("bottle demo"), "{}", stdout(&out));
 }
 
+/// The README's first example is what a new user copies: it must load as written.
+#[test]
+fn check_accepts_the_readme_example_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let block = |marker: &str| {
+        let start = readme.find(marker).unwrap_or_else(|| panic!("README has no block starting {marker:?}"));
+        let body = &readme[start..];
+        body[..body.find("```").expect("the block ends")].to_string()
+    };
+    let out = check(&[("gateway.yaml", &block("# gateway.yaml")), ("demo-routes.yaml", &block("# demo-routes.yaml"))]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let explained = stdout(&out);
+    assert!(explained.contains("bottle demo"), "{explained}");
+    assert!(explained.contains("api.upstream.test"), "the HTTP route is explained: {explained}");
+}
+
 #[test]
 fn check_names_file_line_and_field_of_a_gateway_error() {
     let bad = GATEWAY.replace("    cgroup: egress/demo\n", "    cgroup: egress/demo\n    colour: blue\n");
@@ -159,4 +175,20 @@ fn the_systemd_unit_verifies() {
         .expect("systemd-analyze (Debian's systemd package) is needed to check the unit");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(out.status.success() && stderr(&out).trim().is_empty(), "{}{}", stdout(&out), stderr(&out));
+}
+
+/// The console is for a terminal; run from a script or a pipe it says so and exits,
+/// instead of panicking in the terminal library.
+#[test]
+fn the_supervise_console_without_a_terminal_is_a_clear_error() {
+    let out = Command::new(gateway_bin())
+        .arg("supervise")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("needs a terminal") && err.contains("supervise list"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

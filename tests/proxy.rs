@@ -182,3 +182,26 @@ fn allowlist_answers_the_bottle_with_its_routes() {
     assert!(body.contains("api.upstream.test"), "{body}");
     assert!(!body.contains(CDN_TOKEN), "the allowlist leaks a secret");
 }
+
+/// `exec --trust-env` alone makes the usual clients trust the gateway (no bundle exported
+/// by hand), and without it they refuse the intercepted certificate.
+#[test]
+fn exec_trust_env_makes_curl_python_and_node_trust_the_gateway() {
+    let w = world("trust-env");
+    let bottle = w.env.bottle().to_string();
+    let url = w.url("api.upstream.test", "/v1/trust");
+    let with = |cmd: &[&str]| w.env.exec_with_flags(&bottle, &["--allow-root", "--trust-env"], cmd, &[]);
+
+    let out = w.env.exec_with_flags(&bottle, &["--allow-root"], &["curl", "-sS", "-o", "/dev/null", &url], &[]);
+    assert_eq!(out.status.code(), Some(60), "without --trust-env curl must refuse the gateway's certificate");
+
+    let out = with(&["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+    assert_eq!(stdout(&out), "200", "curl: {}", stderr(&out));
+    let py = format!("import requests\nprint(requests.get('{url}', timeout=10).status_code)\n");
+    let out = with(&["python3", "-c", &py]);
+    assert_eq!(stdout(&out).trim(), "200", "python requests: {}", stderr(&out));
+    let js =
+        format!("fetch('{url}').then(r => console.log(r.status)).catch(e => {{ console.error(e); process.exit(1) }})");
+    let out = with(&["node", "-e", &js]);
+    assert_eq!(stdout(&out).trim(), "200", "node: {}", stderr(&out));
+}

@@ -174,7 +174,8 @@ impl Gateway {
     /// credentials and known secrets together, or keeps them all.
     pub fn reload_all(&self) -> Vec<(String, Result<(), String>)> {
         self.reload_gateway_settings();
-        self.bottles()
+        let results: Vec<(String, Result<(), String>)> = self
+            .bottles()
             .iter()
             .map(|b| {
                 let result = b.reload().map_err(|e| format!("{e:#}"));
@@ -188,7 +189,9 @@ impl Gateway {
                 }
                 (b.config.name.clone(), result)
             })
-            .collect()
+            .collect();
+        crate::metrics::global().reload(results.iter().all(|(_, r)| r.is_ok()));
+        results
     }
 
     /// The settings of gateway.yaml that take effect without a restart (today `dns:`),
@@ -203,6 +206,7 @@ impl Gateway {
 
 pub fn run(config: config::Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     telemetry::init();
+    telemetry::log_build(crate::bpf::EBPF_OBJECT);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(serve(config, config_path))
@@ -236,6 +240,8 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
             Resolver::new(config.hosts.clone())
         });
     let ca = CertificateAuthority::load_or_create(&config.state_dir).context("loading the interception CA")?;
+    let trust = crate::ca::publish(&config.state_dir).context("publishing the CA certificate")?;
+    tracing::info!(ca = %trust.ca.display(), bundle = %trust.bundle.display(), "CA certificate and trust bundle published");
     let upstream = proxy::upstream::Upstream::new(resolver.clone(), &config.upstream_ca_files)
         .context("building the upstream TLS client")?;
     let limits = Arc::new(proxy::limits::Shared::new(config.limits.clone()));
@@ -243,6 +249,10 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
 
     // The admin socket first: if another gateway runs, stop before touching anything.
     let admin = admin::AdminListener::bind(&config.admin_socket).context("opening the admin socket")?;
+    let admin_tcp = match config.admin_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding admin_listen {addr}"))?),
+        None => None,
+    };
     // Listeners before programs: once a bottle is attached, its connections must find them.
     let tcp = TcpListener::bind(config.listen)
         .await
@@ -318,6 +328,9 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let admin_task = tokio::spawn(admin.serve(gw.clone(), async move {
         let _ = admin_stopped.await;
     }));
+    if let Some(addr) = admin_tcp {
+        tokio::spawn(admin::server::serve_tcp(addr, gw.clone(), std::future::pending::<()>()));
+    }
 
     tracing::info!(
         listen = %gw.config.listen,

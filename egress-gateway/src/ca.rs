@@ -1,5 +1,6 @@
-//! The interception CA: created once in the state directory (key 0600), exported for the
-//! bottles' trust stores, and used to mint a short-lived leaf per host name on first use.
+//! The interception CA: created once in the state directory (key 0600, certificate 0644),
+//! exported for the bottles' trust stores, and used to mint a short-lived leaf per host name
+//! on first use.
 use std::{
     fs,
     io::Write as _,
@@ -22,6 +23,13 @@ use crate::cli::ConfigArg;
 
 const CA_CERT_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca-key.pem";
+/// System roots followed by the CA, written at start for `SSL_CERT_FILE` and friends.
+const CA_BUNDLE_FILE: &str = "ca-bundle.pem";
+/// Others may reach the public files by name but not list the directory: the key, the
+/// supervise store and the credentials stay 0600 inside it.
+const STATE_DIR_MODE: u32 = 0o711;
+const PUBLIC_FILE_MODE: u32 = 0o644;
+const PRIVATE_FILE_MODE: u32 = 0o600;
 /// The CA's subject. Fixed, so the issuer can be rebuilt from the key alone on restart.
 const CA_COMMON_NAME: &str = "egress-gateway interception CA";
 const CA_ORGANIZATION: &str = "egress-gateway";
@@ -81,15 +89,16 @@ impl CertificateAuthority {
         let file_err =
             |path: &Path, e: &dyn std::fmt::Display| CaError::File { path: path.to_path_buf(), reason: e.to_string() };
         fs::create_dir_all(state_dir).map_err(|e| file_err(state_dir, &e))?;
-        let _ = fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700));
+        fs::set_permissions(state_dir, fs::Permissions::from_mode(STATE_DIR_MODE))
+            .map_err(|e| file_err(state_dir, &e))?;
         let key = KeyPair::generate().map_err(|e| file_err(state_dir, &e))?;
         let mut params = ca_params();
         let now = time_now();
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + time::Duration::days(CA_VALIDITY_DAYS);
         let cert = params.self_signed(&key).map_err(|e| file_err(&cert_path, &e))?;
-        write_private(&state_dir.join(CA_KEY_FILE), key.serialize_pem().as_bytes())?;
-        write_private(&cert_path, cert.pem().as_bytes())?;
+        write_file(&state_dir.join(CA_KEY_FILE), key.serialize_pem().as_bytes(), PRIVATE_FILE_MODE)?;
+        write_file(&cert_path, cert.pem().as_bytes(), PUBLIC_FILE_MODE)?;
         Ok(())
     }
 
@@ -144,6 +153,11 @@ impl CertificateAuthority {
     /// first requests for one host mint once.
     pub fn leaf(&self, host: &str) -> Result<Arc<CertifiedKey>, CaError> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(hit) = self.cache.get(&host) {
+            crate::metrics::global().leaf_lookup(true);
+            return Ok(hit);
+        }
+        crate::metrics::global().leaf_lookup(false);
         self.cache
             .try_get_with(host.clone(), || self.mint(&host).map(Arc::new))
             .map_err(|e: Arc<CaError>| CaError::Mint { host, reason: e.to_string() })
@@ -180,18 +194,60 @@ fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), CaError> {
+/// Writes `data` whole or not at all (a temporary file per process, renamed), with `mode`
+/// set at creation so the file is never briefly wider than asked.
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
     let err = |e: std::io::Error| CaError::File { path: path.to_path_buf(), reason: e.to_string() };
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(err)?;
+    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(err)?;
     f.write_all(data).map_err(err)?;
     f.sync_all().map_err(err)?;
     fs::rename(&tmp, path).map_err(err)
 }
 
+/// The CA certificate alone, read without the key: what `ca export` prints, so exporting
+/// needs no access to the key.
+pub fn public_pem(state_dir: &Path) -> Result<String, CaError> {
+    let path = state_dir.join(CA_CERT_FILE);
+    let pem = fs::read_to_string(&path).map_err(|e| CaError::File { path: path.clone(), reason: e.to_string() })?;
+    let has_cert = matches!(rustls_pemfile::certs(&mut pem.as_bytes()).next(), Some(Ok(_)));
+    if has_cert { Ok(pem) } else { Err(CaError::File { path, reason: "no certificate in the file".into() }) }
+}
+
+/// The files a bottle's clients are pointed at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustFiles {
+    /// The CA certificate alone (`NODE_EXTRA_CA_CERTS` adds it to Node's own roots).
+    pub ca: PathBuf,
+    /// System roots followed by the CA (`SSL_CERT_FILE` and the like replace the roots).
+    pub bundle: PathBuf,
+}
+
+impl TrustFiles {
+    pub fn in_state_dir(state_dir: &Path) -> TrustFiles {
+        TrustFiles { ca: state_dir.join(CA_CERT_FILE), bundle: state_dir.join(CA_BUNDLE_FILE) }
+    }
+}
+
+/// Makes the public half readable by everyone (a CA made by an older version was 0600 in a
+/// 0700 directory) and writes the bundle next to it, so any user, in or out of a bottle,
+/// can trust the gateway without root.
+pub fn publish(state_dir: &Path) -> Result<TrustFiles, CaError> {
+    let files = TrustFiles::in_state_dir(state_dir);
+    let chmod = |path: &Path, mode: u32| {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(|e| CaError::File { path: path.to_path_buf(), reason: e.to_string() })
+    };
+    chmod(state_dir, STATE_DIR_MODE)?;
+    chmod(&files.ca, PUBLIC_FILE_MODE)?;
+    write_file(&files.bundle, trust_bundle(&public_pem(state_dir)?).as_bytes(), PUBLIC_FILE_MODE)?;
+    Ok(files)
+}
+
 /// System roots followed by the CA: what a bottle's `SSL_CERT_FILE` should point at, so
 /// both intercepted hosts and anything else trusted keep working.
-pub fn trust_bundle(ca: &CertificateAuthority) -> String {
+pub fn trust_bundle(ca_pem: &str) -> String {
     let mut out = String::new();
     for cert in rustls_native_certs::load_native_certs().certs {
         out.push_str("-----BEGIN CERTIFICATE-----\n");
@@ -202,7 +258,7 @@ pub fn trust_bundle(ca: &CertificateAuthority) -> String {
         }
         out.push_str("-----END CERTIFICATE-----\n");
     }
-    out.push_str(ca.cert_pem());
+    out.push_str(ca_pem);
     out
 }
 
@@ -240,12 +296,12 @@ pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
         }
         CaCommand::Export { config, bundle } => {
             let config = config.load()?;
-            let ca = CertificateAuthority::load(&config.state_dir)
+            let pem = public_pem(&config.state_dir)
                 .with_context(|| "no CA yet: run `egress-gateway ca init` or start the gateway")?;
             if bundle {
-                print!("{}", trust_bundle(&ca));
+                print!("{}", trust_bundle(&pem));
             } else {
-                print!("{}", ca.cert_pem());
+                print!("{pem}");
             }
         }
     }
@@ -333,6 +389,28 @@ mod tests {
         assert!(matches!(CertificateAuthority::init(&dir, false), Err(CaError::Exists(_))));
         fs::set_permissions(dir.join(CA_KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
         assert!(CertificateAuthority::load(&dir).unwrap_err().to_string().contains("chmod 600"));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_public_half_is_world_readable_and_exported_without_the_key() {
+        let dir = temp_state();
+        CertificateAuthority::init(&dir, false).unwrap();
+        // A CA left by an older version: everything private.
+        fs::set_permissions(dir.join(CA_CERT_FILE), fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let files = publish(&dir).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), STATE_DIR_MODE);
+        assert_eq!(mode(&files.ca), PUBLIC_FILE_MODE);
+        assert_eq!(mode(&files.bundle), PUBLIC_FILE_MODE);
+        assert_eq!(mode(&dir.join(CA_KEY_FILE)), PRIVATE_FILE_MODE);
+        let bundle = fs::read_to_string(&files.bundle).unwrap();
+        let pem = fs::read_to_string(&files.ca).unwrap();
+        assert!(bundle.ends_with(&pem), "the bundle ends with the CA");
+        // Export reads the certificate only: it works with the key gone.
+        fs::remove_file(dir.join(CA_KEY_FILE)).unwrap();
+        assert_eq!(public_pem(&dir).unwrap(), pem);
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -70,6 +70,10 @@ pub struct ExecArgs {
     /// namespace (root there can reach the host's interfaces with packet sockets).
     #[arg(long)]
     pub allow_root: bool,
+    /// Point the usual TLS trust variables (SSL_CERT_FILE, REQUESTS_CA_BUNDLE,
+    /// NODE_EXTRA_CA_CERTS, GIT_SSL_CAINFO, ...) at the gateway's CA files.
+    #[arg(long)]
+    pub trust_env: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -174,8 +178,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = args.config.load()?;
             // A bottle of gateway.yaml, or one attached at run time (kept in the state dir).
             let bottle = crate::control::find_bottle(&config, &args.bottle)?;
-            let opts =
-                crate::exec::ExecOptions { user: args.user, keep_caps: args.keep_caps, allow_root: args.allow_root };
+            let opts = crate::exec::ExecOptions {
+                user: args.user,
+                keep_caps: args.keep_caps,
+                allow_root: args.allow_root,
+                trust_env: args.trust_env,
+            };
             let status = crate::exec::run(&config, &bottle, &args.command, &opts)?;
             Ok(ExitCode::from(status))
         }

@@ -154,6 +154,34 @@ impl BottleControl for Gateway {
         admin::Readiness::from_problems(served.len(), problems)
     }
 
+    fn metrics(&self) -> String {
+        let layout = bpf::PinLayout::new(&self.config);
+        let bottles = self
+            .bottles()
+            .iter()
+            .map(|b| {
+                let c = self.maps.counters(b.config.id);
+                crate::metrics::BottleSnapshot {
+                    name: b.config.name.clone(),
+                    attached: layout.bottle_dir(&b.config.name).join("egress_connect4").exists(),
+                    open_connections: b.usage.open_connections() as u64,
+                    buffered_bytes: b.usage.buffered.used(),
+                    refused_connections: b.usage.refused_connections.load(std::sync::atomic::Ordering::Relaxed),
+                    refused_budget: b.usage.refused_requests.load(std::sync::atomic::Ordering::Relaxed),
+                    kernel: Some(vec![
+                        ("tcp_redirected".into(), c.tcp_redirected),
+                        ("dns_redirected".into(), c.dns_redirected),
+                        ("refused".into(), c.refused),
+                        ("dropped".into(), c.dropped),
+                    ]),
+                }
+            })
+            .collect();
+        let snapshot =
+            crate::metrics::Snapshot { version: env!("CARGO_PKG_VERSION"), commit: env!("EGRESS_GIT_COMMIT"), bottles };
+        crate::metrics::global().render(&snapshot)
+    }
+
     fn peer_bottle(&self, pid: u32) -> Option<String> {
         // The peer's cgroup v2 path as the gateway's cgroup namespace shows it; a peer
         // whose cgroup cannot be read is treated as bottled (fail closed).

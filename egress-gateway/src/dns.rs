@@ -141,6 +141,7 @@ pub async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &
     if !allowed {
         let name = crate::dlp::hostname::loggable(&live.dlp, &query.name);
         tracing::info!(bottle = %bottle.config.name, name = %name, decision = "nxdomain", "dns query denied");
+        crate::metrics::global().dns_query(&bottle.config.name, "refused");
         return Some(wire::reply(&query, wire::Rcode::NxDomain, &[]));
     }
     if crate::dlp::hostname::carries_data(&live.dlp, &query.name) {
@@ -152,6 +153,7 @@ pub async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &
             reason = "name looks like it carries data (DNS tunnelling or a secret)",
             "dns query denied"
         );
+        crate::metrics::global().dns_query(&bottle.config.name, "carries_data");
         return Some(wire::reply(&query, wire::Rcode::NxDomain, &[]));
     }
     // A new name under a wildcard spends the bottle's budget: whatever the shape checks
@@ -170,12 +172,14 @@ pub async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &
             reason = "budget of new names under a wildcard spent",
             "dns query denied"
         );
+        crate::metrics::global().dns_query(&bottle.config.name, "budget");
         return Some(wire::reply(&query, wire::Rcode::NxDomain, &[]));
     }
     let addrs = match gw.resolver.lookup_for(&bottle.config.name, &query.name).await {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(bottle = %bottle.config.name, name = %query.name, error = %e, "dns resolution failed");
+            crate::metrics::global().dns_query(&bottle.config.name, "failed");
             return Some(wire::reply(&query, wire::Rcode::ServFail, &[]));
         }
     };
@@ -188,6 +192,7 @@ pub async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &
         })
         .collect();
     tracing::debug!(bottle = %bottle.config.name, name = %query.name, answers = wanted.len(), "dns query answered");
+    crate::metrics::global().dns_query(&bottle.config.name, "answered");
     Some(wire::reply(&query, wire::Rcode::NoError, &wanted))
 }
 

@@ -33,6 +33,44 @@ pub struct ExecOptions {
     pub keep_caps: bool,
     /// Allow a root command in a bottle that shares the gateway's network namespace.
     pub allow_root: bool,
+    /// Point the usual TLS trust variables at the gateway's CA files.
+    pub trust_env: bool,
+}
+
+/// Which of the published files a trust variable names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrustFile {
+    /// System roots followed by the CA: for variables that replace the roots.
+    Bundle,
+    /// The CA alone: for variables that add to the roots.
+    Ca,
+}
+
+/// The variables `--trust-env` sets, and what each client does with them.
+const TRUST_VARIABLES: &[(&str, TrustFile)] = &[
+    ("SSL_CERT_FILE", TrustFile::Bundle), // OpenSSL, curl, Go, Python's ssl, httpx, Ruby
+    ("CURL_CA_BUNDLE", TrustFile::Bundle), // curl
+    ("REQUESTS_CA_BUNDLE", TrustFile::Bundle), // Python requests (its own certifi otherwise)
+    ("PIP_CERT", TrustFile::Bundle),      // pip
+    ("GIT_SSL_CAINFO", TrustFile::Bundle), // git over HTTPS
+    ("CARGO_HTTP_CAINFO", TrustFile::Bundle), // cargo
+    ("AWS_CA_BUNDLE", TrustFile::Bundle), // AWS SDKs and CLI
+    ("DENO_CERT", TrustFile::Bundle),     // Deno
+    ("NODE_EXTRA_CA_CERTS", TrustFile::Ca), // Node.js adds it to its built-in roots
+];
+
+/// The variables and values `--trust-env` gives the command.
+fn trust_environment(files: &crate::ca::TrustFiles) -> Vec<(&'static str, std::path::PathBuf)> {
+    TRUST_VARIABLES
+        .iter()
+        .map(|(name, file)| {
+            let path = match file {
+                TrustFile::Bundle => files.bundle.clone(),
+                TrustFile::Ca => files.ca.clone(),
+            };
+            (*name, path)
+        })
+        .collect()
 }
 
 /// The user a command runs as.
@@ -86,6 +124,13 @@ pub fn run(
 
     let mut cmd = Command::new(program);
     cmd.args(args);
+    if opts.trust_env {
+        // Written now, from the CA the running gateway uses, so the command never finds a
+        // stale or missing bundle.
+        let files = crate::ca::publish(&config.state_dir)
+            .context("--trust-env: the gateway's CA is not there yet (start the gateway, or `ca init`)")?;
+        cmd.envs(trust_environment(&files));
+    }
     let keep_caps = opts.keep_caps;
     // SAFETY: between fork and exec the child makes plain system calls and writes one
     // file; this process is single-threaded, so no lock can be held by another thread.
@@ -223,6 +268,22 @@ mod landlock {
             return Err(std::io::Error::last_os_error());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_variables_that_replace_the_roots_get_the_bundle_and_node_gets_the_ca() {
+        let files = crate::ca::TrustFiles::in_state_dir(std::path::Path::new("/state"));
+        let env: std::collections::HashMap<_, _> = trust_environment(&files).into_iter().collect();
+        assert_eq!(env["SSL_CERT_FILE"], files.bundle);
+        assert_eq!(env["REQUESTS_CA_BUNDLE"], files.bundle);
+        assert_eq!(env["GIT_SSL_CAINFO"], files.bundle);
+        assert_eq!(env["NODE_EXTRA_CA_CERTS"], files.ca);
+        assert_eq!(env.len(), TRUST_VARIABLES.len(), "no variable twice");
     }
 }
 

@@ -8,6 +8,8 @@
 //! | `PUT /v1/bottles/{name}` | 201, the attached `BottleInfo`; the body is a `BottleRequest` |
 //! | `DELETE /v1/bottles/{name}[?force=true]` | 200, `{"detached": name}` |
 //! | `POST /v1/reload` | 200, a `ReloadReport` |
+//! | `GET /healthz`, `GET /readyz` | 200 (503 when not ready), JSON |
+//! | `GET /metrics` | 200, Prometheus metrics (OpenMetrics text) |
 use std::path::{Path, PathBuf};
 
 use http::{Method, StatusCode};
@@ -44,6 +46,15 @@ pub enum AdminRequest {
     Health,
     /// `GET /readyz`: listeners bound, every bottle attached, the state directory writable.
     Ready,
+    /// `GET /metrics`: Prometheus metrics.
+    Metrics,
+}
+
+impl AdminRequest {
+    /// Whether it only reads (what `admin_listen`, the TCP listener, may serve).
+    pub fn is_read_only_probe(&self) -> bool {
+        matches!(self, AdminRequest::Health | AdminRequest::Ready | AdminRequest::Metrics)
+    }
 }
 
 /// What an attach needs besides the `Bottle`.
@@ -204,13 +215,19 @@ pub fn parse(method: &Method, target: &str, body: &[u8]) -> Result<AdminRequest,
         no_body()?;
         return Ok(AdminRequest::List);
     }
-    if path == "/healthz" || path == "/readyz" {
+    let probe = match path {
+        "/healthz" => Some(AdminRequest::Health),
+        "/readyz" => Some(AdminRequest::Ready),
+        "/metrics" => Some(AdminRequest::Metrics),
+        _ => None,
+    };
+    if let Some(probe) = probe {
         if method != Method::GET {
             return Err(ApiError::method("GET"));
         }
         no_params()?;
         no_body()?;
-        return Ok(if path == "/healthz" { AdminRequest::Health } else { AdminRequest::Ready });
+        return Ok(probe);
     }
     if path == "/v1/reload" {
         if method != Method::POST {

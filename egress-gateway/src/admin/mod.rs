@@ -45,6 +45,11 @@ pub trait BottleControl: Send + Sync + 'static {
     /// Whether the gateway can serve every bottle now (`GET /readyz`).
     fn readiness(&self) -> impl Future<Output = Readiness> + Send;
 
+    /// What `GET /metrics` answers: the counted metrics and the state read now.
+    fn metrics(&self) -> String {
+        crate::metrics::global().render(&crate::metrics::Snapshot::default())
+    }
+
     /// The bottle whose cgroup holds process `pid`, if any: nothing inside a bottle may
     /// use the admin socket, root included.
     fn peer_bottle(&self, pid: u32) -> Option<String> {

@@ -229,9 +229,18 @@ async fn connection<C: BottleControl>(stream: UnixStream, control: Arc<C>, euid:
     if !allowed {
         tracing::warn!(uid = ?uid, pid = ?pid, bottle = ?bottled, "admin socket: connection refused");
     }
+    serve_connection(stream, control, if allowed { Access::Full } else { Access::Refused }, uid).await;
+}
+
+/// One HTTP/1.1 request on `stream`, then the connection closes.
+async fn serve_connection<C, S>(stream: S, control: Arc<C>, access: Access, uid: Option<u32>)
+where
+    C: BottleControl,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req| {
         let control = control.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(req, control, allowed, uid).await) }
+        async move { Ok::<_, std::convert::Infallible>(handle(req, control, access, uid).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -244,29 +253,50 @@ async fn connection<C: BottleControl>(stream: UnixStream, control: Arc<C>, euid:
     }
 }
 
+/// Who may ask what on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Root (or the gateway's user) outside every bottle, on the unix socket.
+    Full,
+    /// `admin_listen`: the probes and metrics only.
+    ReadOnly,
+    Refused,
+}
+
 async fn handle<C: BottleControl>(
     req: Request<Incoming>,
     control: Arc<C>,
-    allowed: bool,
+    access: Access,
     uid: Option<u32>,
 ) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let target = req.uri().path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_else(|| "/".into());
-    let response = if allowed {
-        match read_body(req).await {
-            Ok(body) => match api::parse(&method, &target, &body) {
-                Ok(request) => dispatch(request, control).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
+    let request = match access {
+        Access::Refused => {
+            Err(ApiError::new(StatusCode::FORBIDDEN, "the admin socket is for root outside every bottle only"))
         }
-    } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, "the admin socket is for root outside every bottle only"))
+        Access::Full | Access::ReadOnly => {
+            read_body(req).await.and_then(|body| api::parse(&method, &target, &body)).and_then(|r| {
+                if access == Access::ReadOnly && !r.is_read_only_probe() {
+                    Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "admin_listen serves GET /healthz, /readyz and /metrics only: use the admin socket",
+                    ))
+                } else {
+                    Ok(r)
+                }
+            })
+        }
+    };
+    let response = match request {
+        Ok(AdminRequest::Metrics) => Ok((StatusCode::OK, control.metrics().into_bytes(), crate::metrics::CONTENT_TYPE)),
+        Ok(request) => dispatch(request, control).await.map(|(status, body)| (status, body, JSON)),
+        Err(e) => Err(e),
     };
     let (status, response) = match response {
-        Ok((status, body)) => (status, json_response(status, body)),
+        Ok((status, body, content_type)) => (status, body_response(status, body, content_type)),
         Err(e) => {
-            let mut r = json_response(e.status, e.body());
+            let mut r = body_response(e.status, e.body(), JSON);
             if let Some(allow) = e.allow {
                 r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
             }
@@ -274,7 +304,12 @@ async fn handle<C: BottleControl>(
         }
     };
     // The path holds a bottle name at most; bodies (paths, routes) are not logged.
-    tracing::info!(uid = ?uid, method = %method, path = %target, status = status.as_u16(), "admin request");
+    // Probes and scrapes come every few seconds: they are not worth a line each.
+    if matches!(target.as_str(), "/healthz" | "/readyz" | "/metrics") && status.is_success() {
+        tracing::debug!(uid = ?uid, method = %method, path = %target, status = status.as_u16(), "admin request");
+    } else {
+        tracing::info!(uid = ?uid, method = %method, path = %target, status = status.as_u16(), "admin request");
+    }
     response
 }
 
@@ -331,6 +366,8 @@ async fn dispatch<C: BottleControl>(request: AdminRequest, control: Arc<C>) -> A
             spawned(async move { Ok::<_, ApiError>((StatusCode::OK, api::json(&control.reload().await?))) }).await
         }
         AdminRequest::Health => Ok((StatusCode::OK, api::json(&serde_json::json!({ "alive": true })))),
+        // Answered as text by `handle`, never here.
+        AdminRequest::Metrics => Ok((StatusCode::OK, control.metrics().into_bytes())),
         AdminRequest::Ready => {
             let readiness = control.readiness().await;
             let status = if readiness.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -349,11 +386,41 @@ async fn spawned(f: impl Future<Output = Answer> + Send + 'static) -> Answer {
         .unwrap_or_else(|_| Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the operation failed (panic)")))
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+const JSON: &str = "application/json";
+
+fn body_response(status: StatusCode, body: Vec<u8>, content_type: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     r
+}
+
+/// `admin_listen`: health, readiness and metrics over TCP for a monitoring system, until
+/// `shutdown`. Read-only, so it needs no peer check; bottles cannot reach it anyway
+/// (their connections are redirected to the proxy, and `check` refuses a `tcp:` route to
+/// it).
+pub async fn serve_tcp<C: BottleControl>(
+    listener: tokio::net::TcpListener,
+    control: Arc<C>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "admin_listen serving /healthz, /readyz and /metrics");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_connection(stream, control.clone(), Access::ReadOnly, None));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin_listen: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
 }
 
 #[cfg(test)]

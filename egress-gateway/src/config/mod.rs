@@ -45,6 +45,8 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     bpffs_dir: Option<PathBuf>,
     admin_socket: Option<PathBuf>,
+    /// A TCP listener for `/healthz`, `/readyz` and `/metrics` (off by default).
+    admin_listen: Option<SocketAddr>,
     /// Mount point of the cgroup v2 hierarchy; found in /proc/self/mountinfo when absent.
     cgroup_root: Option<PathBuf>,
     #[serde(default)]
@@ -145,6 +147,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub bpffs_dir: PathBuf,
     pub admin_socket: PathBuf,
+    /// The read-only TCP admin listener (health, readiness, metrics), if any.
+    pub admin_listen: Option<SocketAddr>,
     pub cgroup_root: Option<PathBuf>,
     /// Resolver overrides, lower-case names.
     pub hosts: BTreeMap<String, Vec<IpAddr>>,
@@ -229,6 +233,14 @@ impl Config {
                 problems.push(field, "port 0 is not allowed: the kernel programs need a fixed port");
             }
         }
+        if let Some(admin) = raw.admin_listen {
+            if admin.port() == 0 {
+                problems.push("admin_listen", "needs a fixed port (a monitoring system scrapes it)");
+            }
+            if admin == SocketAddr::V4(listen) || admin == SocketAddr::V4(dns_listen) {
+                problems.push("admin_listen", "must differ from listen and dns_listen");
+            }
+        }
 
         let mut hosts = BTreeMap::new();
         for (name, addrs) in raw.hosts {
@@ -293,6 +305,7 @@ impl Config {
             state_dir,
             bpffs_dir: raw.bpffs_dir.unwrap_or_else(|| DEFAULT_BPFFS_DIR.into()),
             admin_socket: raw.admin_socket.map(|p| base.join(p)).unwrap_or_else(|| DEFAULT_ADMIN_SOCKET.into()),
+            admin_listen: raw.admin_listen,
             cgroup_root: raw.cgroup_root,
             hosts,
             upstream_ca_files: raw.upstream_ca_files.into_iter().map(|p| base.join(p)).collect(),

@@ -50,7 +50,15 @@ pub async fn scan_and_hold(
             scan::Outbound::Refuse(status, reason) => return Err(Refusal::dlp(reason).with_status(status)),
             scan::Outbound::Hold { payload, value } => {
                 let supervisor = supervisor.as_ref().expect("holds only when supervised");
+                // Dropped unfinished (the client went away) it counts as abandoned.
+                let timer = crate::metrics::global().hold_started(rq.bottle());
                 let outcome = supervisor.hold(payload, &value).await;
+                timer.finish(match &outcome {
+                    HoldOutcome::Approved { .. } => "approved",
+                    HoldOutcome::Rejected(_) => "rejected",
+                    HoldOutcome::Failed(_) => "failed",
+                    HoldOutcome::TooMany(_) => "over_max_pending",
+                });
                 safe.note(&outcome, &value);
                 match outcome {
                     // Approved: the value is in the safe set now; scan again.

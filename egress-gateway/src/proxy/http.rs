@@ -120,10 +120,14 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
     if req.method() == Method::CONNECT {
         return connect::connect(req, flow, ctx).await;
     }
+    let started = std::time::Instant::now();
     let mut rq = RequestCtx::new(flow, req.method(), req.uri().path());
     let span = rq.span.clone();
     async move {
-        match phases(req, &mut rq, &ctx).await {
+        let outcome = phases(req, &mut rq, &ctx).await;
+        let refused_by = outcome.as_ref().err().map(|r| r.source.as_str());
+        crate::metrics::global().request(rq.bottle(), refused_by, started.elapsed(), rq.upstream_time);
+        match outcome {
             Ok(resp) => resp,
             Err(refusal) => rq.refuse(refusal),
         }
@@ -174,7 +178,10 @@ async fn phases(req: Request<Incoming>, rq: &mut RequestCtx, ctx: &ProxyContext)
         return ws_handshake::websocket(ctx, rq, &route, &target, uri, headers, client_upgrade).await;
     }
     let body = body::BufferedBody { data: scanned.body, trailers: scanned.trailers };
-    let resp = forward::forward(ctx, rq, parts, uri, headers, body).await?;
+    let asked = std::time::Instant::now();
+    let resp = forward::forward(ctx, rq, parts, uri, headers, body).await;
+    rq.upstream_time = Some(asked.elapsed());
+    let resp = resp?;
     respond::respond(rq, &route, resp, reservation).await
 }
 

@@ -118,6 +118,8 @@ pub struct RequestCtx {
     /// The path without the query, scrubbed: what logs and proposals show.
     pub path: String,
     pub span: tracing::Span,
+    /// How long the upstream took to answer, once it was asked (for the metrics).
+    pub upstream_time: Option<std::time::Duration>,
 }
 
 impl RequestCtx {
@@ -133,7 +135,16 @@ impl RequestCtx {
             host = tracing::field::Empty,
             route = tracing::field::Empty,
         );
-        RequestCtx { flow, live, host: "-".into(), method: method.clone(), shown_method, path, span }
+        RequestCtx {
+            flow,
+            live,
+            host: "-".into(),
+            method: method.clone(),
+            shown_method,
+            path,
+            span,
+            upstream_time: None,
+        }
     }
 
     pub fn bottle(&self) -> &str {

@@ -116,13 +116,18 @@ where
     };
     let config = ctx.tls_configs.get(&cert_name, leaf, offers_h2);
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            crate::metrics::global().tls_handshake("client", true);
+            s
+        }
         Ok(Err(e)) => {
+            crate::metrics::global().tls_handshake("client", false);
             // Usually the client does not trust the gateway's CA.
             tracing::info!(decision = "deny", reason = %format!("TLS handshake failed: {e}"), "connection closed");
             return;
         }
         Err(_) => {
+            crate::metrics::global().tls_handshake("client", false);
             tracing::info!(decision = "deny", reason = "TLS handshake timed out", "connection closed");
             return;
         }

@@ -6,6 +6,7 @@
 //! `render` draws the state; `apply` carries an action out against the stores, and `run`
 //! is the terminal loop, polling the stores every 500 ms so the screen follows proposals
 //! that arrive and decisions taken elsewhere.
+use anyhow::Context as _;
 use std::{
     process::ExitCode,
     time::{Duration, Instant},
@@ -523,8 +524,15 @@ pub fn apply(app: &mut App, op: &Operator, action: Action) -> bool {
 
 /// The terminal loop. The stores are opened (and checked) before the terminal is taken over.
 pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+        anyhow::bail!(
+            "the supervise console needs a terminal (stdin and stdout); from a script use \
+             `supervise list|approve|reject|history [--json]`"
+        );
+    }
     let mut op = Operator::open(config)?;
-    let mut terminal = ratatui::init();
+    let mut terminal = ratatui::try_init().context("taking over the terminal")?;
     let result = (|| -> anyhow::Result<()> {
         let mut app = App::default();
         let mut last = None::<Instant>;

@@ -1,6 +1,8 @@
 //! Notification: `notify_command` (an argv, run without a shell) is started for each new
 //! proposal with the proposal's JSON (never the raw value) on its standard input. It is
-//! killed after its timeout; a failure is logged and changes nothing about the hold.
+//! killed after its timeout; a failure is logged and changes nothing about the hold. It
+//! runs with a cleared environment (only `PATH`, `LANG` and `TZ` are kept): the gateway's
+//! holds the credentials it injects (`EGRESS_TOKEN_*`), which no hook may see.
 use std::{process::Stdio, time::Duration};
 
 use tokio::{io::AsyncWriteExt, process::Command};
@@ -8,6 +10,9 @@ use tokio::{io::AsyncWriteExt, process::Command};
 use super::protocol::Proposal;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the notification command inherits from the gateway's environment.
+const KEPT_VARIABLES: &[&str] = &["PATH", "LANG", "TZ"];
 
 #[derive(Debug, Clone)]
 pub struct Notifier {
@@ -24,6 +29,8 @@ impl Notifier {
         let json = serde_json::to_vec(&proposal.inert()).map_err(|e| e.to_string())?;
         let mut child = Command::new(program)
             .args(args)
+            .env_clear()
+            .envs(std::env::vars_os().filter(|(k, _)| KEPT_VARIABLES.iter().any(|kept| k == kept)))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -89,6 +96,19 @@ mod tests {
             assert!(!has(field), "{field:?}");
         }
         assert!(got.payload.host.starts_with("trusted.example\\r\\x1b[1A"), "{}", got.payload.host);
+    }
+
+    #[tokio::test]
+    async fn the_command_inherits_no_credential_or_other_variable() {
+        let out = temp_dir("notify-env").join("env.txt");
+        let p = super::super::protocol::Proposal::new("demo", payload("n.test"));
+        let script = format!("env > {}", out.display());
+        notifier(&["sh", "-c", &script], DEFAULT_TIMEOUT).notify(&p).await.unwrap();
+        let env = std::fs::read_to_string(&out).unwrap();
+        // The test runs under cargo, whose CARGO_* variables would show through.
+        assert!(!env.contains("CARGO"), "{env}");
+        let names: Vec<&str> = env.lines().filter_map(|l| l.split_once('=').map(|(k, _)| k)).collect();
+        assert!(names.iter().all(|n| KEPT_VARIABLES.contains(n) || ["PWD", "SHLVL", "_"].contains(n)), "{names:?}");
     }
 
     #[tokio::test]
