@@ -7,7 +7,11 @@ use egress_e2e::{gateway_bin, stderr, stdout};
 static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn check(files: &[(&str, &str)]) -> std::process::Output {
-    // One directory per call: tests run in parallel.
+    check_with_env(files, &[])
+}
+
+/// A directory of its own holding `files` (tests run in parallel); the caller removes it.
+fn config_dir(files: &[(&str, &str)]) -> std::path::PathBuf {
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("egress-cli-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -15,7 +19,17 @@ fn check(files: &[(&str, &str)]) -> std::process::Output {
     for (name, text) in files {
         std::fs::write(dir.join(name), text).unwrap();
     }
-    let out = Command::new(gateway_bin()).args(["check", "--config"]).arg(dir.join(files[0].0)).output().unwrap();
+    dir
+}
+
+fn check_with_env(files: &[(&str, &str)], vars: &[(&str, &str)]) -> std::process::Output {
+    let dir = config_dir(files);
+    let out = Command::new(gateway_bin())
+        .args(["check", "--config"])
+        .arg(dir.join(files[0].0))
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     out
 }
@@ -39,7 +53,13 @@ fn check_accepts_the_readme_example_as_written() {
         let body = &readme[start..];
         body[..body.find("```").expect("the block ends")].to_string()
     };
-    let out = check(&[("gateway.yaml", &block("# gateway.yaml")), ("demo-routes.yaml", &block("# demo-routes.yaml"))]);
+    let files = [("gateway.yaml", block("# gateway.yaml")), ("demo-routes.yaml", block("# demo-routes.yaml"))];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    // Without the credential its route names, the example does not pass: say which.
+    let out = check(&files);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(stderr(&out).contains("token_env EGRESS_TOKEN_API is not set"), "{}", stderr(&out));
+    let out = check_with_env(&files, &[("EGRESS_TOKEN_API", "a-token-for-the-test")]);
     assert!(out.status.success(), "{}", stderr(&out));
     let explained = stdout(&out);
     assert!(explained.contains("bottle demo"), "{explained}");
@@ -67,12 +87,26 @@ fn check_reports_a_broken_routes_file() {
 }
 
 #[test]
-fn unknown_bottle_and_missing_command_are_clear_errors() {
-    let out = Command::new(gateway_bin()).args(["exec", "--bottle", "nope", "--", "true"]).output().unwrap();
+fn unknown_bottle_missing_command_and_missing_configuration_are_clear_errors() {
+    let dir = config_dir(&[("gateway.yaml", GATEWAY), ("demo-routes.yaml", "")]);
+    let config = dir.join("gateway.yaml");
+    let out = Command::new(gateway_bin())
+        .args(["exec", "--bottle", "nope", "--config"])
+        .arg(&config)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("no bottle named \"nope\""), "{}", stderr(&out));
-    let out = Command::new(gateway_bin()).args(["exec", "--bottle", "default"]).output().unwrap();
+    let out = Command::new(gateway_bin()).args(["exec", "--bottle", "demo", "--config"]).arg(&config).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "clap usage error");
+    let _ = std::fs::remove_dir_all(&dir);
+    // Only `run` and `doctor` fall back to the embedded default; the others say what to do.
+    assert!(!std::path::Path::new("/etc/egress-gateway/gateway.yaml").exists(), "this test needs a machine without it");
+    let out = Command::new(gateway_bin()).args(["exec", "--bottle", "default", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("no configuration") && err.contains("/etc/egress-gateway/gateway.yaml"), "{err}");
 }
 
 /// The issue's supervise example (its queue directory moved into the test's directory)
@@ -181,13 +215,16 @@ fn the_systemd_unit_verifies() {
 /// instead of panicking in the terminal library.
 #[test]
 fn the_supervise_console_without_a_terminal_is_a_clear_error() {
+    let dir = config_dir(&[("gateway.yaml", GATEWAY), ("demo-routes.yaml", "")]);
     let out = Command::new(gateway_bin())
-        .arg("supervise")
+        .args(["supervise", "--config"])
+        .arg(dir.join("gateway.yaml"))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("needs a terminal") && err.contains("supervise list"), "{err}");
     assert!(!err.contains("panicked"), "{err}");

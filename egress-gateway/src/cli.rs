@@ -48,7 +48,8 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
-    /// The gateway configuration (YAML). Without it, the embedded default is used.
+    /// The gateway configuration (YAML). Default: /etc/egress-gateway/gateway.yaml; `run`
+    /// and `doctor` fall back to an embedded default when that does not exist.
     #[arg(long, short = 'c', env = "EGRESS_GATEWAY_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -92,9 +93,10 @@ pub struct AdminArg {
 impl AdminArg {
     /// The override, or the configuration's socket (the configuration is read only then).
     pub fn client(&self) -> anyhow::Result<admin::AdminClient> {
-        let path = match &self.admin_socket {
-            Some(p) => p.clone(),
-            None => self.config.load()?.admin_socket,
+        let path = match (&self.admin_socket, self.config.path()) {
+            (Some(p), _) => p.clone(),
+            (None, Some(config)) => config::Config::load(&config)?.admin_socket,
+            (None, None) => config::DEFAULT_ADMIN_SOCKET.into(),
         };
         Ok(admin::AdminClient::new(path))
     }
@@ -158,20 +160,50 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// Where every command looks without `--config` (the path the systemd unit uses).
+pub const DEFAULT_CONFIG: &str = "/etc/egress-gateway/gateway.yaml";
+
 impl ConfigArg {
+    /// `--config`, else `/etc/egress-gateway/gateway.yaml`; without either, an error that
+    /// says so (only `run` and `doctor` fall back to the embedded default).
     pub fn load(&self) -> anyhow::Result<config::Config> {
-        match &self.config {
-            Some(path) => config::Config::load(path).map_err(anyhow::Error::from),
-            None => config::Config::embedded_default().map_err(anyhow::Error::from),
+        match self.path() {
+            Some(path) => config::Config::load(&path).map_err(anyhow::Error::from),
+            None => anyhow::bail!(
+                "no configuration: pass --config FILE (or EGRESS_GATEWAY_CONFIG), or create {DEFAULT_CONFIG}"
+            ),
         }
+    }
+
+    /// As `load`, falling back to the embedded default (one bottle, `default`, that may
+    /// reach nothing), and saying so on stderr.
+    pub fn load_or_embedded(&self) -> anyhow::Result<config::Config> {
+        match self.path() {
+            Some(path) => config::Config::load(&path).map_err(anyhow::Error::from),
+            None => {
+                eprintln!(
+                    "egress-gateway: no --config and no {DEFAULT_CONFIG}: using the embedded default configuration \
+                     (bottle `default`, cgroup egress/default, no routes: everything refused)"
+                );
+                config::Config::embedded_default().map_err(anyhow::Error::from)
+            }
+        }
+    }
+
+    /// The file to read: `--config`, or the default path when it exists.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            let default = PathBuf::from(DEFAULT_CONFIG);
+            default.exists().then_some(default)
+        })
     }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
-            let config = args.load()?;
-            app::run(config, args.config)?;
+            let config = args.load_or_embedded()?;
+            app::run(config, args.path())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec(args) => {
@@ -216,43 +248,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check(args) => {
             let config = args.load()?;
-            print!("{}", config.explain());
-            // Every routes file too; report all broken ones, not just the first.
-            let mut failed = false;
-            for b in &config.bottles {
-                if let Some(path) = &b.routes {
-                    match crate::policy::Routes::load(path) {
-                        Ok(_) => println!("routes: {}: ok", path.display()),
-                        Err(e) => {
-                            eprintln!("egress-gateway: error: {e}");
-                            failed = true;
-                        }
-                    }
-                }
-                // Checked as `run` checks it, with this process's user as the gateway's.
-                if let Some(path) = &b.credentials_file {
-                    match crate::credentials::Credentials::load(path) {
-                        Ok(c) => println!("credentials: {}: ok, {} values", path.display(), c.len()),
-                        Err(e) => {
-                            eprintln!("egress-gateway: error: bottle {}: {e}", b.name);
-                            failed = true;
-                        }
-                    }
-                }
-            }
-            if let Some(path) = &config.dlp.rules {
-                match crate::dlp::cli::load_rules(path) {
-                    Ok(rules) => println!("dlp rules: {}: ok, {} rules", path.display(), rules.len()),
-                    Err(e) => {
-                        eprintln!("egress-gateway: error: {e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            Ok(if failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
+            Ok(crate::check::run(&config))
         }
         Command::Doctor(args) => {
-            let config = args.load()?;
+            let config = args.load_or_embedded()?;
             Ok(crate::bpf::doctor::run(&config))
         }
         Command::Status(args) => {

@@ -11,6 +11,7 @@ pub mod bottle;
 pub mod bpf;
 pub mod ca;
 pub mod cgroup;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
