@@ -123,7 +123,11 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Routes, ConfigError> {
         Some(RawLog::Word(w)) if w == "blocks" => LogLevel::Blocks,
         Some(RawLog::Word(w)) if w == "full" => LogLevel::Full,
         Some(other) => {
-            problems.push("log", format!("{other:?} is not one of 0, 1, 2, off, blocks, full"));
+            let shown = match other {
+                RawLog::Number(n) => n.to_string(),
+                RawLog::Word(w) => format!("{w:?}"),
+            };
+            problems.push("log", format!("{shown} is not one of 0, 1, 2, off, blocks, full"));
             LogLevel::Off
         }
     };

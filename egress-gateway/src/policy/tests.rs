@@ -288,3 +288,12 @@ fn route_paths_that_can_never_match_are_load_errors() {
         .to_string();
     assert!(err.contains("routes[0].matches[0].paths[0].value"), "{err}");
 }
+
+#[test]
+fn a_bad_log_level_is_shown_as_written_not_as_rust() {
+    let e = err("log: 7\n").to_string();
+    assert!(e.contains("log: 7 is not one of"), "{e}");
+    assert!(!e.contains("Number"), "{e}");
+    let e = err("log: loud\n").to_string();
+    assert!(e.contains("\"loud\" is not one of"), "{e}");
+}
