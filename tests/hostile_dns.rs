@@ -239,3 +239,122 @@ fn dns_tunnels_under_an_allowed_wildcard_get_nxdomain_and_a_budget_caps_new_name
     }
     assert!(asked.iter().all(|n| n.ends_with(".cdn.upstream.test")), "only the test's names: {asked:?}");
 }
+
+/// Sends argv[1] seconds of DNS responses (which the gateway drops unread) to the
+/// redirected DNS port, each from a new socket on its own loopback address under
+/// 127.argv[2].0.0, so each leaves a new entry in the sender's DNS-client map.
+const PORT_FLOOD: &str = r#"
+import socket, sys, time
+end, base = time.time() + float(sys.argv[1]), int(sys.argv[2])
+reply = b'\x12\x34\x81\x80' + b'\x00' * 8
+sent = n = 0
+while time.time() < end:
+    for _ in range(500):
+        n += 1
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.bind(('127.%d.%d.%d' % (base, (n // 250) % 250 + 1, n % 250 + 1), 0))
+            s.sendto(reply, ('127.0.0.53', 53))
+            sent += 1
+        except OSError:
+            pass
+        s.close()
+print('sent', sent)
+"#;
+
+/// Like `DNS_QUERY_PY`, but asks again on a timeout, as a stub resolver does: the flood
+/// fills the listener's receive queue, and the kernel drops datagrams past it.
+const DNS_QUERY_RETRY_PY: &str = r#"
+import socket, struct, sys
+def query(name):
+    q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)
+    for label in name.split('.'):
+        q += bytes([len(label)]) + label.encode()
+    q += b'\x00' + struct.pack('>HH', 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    for _ in range(4):
+        s.sendto(q, ('127.0.0.53', 53))
+        try:
+            r = s.recv(512)
+        except socket.timeout:
+            continue
+        an = struct.unpack('>H', r[6:8])[0]
+        return r[3] & 0x0f, '.'.join(str(b) for b in r[-4:]) if an else '-'
+    return 'timeout', '-'
+for name in sys.argv[1:]:
+    print(name, *query(name))
+"#;
+
+/// Issue 11: the DNS listener shared by the bottles in the gateway's namespace tells whose
+/// query it is from the bottles' DNS-client maps. One bottle sending from hundreds of
+/// thousands of source addresses and ports (more than the one map they all shared held)
+/// does not evict another bottle's entries, so that bottle's queries are still its own:
+/// its allowed name resolves, the flooder's allowed name does not, none is refused as
+/// from an unknown client.
+#[test]
+fn a_dns_port_flood_does_not_take_another_bottles_queries() {
+    const FLOODERS: usize = 2;
+    const SECONDS: &str = "10";
+    let dns = TestDns::start();
+    let extra = format!("resolvers: [127.0.0.1:{}]", dns.port);
+    let mut env = TestEnv::new(
+        "dns-portflood",
+        EnvSpec {
+            routes: "routes:\n  - host: api.flooder.test\n",
+            extra_config: &extra,
+            more_bottles: &[MoreBottle {
+                suffix: "b",
+                routes: "routes:\n  - host: api.mine.test\n",
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
+    env.start_gateway();
+    let a = env.bottle().to_string();
+    let b = env.more_bottle("b");
+    let query = |names: &[&str]| {
+        let mut args = vec!["python3", "-c", DNS_QUERY_RETRY_PY];
+        args.extend(names);
+        results(&env.exec_in(&b, &args, &[]))
+    };
+    let expected = |got: &[(String, String, String)]| {
+        got.iter().all(|(name, rcode, ip)| match name.as_str() {
+            "api.mine.test" => (rcode.as_str(), ip.as_str()) == ("0", "127.0.0.7"),
+            _ => rcode == "3",
+        })
+    };
+    let before = query(&["api.mine.test", "api.flooder.test"]);
+    assert!(expected(&before), "before the flood: {before:?}");
+
+    let mut floods: Vec<_> = (0..FLOODERS)
+        .map(|i| env.spawn_exec_in(&a, &["python3", "-c", PORT_FLOOD, SECONDS, &(10 + i).to_string()], &[]))
+        .collect();
+    let mut during = Vec::new();
+    loop {
+        during.extend(query(&["api.mine.test", "api.flooder.test", "api.mine.test", "api.flooder.test"]));
+        if floods.iter_mut().all(|f| f.try_wait().unwrap().is_some()) {
+            break;
+        }
+    }
+    let mut sent = 0;
+    for flood in floods {
+        let out = flood.wait_with_output().expect("flood");
+        assert!(out.status.success(), "flood failed: {}", stderr(&out));
+        sent += stdout(&out).trim().trim_start_matches("sent ").parse::<u64>().unwrap_or(0);
+    }
+    eprintln!("dns port flood: {sent} datagrams from distinct ports; {} queries of the other bottle", during.len());
+    // More than the DNS-client map all bottles shared held (65,536 entries).
+    assert!(sent > 65_536, "the flood sent only {sent} datagrams");
+    let wrong: Vec<_> = during.iter().filter(|r| !expected(std::slice::from_ref(r))).collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} queries of the other bottle were not its own: {wrong:?}",
+        wrong.len(),
+        during.len()
+    );
+    let log = env.gateway_log();
+    let unknown: Vec<&str> = log.lines().filter(|l| l.contains("dns query from an unknown client refused")).collect();
+    assert!(unknown.is_empty(), "queries refused as from no bottle: {unknown:?}");
+}
