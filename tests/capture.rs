@@ -357,3 +357,38 @@ fn sighup_applies_a_valid_routes_file_and_keeps_the_old_policy_on_a_broken_one()
     assert!(curl(&env, &b), "new policy not applied");
     assert!(!curl(&env, &a), "old policy still applied");
 }
+
+/// `status` never shows zeros for counters it could not read: with the counters map's pin
+/// and the bottle's DNS-client map's pin removed (a bpffs cleaned under a running
+/// gateway), it names each map and why, and exits non-zero; with --json too.
+#[test]
+fn status_says_which_kernel_maps_are_unreadable() {
+    let upstream = TcpUpstream::start("127.0.0.2");
+    let mut env = raw_tcp_env("statusmaps", &upstream);
+    env.start_gateway();
+    let out = env.cli(&["status"]);
+    assert!(out.status.success(), "status of a healthy gateway: {}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("unix_refused 0"), "{}", stdout(&out));
+
+    let counters = env.bpffs_dir.join("maps/EGRESS_COUNTERS_V2");
+    let dns = env.bpffs_dir.join(format!("bottles/{}/EGRESS_DNS_V3", env.bottle()));
+    for pin in [&counters, &dns] {
+        std::fs::remove_file(pin).unwrap_or_else(|e| panic!("removing {}: {e}", pin.display()));
+    }
+    let out = env.cli(&["status"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert!(text.contains("counters unreadable"), "{text}");
+    assert!(!text.contains("tcp_redirected 0"), "zeros shown for unread counters: {text}");
+    for pin in [&counters, &dns] {
+        let line = text.lines().find(|l| l.contains(&pin.display().to_string())).unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains("No such file or directory"), "{line}");
+    }
+    assert!(stderr(&out).contains("2 kernel map(s) unreadable"), "{}", stderr(&out));
+
+    let out = env.cli(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(status[0]["counters"].is_null(), "{status}");
+    assert_eq!(status[0]["unreadable"].as_array().map(Vec::len), Some(2), "{status}");
+}

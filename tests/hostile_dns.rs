@@ -4,6 +4,7 @@
 #![cfg(feature = "root-tests")]
 
 use std::{
+    io::{BufRead, BufReader},
     net::UdpSocket,
     sync::{Arc, Mutex},
     thread,
@@ -238,4 +239,126 @@ fn dns_tunnels_under_an_allowed_wildcard_get_nxdomain_and_a_budget_caps_new_name
         assert!(!log.contains(&form), "a form of the secret was logged");
     }
     assert!(asked.iter().all(|n| n.ends_with(".cdn.upstream.test")), "only the test's names: {asked:?}");
+}
+
+/// Sends argv[1] DNS responses (which the gateway drops unread) to the redirected DNS
+/// port, each from a new socket on its own loopback address under 127.argv[2].0.0, so
+/// each leaves a new entry in the sender's DNS-client map.
+const PORT_FLOOD: &str = r#"
+import socket, sys
+total, base = int(sys.argv[1]), int(sys.argv[2])
+reply = b'\x12\x34\x81\x80' + b'\x00' * 8
+sent = 0
+for n in range(total):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(('127.%d.%d.%d' % (base, (n // 250) % 250 + 1, n % 250 + 1), 0))
+        s.sendto(reply, ('127.0.0.53', 53))
+        sent += 1
+    except OSError:
+        pass
+    s.close()
+print('sent', sent)
+"#;
+
+/// Sends one query for each name (each from its own socket), says so, then waits for
+/// the answers as long as it takes.
+const SEND_THEN_WAIT_PY: &str = r#"
+import socket, struct, sys
+socks = []
+for name in sys.argv[1:]:
+    q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)
+    for label in name.split('.'):
+        q += bytes([len(label)]) + label.encode()
+    q += b'\x00' + struct.pack('>HH', 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(120)
+    s.sendto(q, ('127.0.0.53', 53))
+    socks.append((name, s))
+print('sent', flush=True)
+for name, s in socks:
+    try:
+        r = s.recv(512)
+        an = struct.unpack('>H', r[6:8])[0]
+        print(name, r[3] & 0x0f, '.'.join(str(b) for b in r[-4:]) if an else '-')
+    except socket.timeout:
+        print(name, 'timeout', '-')
+"#;
+
+/// Sends SIGCONT to the gateway when dropped, so a failing test never leaves it stopped.
+struct Resume<'a>(&'a TestEnv);
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        self.0.signal_gateway(libc::SIGCONT);
+    }
+}
+
+/// Issue 11: the DNS listener shared by the bottles in the gateway's namespace tells whose
+/// query it is from the bottles' DNS-client maps. Bottle b's queries wait in the
+/// listener's queue (the gateway is stopped, as a busy gateway would be slow to read)
+/// while bottle a sends from 140,000 source addresses and ports, more than the one map
+/// all bottles shared held (65,536): b's entries are not evicted, so its queries are still
+/// its own: its allowed name resolves, a's allowed name is NXDOMAIN, neither is refused as
+/// from an unknown client (with the shared map both were refused).
+#[test]
+fn a_dns_port_flood_does_not_take_another_bottles_queries() {
+    const PER_FLOODER: u64 = 70_000;
+    let dns = TestDns::start();
+    let extra = format!("resolvers: [127.0.0.1:{}]", dns.port);
+    let mut env = TestEnv::new(
+        "dns-portflood",
+        EnvSpec {
+            routes: "routes:\n  - host: api.flooder.test\n",
+            extra_config: &extra,
+            more_bottles: &[MoreBottle {
+                suffix: "b",
+                routes: "routes:\n  - host: api.mine.test\n",
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    );
+    env.start_gateway();
+    let a = env.bottle().to_string();
+    let b = env.more_bottle("b");
+    let names = ["api.mine.test", "api.flooder.test"];
+    let expected = [("api.mine.test", "0", "127.0.0.7"), ("api.flooder.test", "3", "-")];
+    let check = |got: &[(String, String, String)], when: &str| {
+        let got: Vec<(&str, &str, &str)> = got.iter().map(|(n, r, i)| (n.as_str(), r.as_str(), i.as_str())).collect();
+        assert_eq!(got, expected, "{when}: the other bottle's queries were not its own");
+    };
+    let mut args = vec!["python3", "-c", egress_e2e::DNS_QUERY_PY];
+    args.extend(names);
+    check(&results(&env.exec_in(&b, &args, &[])), "before the flood");
+
+    env.signal_gateway(libc::SIGSTOP);
+    let resume = Resume(&env);
+    let mut args = vec!["python3", "-c", SEND_THEN_WAIT_PY];
+    args.extend(names);
+    let mut waiting = env.spawn_exec_in(&b, &args, &[]);
+    let mut line = String::new();
+    BufReader::new(waiting.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "sent", "{}", stderr(&waiting.wait_with_output().unwrap()));
+    let floods: Vec<_> = (0..2)
+        .map(|i| {
+            env.spawn_exec_in(&a, &["python3", "-c", PORT_FLOOD, &PER_FLOODER.to_string(), &(10 + i).to_string()], &[])
+        })
+        .collect();
+    let mut sent = 0;
+    for flood in floods {
+        let out = flood.wait_with_output().expect("flood");
+        assert!(out.status.success(), "flood failed: {}", stderr(&out));
+        sent += stdout(&out).trim().trim_start_matches("sent ").parse::<u64>().unwrap_or(0);
+    }
+    assert_eq!(sent, 2 * PER_FLOODER, "every datagram of the flood left from its own address and port");
+    drop(resume);
+    check(&results(&waiting.wait_with_output().unwrap()), "queued during the flood");
+
+    let mut args = vec!["python3", "-c", egress_e2e::DNS_QUERY_PY];
+    args.extend(names);
+    check(&results(&env.exec_in(&b, &args, &[])), "after the flood");
+    let log = env.gateway_log();
+    let unknown: Vec<&str> = log.lines().filter(|l| l.contains("dns query from an unknown client refused")).collect();
+    assert!(unknown.is_empty(), "queries refused as from no bottle: {unknown:?}");
 }

@@ -286,6 +286,7 @@ fn only_the_unix_sockets_a_bottle_lists_are_reachable() {
     ]
     .into();
     let (allowed, refused) = args.split_at(5);
+    assert_eq!(unix_refused(&env), 0);
 
     let text = run_outside(&env.dir, &args);
     for a in &args {
@@ -303,9 +304,20 @@ fn only_the_unix_sockets_a_bottle_lists_are_reachable() {
     for a in refused {
         assert_eq!(line_of(&inside, a), format!("{a} {EPERM}"), "{a} is not listed:\n{inside}");
     }
+    // Each refusal is counted for the bottle (a client may try an address more than once).
+    let counted = unix_refused(&env);
+    assert!(counted >= refused.len() as u64, "{counted} unix refusals counted for {} refused", refused.len());
     let received = outside.finish();
     assert_eq!(received.matches("dgram ipc/in.dgram from-client").count(), 2, "{received}");
     assert_eq!(received.matches("dgram out.dgram").count(), 1, "only the outside datagram:\n{received}");
+}
+
+/// The bottle's `unix_refused` counter, from `status --json`.
+fn unix_refused(env: &TestEnv) -> u64 {
+    let out = env.cli(&["status", "--json"]);
+    assert!(out.status.success(), "status: {}{}", stdout(&out), stderr(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    status[0]["counters"]["unix_refused"].as_u64().unwrap_or_else(|| panic!("{status}"))
 }
 
 /// A namespaced bottle and a child cgroup below a bottle (as a container runtime makes

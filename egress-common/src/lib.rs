@@ -51,8 +51,8 @@ pub struct ClientKey {
     pub _pad: u16,
 }
 
-/// Key of the DNS-client map: the UDP source address and port of a query that a bottle
-/// sent to the shared DNS listener (only bottles in the gateway's namespace record
+/// Key of a bottle's DNS-client map: the UDP source address and port of a query that the
+/// bottle sent to the shared DNS listener (only bottles in the gateway's namespace record
 /// these). The address matters: two sockets may hold one port on different loopback
 /// addresses, and a bottle must not take over another's port to borrow its policy.
 #[repr(C)]
@@ -63,6 +63,18 @@ pub struct DnsClientKey {
     /// Host byte order.
     pub port: u16,
     pub _pad: u16,
+}
+
+/// Value of a bottle's DNS-client map: the bottle, and when the backstop last saw a query
+/// from the key (`bpf_ktime_get_ns`). The shared listener looks a client up in the maps of
+/// every bottle in the gateway's namespace; a port is held by one socket at a time, so
+/// when two maps have it the older entry was left by a socket since closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsClient {
+    pub bottle_id: u32,
+    pub _pad: u32,
+    pub recorded_ns: u64,
 }
 
 /// Per-bottle counters (a per-CPU hash map keyed by bottle id); the gateway sums CPUs.
@@ -77,6 +89,9 @@ pub struct Counters {
     pub refused: u64,
     /// Packets dropped by the egress backstop.
     pub dropped: u64,
+    /// Unix-socket connects and sends refused (an address not in `unix_sockets:`),
+    /// counted by the programs the gateway assembles (`egress-gateway/src/bpf/unix.rs`).
+    pub unix_refused: u64,
 }
 
 /// Bytes of a unix-socket key after the bottle id: a `sun_path` (108 bytes) plus its
@@ -130,15 +145,20 @@ pub mod globals {
 }
 
 /// Names of the pinned maps: shared by all bottles in the gateway's maps directory,
-/// except `ORIG_DST`, of which each bottle has its own in its pin directory.
+/// except `ORIG_DST` and `DNS_CLIENTS`, of which each bottle has its own in its pin
+/// directory.
 pub mod maps {
     /// One per bottle (decision 0010): renamed from `EGRESS_DST_V2` (key with the
     /// namespace cookie, one map for all bottles) so a gateway upgraded in place never
     /// reads the old shared pin as a bottle's own.
     pub const ORIG_DST: &str = "EGRESS_DST_V3";
-    /// Renamed when its key gained the source address (see `ORIG_DST`).
-    pub const DNS_CLIENTS: &str = "EGRESS_DNS_V2";
-    pub const COUNTERS: &str = "EGRESS_COUNTERS";
+    /// One per bottle, like `ORIG_DST` (decision 0010): renamed from `EGRESS_DNS_V2`
+    /// (one map for all bottles, the bottle id as value) so an upgraded gateway never
+    /// reads the old shared pin as a bottle's own.
+    pub const DNS_CLIENTS: &str = "EGRESS_DNS_V3";
+    /// Renamed from `EGRESS_COUNTERS` when `Counters` gained `unix_refused` (its value
+    /// size changed: the programs of this version cannot use the old pin).
+    pub const COUNTERS: &str = "EGRESS_COUNTERS_V2";
     /// The unix sockets each bottle may connect or send to (`UnixKey` -> 1).
     pub const UNIX_SOCKETS: &str = "EGRESS_UNIX_V1";
 }
@@ -146,8 +166,9 @@ pub mod maps {
 /// Entries of the unix-socket allowlist, all bottles together.
 pub const UNIX_ENTRIES: u32 = 16_384;
 
-/// Capacity of the DNS-client LRU map (all bottles).
-pub const LRU_ENTRIES: u32 = 65_536;
+/// Capacity of each bottle's DNS-client LRU map: the source ports its resolvers sent
+/// queries from lately. A bottle that uses more evicts only its own entries.
+pub const DNS_CLIENT_ENTRIES: u32 = 16_384;
 
 /// Capacity of each bottle's original-destination LRU map: its connections between
 /// `connect()` and the gateway's `accept()` (the listener's backlog is 1024), with room
@@ -174,12 +195,13 @@ pub const fn bottle_id(name: &[u8]) -> u32 {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three are repr(C), Copy, and have no padding the kernel could leave
+    // SAFETY: all are repr(C), Copy, and have no padding the kernel could leave
     // uninitialised (explicit `_pad` fields fill the gaps).
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::RecordedDst {}
     unsafe impl aya::Pod for super::ClientKey {}
     unsafe impl aya::Pod for super::DnsClientKey {}
+    unsafe impl aya::Pod for super::DnsClient {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::UnixKey {}
 }

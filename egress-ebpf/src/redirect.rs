@@ -12,8 +12,8 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockAddrContext, SockOpsContext},
 };
 use egress_common::{
-    AF_INET, AF_INET6, ClientKey, Counters, DnsClientKey, LRU_ENTRIES, MAX_BOTTLES, ORIG_DST_ENTRIES, OrigDst,
-    RecordedDst,
+    AF_INET, AF_INET6, ClientKey, Counters, DNS_CLIENT_ENTRIES, DnsClient, DnsClientKey, MAX_BOTTLES, ORIG_DST_ENTRIES,
+    OrigDst, RecordedDst,
 };
 
 const PASS: i32 = 1;
@@ -54,11 +54,13 @@ static SOCK_ORIG: SkStorage<OrigDst> = SkStorage::new();
 #[map(name = "EGRESS_DST_V3")]
 static ORIG_DST: LruHashMap<ClientKey, RecordedDst> = LruHashMap::pinned(ORIG_DST_ENTRIES, 0);
 
-/// Bottle of each DNS client port, so the shared DNS listener knows whose policy applies.
-#[map(name = "EGRESS_DNS_V2")]
-static DNS_CLIENTS: LruHashMap<DnsClientKey, u32> = LruHashMap::pinned(LRU_ENTRIES, 0);
+/// The bottle's DNS client ports, so the shared DNS listener knows whose policy applies.
+/// One per bottle (pinned in the bottle's pin directory, like `ORIG_DST`), so a bottle
+/// that sends from many ports evicts only its own entries.
+#[map(name = "EGRESS_DNS_V3")]
+static DNS_CLIENTS: LruHashMap<DnsClientKey, DnsClient> = LruHashMap::pinned(DNS_CLIENT_ENTRIES, 0);
 
-#[map(name = "EGRESS_COUNTERS")]
+#[map(name = "EGRESS_COUNTERS_V2")]
 static COUNTERS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(MAX_BOTTLES, 0);
 
 #[derive(Clone, Copy)]
@@ -355,8 +357,10 @@ fn try_backstop(ctx: &SkBuffContext) -> Option<i32> {
         IPPROTO_UDP if daddr == global(&DNS_IP4) && dport == global(&DNS_PORT) => {
             if global(&DNS_BY_PORT) != 0 {
                 let key = DnsClientKey { ip4: saddr, port: sport, _pad: 0 };
+                let value =
+                    DnsClient { bottle_id: global(&BOTTLE_ID), _pad: 0, recorded_ns: unsafe { bpf_ktime_get_ns() } };
                 // Without this entry the gateway cannot tell whose query it is and refuses it.
-                let _ = DNS_CLIENTS.insert(&key, &global(&BOTTLE_ID), 0);
+                let _ = DNS_CLIENTS.insert(&key, &value, 0);
             }
             Some(PASS)
         }

@@ -259,22 +259,34 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // gateway.yaml's bottles and those attached at run time.
             let mut bottles = config.bottles.clone();
             bottles.extend(crate::control::RuntimeStore::new(&config.state_dir).bottles());
-            let report = bpf::status(&config, &bottles)?;
+            let report = bpf::status(&config, &bottles);
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 for b in &report {
+                    let counters = match &b.counters {
+                        Some(c) => format!(
+                            "tcp_redirected {:<6} dns_redirected {:<6} refused {:<6} dropped {:<6} unix_refused {}",
+                            c.tcp_redirected, c.dns_redirected, c.refused, c.dropped, c.unix_refused
+                        ),
+                        None => "counters unreadable".to_string(),
+                    };
                     println!(
-                        "{:<20} {:<9} processes {:<4} tcp_redirected {:<6} dns_redirected {:<6} refused {:<6} dropped {}",
+                        "{:<20} {:<9} processes {:<4} {counters}",
                         b.bottle,
                         if b.attached { "attached" } else { "detached" },
                         b.processes,
-                        b.counters.tcp_redirected,
-                        b.counters.dns_redirected,
-                        b.counters.refused,
-                        b.counters.dropped
                     );
+                    for why in &b.unreadable {
+                        println!("  unreadable: {why}");
+                    }
                 }
+            }
+            // The report is incomplete: a script must not take it for a healthy one.
+            let unreadable: Vec<_> = report.iter().flat_map(|b| &b.unreadable).collect();
+            if let Some(first) = unreadable.first() {
+                eprintln!("egress-gateway status: {} kernel map(s) unreadable, first: {first}", unreadable.len());
+                return Ok(ExitCode::from(1));
             }
             Ok(ExitCode::SUCCESS)
         }

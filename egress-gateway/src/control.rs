@@ -160,7 +160,17 @@ impl BottleControl for Gateway {
             .bottles()
             .iter()
             .map(|b| {
-                let c = self.maps.counters(b.config.id);
+                // Unreadable counters are exposed as such (egress_kernel_maps_readable 0),
+                // never as zeros.
+                let kernel = self.maps.counters(b.config.id).ok().map(|c| {
+                    vec![
+                        ("tcp_redirected".to_string(), c.tcp_redirected),
+                        ("dns_redirected".to_string(), c.dns_redirected),
+                        ("refused".to_string(), c.refused),
+                        ("dropped".to_string(), c.dropped),
+                        ("unix_refused".to_string(), c.unix_refused),
+                    ]
+                });
                 crate::metrics::BottleSnapshot {
                     name: b.config.name.clone(),
                     attached: layout.bottle_dir(&b.config.name).join("egress_connect4").exists(),
@@ -168,12 +178,7 @@ impl BottleControl for Gateway {
                     buffered_bytes: b.usage.buffered.used(),
                     refused_connections: b.usage.refused_connections.load(std::sync::atomic::Ordering::Relaxed),
                     refused_budget: b.usage.refused_requests.load(std::sync::atomic::Ordering::Relaxed),
-                    kernel: Some(vec![
-                        ("tcp_redirected".into(), c.tcp_redirected),
-                        ("dns_redirected".into(), c.dns_redirected),
-                        ("refused".into(), c.refused),
-                        ("dropped".into(), c.dropped),
-                    ]),
+                    kernel,
                 }
             })
             .collect();

@@ -24,20 +24,21 @@ const MAX_DATAGRAM: usize = 1232;
 const INTROSPECTION_NAME: &str = "_egress.local";
 const INTROSPECTION_ADDR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-/// Which bottle sent a query from a client address to the shared listener (the kernel
-/// programs record it; tests give a table).
+/// Which of `bottles` (by name: those the shared listener serves) sent a query from a
+/// client address to the shared listener (the kernel programs record it in each bottle's
+/// map; tests give a table).
 pub trait ClientBottles: Send + Sync {
-    fn bottle_of(&self, client: SocketAddr) -> Option<u32>;
+    fn bottle_of(&self, client: SocketAddr, bottles: &[&str]) -> Option<u32>;
 }
 
 impl ClientBottles for crate::bpf::KernelMaps {
-    fn bottle_of(&self, client: SocketAddr) -> Option<u32> {
-        self.dns_client_bottle(client)
+    fn bottle_of(&self, client: SocketAddr, bottles: &[&str]) -> Option<u32> {
+        self.dns_client_bottle(client, bottles.iter().copied())
     }
 }
 
 impl ClientBottles for HashMap<SocketAddr, u32> {
-    fn bottle_of(&self, client: SocketAddr) -> Option<u32> {
+    fn bottle_of(&self, client: SocketAddr, _bottles: &[&str]) -> Option<u32> {
         self.get(&client).copied()
     }
 }
@@ -112,7 +113,12 @@ pub async fn answer(packet: &[u8], peer: SocketAddr, scope: ListenerScope, gw: &
     // A namespaced bottle's listener is its own; the shared one asks the map which bottle
     // sent from this address and port.
     let recorded = match scope {
-        ListenerScope::Shared => gw.clients.bottle_of(peer),
+        ListenerScope::Shared => {
+            // Only the bottles in the gateway's namespace send their queries here.
+            let shared: Vec<_> = gw.bottles.bottles().into_iter().filter(|b| b.config.netns.is_none()).collect();
+            let names: Vec<&str> = shared.iter().map(|b| b.config.name.as_str()).collect();
+            gw.clients.bottle_of(peer, &names)
+        }
         ListenerScope::Bottle(_) => None,
     };
     let bottle = match (scope, recorded) {

@@ -271,22 +271,6 @@ mod landlock {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trust_variables_that_replace_the_roots_get_the_bundle_and_node_gets_the_ca() {
-        let files = crate::ca::TrustFiles::in_state_dir(std::path::Path::new("/state"));
-        let env: std::collections::HashMap<_, _> = trust_environment(&files).into_iter().collect();
-        assert_eq!(env["SSL_CERT_FILE"], files.bundle);
-        assert_eq!(env["REQUESTS_CA_BUNDLE"], files.bundle);
-        assert_eq!(env["GIT_SSL_CAINFO"], files.bundle);
-        assert_eq!(env["NODE_EXTRA_CA_CERTS"], files.ca);
-        assert_eq!(env.len(), TRUST_VARIABLES.len(), "no variable twice");
-    }
-}
-
 /// Empties the capability bounding set (needs CAP_SETPCAP, so before any setuid): after
 /// exec, even a root command then has no capability, whatever its files say.
 fn drop_bounding_set() -> std::io::Result<()> {
@@ -334,4 +318,20 @@ fn drop_capabilities() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_variables_that_replace_the_roots_get_the_bundle_and_node_gets_the_ca() {
+        let files = crate::ca::TrustFiles::in_state_dir(std::path::Path::new("/state"));
+        let env: std::collections::HashMap<_, _> = trust_environment(&files).into_iter().collect();
+        assert_eq!(env["SSL_CERT_FILE"], files.bundle);
+        assert_eq!(env["REQUESTS_CA_BUNDLE"], files.bundle);
+        assert_eq!(env["GIT_SSL_CAINFO"], files.bundle);
+        assert_eq!(env["NODE_EXTRA_CA_CERTS"], files.ca);
+        assert_eq!(env.len(), TRUST_VARIABLES.len(), "no variable twice");
+    }
 }

@@ -53,7 +53,7 @@ fn priority(level: &Level) -> u8 {
 fn stderr_is_journal() -> bool {
     let Ok(stream) = std::env::var("JOURNAL_STREAM") else { return false };
     let Ok(stat) = nix::sys::stat::fstat(io::stderr()) else { return false };
-    journal_stream_matches(&stream, stat.st_dev as u64, stat.st_ino as u64)
+    journal_stream_matches(&stream, stat.st_dev, stat.st_ino)
 }
 
 fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {

@@ -7,12 +7,13 @@ use std::{
 };
 
 use anyhow::Context;
-use aya::maps::{HashMap, Map, MapData, PerCpuHashMap};
-use egress_common::{AF_INET, ClientKey, Counters, DnsClientKey, OrigDst, RecordedDst, maps as names};
+use aya::{
+    Pod,
+    maps::{HashMap, Map, MapData, PerCpuHashMap},
+};
+use egress_common::{AF_INET, ClientKey, Counters, DnsClient, DnsClientKey, OrigDst, RecordedDst, maps as names};
 
 use super::PinLayout;
-
-type OrigDstMap = HashMap<MapData, ClientKey, RecordedDst>;
 
 /// The original destination of a redirected connection, and the bottle that made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,12 +30,102 @@ pub enum OrigDstError {
     Missing(SocketAddr),
 }
 
+/// Entries that say when the kernel recorded them, so that of the maps of several
+/// bottles the newest entry under a key wins.
+trait Recorded: Pod {
+    fn recorded_ns(&self) -> u64;
+}
+
+impl Recorded for RecordedDst {
+    fn recorded_ns(&self) -> u64 {
+        self.recorded_ns
+    }
+}
+
+impl Recorded for DnsClient {
+    fn recorded_ns(&self) -> u64 {
+        self.recorded_ns
+    }
+}
+
+/// What to do with the entry found: the original destination is read once per
+/// connection; a DNS client sends many queries from one port.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Take {
+    Remove,
+    Keep,
+}
+
+/// One map of each bottle, pinned as `name` in the bottle's pin directory and opened on
+/// first use (decision 0010).
+struct PerBottle<K, V> {
+    name: &'static str,
+    maps: Mutex<StdHashMap<String, HashMap<MapData, K, V>>>,
+}
+
+impl<K: Pod, V: Recorded> PerBottle<K, V> {
+    fn new(name: &'static str) -> Self {
+        PerBottle { name, maps: Mutex::new(StdHashMap::new()) }
+    }
+
+    /// The newest entry under `key` in the maps of `bottles`. The older ones, left by
+    /// sockets gone before the newest was recorded (a key is held by one socket at a
+    /// time), are removed; the newest too with `Take::Remove`.
+    fn newest<'a>(
+        &self,
+        layout: &PinLayout,
+        key: &K,
+        bottles: impl IntoIterator<Item = &'a str> + Clone,
+        take: Take,
+    ) -> Option<V> {
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        // A miss in the maps already open may be a bottle re-attached after a detach (a
+        // new map under the same pin): reopen them once before giving up.
+        for reopen in [false, true] {
+            let mut found: Vec<(&str, V)> = Vec::new();
+            for bottle in bottles.clone() {
+                if reopen {
+                    maps.remove(bottle);
+                }
+                if !maps.contains_key(bottle) {
+                    let pin = layout.bottle_dir(bottle).join(self.name);
+                    match open_pinned(&pin).and_then(|m| Ok(HashMap::try_from(m)?)) {
+                        Ok(map) => drop(maps.insert(bottle.to_string(), map)),
+                        Err(e) => {
+                            tracing::debug!(bottle, map = self.name, error = %e, "no pinned map for the bottle");
+                            continue;
+                        }
+                    }
+                }
+                if let Some(value) = maps.get(bottle).and_then(|m| m.get(key, 0).ok()) {
+                    found.push((bottle, value));
+                }
+            }
+            let Some(newest) = found.iter().map(|(_, v)| v.recorded_ns()).max() else { continue };
+            let mut winner = None;
+            for (bottle, value) in found {
+                let keep = winner.is_none() && value.recorded_ns() == newest;
+                if keep {
+                    winner = Some(value);
+                }
+                if (!keep || take == Take::Remove)
+                    && let Some(map) = maps.get_mut(bottle)
+                {
+                    let _ = map.remove(key);
+                }
+            }
+            return winner;
+        }
+        None
+    }
+}
+
 pub struct KernelMaps {
     layout: PinLayout,
-    /// Each bottle's original-destination map, by bottle name, opened from its pin on
-    /// first use.
-    orig_dst: Mutex<StdHashMap<String, OrigDstMap>>,
-    dns_clients: HashMap<MapData, DnsClientKey, u32>,
+    /// Each bottle's original-destination map, by bottle name.
+    orig_dst: PerBottle<ClientKey, RecordedDst>,
+    /// Each bottle's DNS-client map, by bottle name.
+    dns_clients: PerBottle<DnsClientKey, DnsClient>,
     counters: PerCpuHashMap<MapData, u32, Counters>,
 }
 
@@ -45,13 +136,13 @@ fn open_pinned(path: &Path) -> anyhow::Result<Map> {
 
 impl KernelMaps {
     /// Opens the shared maps pinned in the layout's maps directory (`ensure_maps`); each
-    /// bottle's original-destination map is opened when first needed.
+    /// bottle's own maps are opened when first needed.
     pub fn open(layout: &PinLayout) -> anyhow::Result<KernelMaps> {
         let maps_dir = layout.maps_dir();
         Ok(KernelMaps {
             layout: layout.clone(),
-            orig_dst: Mutex::new(StdHashMap::new()),
-            dns_clients: HashMap::try_from(open_pinned(&maps_dir.join(names::DNS_CLIENTS))?)?,
+            orig_dst: PerBottle::new(names::ORIG_DST),
+            dns_clients: PerBottle::new(names::DNS_CLIENTS),
             counters: PerCpuHashMap::try_from(open_pinned(&maps_dir.join(names::COUNTERS))?)?,
         })
     }
@@ -73,64 +164,49 @@ impl KernelMaps {
             IpAddr::V6(ip) => ip.to_ipv4_mapped().ok_or(OrigDstError::NotIpv4(client))?,
         };
         let key = ClientKey { netns, ip4: u32::from_ne_bytes(ip4.octets()), port: client.port(), _pad: 0 };
-        let mut maps = self.orig_dst.lock().unwrap_or_else(|e| e.into_inner());
-        // A miss in the maps already open may be a bottle re-attached after a detach (a
-        // new map under the same pin): reopen them once before refusing.
-        let mut newest: Option<RecordedDst> = None;
-        for reopen in [false, true] {
-            for bottle in bottles.clone() {
-                if reopen {
-                    maps.remove(bottle);
-                }
-                if !maps.contains_key(bottle) {
-                    let pin = self.layout.bottle_dir(bottle).join(names::ORIG_DST);
-                    match open_pinned(&pin).and_then(|m| Ok(OrigDstMap::try_from(m)?)) {
-                        Ok(map) => drop(maps.insert(bottle.to_string(), map)),
-                        Err(e) => {
-                            tracing::debug!(bottle, error = %e, "no original-destination map for the bottle");
-                            continue;
-                        }
-                    }
-                }
-                let Some(map) = maps.get_mut(bottle) else { continue };
-                if let Ok(value) = map.get(&key, 0) {
-                    let _ = map.remove(&key);
-                    if newest.is_none_or(|n| value.recorded_ns > n.recorded_ns) {
-                        newest = Some(value);
-                    }
-                }
-            }
-            if let Some(value) = newest {
-                return Ok(Redirected { bottle_id: value.dst.bottle_id, orig_dst: decode(&value.dst) });
-            }
-        }
-        Err(OrigDstError::Missing(client))
+        let value =
+            self.orig_dst.newest(&self.layout, &key, bottles, Take::Remove).ok_or(OrigDstError::Missing(client))?;
+        Ok(Redirected { bottle_id: value.dst.bottle_id, orig_dst: decode(&value.dst) })
     }
 
-    /// The bottle that sent a DNS query from `client` to the shared listener, if the
-    /// backstop saw it.
-    pub fn dns_client_bottle(&self, client: SocketAddr) -> Option<u32> {
+    /// The bottle that sent a DNS query from `client` to the shared listener, looked up
+    /// in the maps of `bottles` (those in the gateway's namespace, the only ones whose
+    /// backstop records queries): the newest entry, as for `take_orig_dst`.
+    pub fn dns_client_bottle<'a>(
+        &self,
+        client: SocketAddr,
+        bottles: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Option<u32> {
         let ip4 = match client.ip() {
             IpAddr::V4(ip) => ip,
             IpAddr::V6(ip) => ip.to_ipv4_mapped()?,
         };
         let key = DnsClientKey { ip4: u32::from_ne_bytes(ip4.octets()), port: client.port(), _pad: 0 };
-        self.dns_clients.get(&key, 0).ok()
+        self.dns_clients.newest(&self.layout, &key, bottles, Take::Keep).map(|v| v.bottle_id)
     }
 
     /// A bottle's counters summed over CPUs (zero when it never counted anything).
-    pub fn counters(&self, bottle_id: u32) -> Counters {
+    pub fn counters(&self, bottle_id: u32) -> Result<Counters, aya::maps::MapError> {
+        let per_cpu = match self.counters.get(&bottle_id, 0) {
+            Ok(v) => v,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(Counters::default()),
+            Err(e) => return Err(e),
+        };
         let mut sum = Counters::default();
-        if let Ok(per_cpu) = self.counters.get(&bottle_id, 0) {
-            for c in per_cpu.iter() {
-                sum.tcp_redirected += c.tcp_redirected;
-                sum.dns_redirected += c.dns_redirected;
-                sum.refused += c.refused;
-                sum.dropped += c.dropped;
-            }
+        for c in per_cpu.iter() {
+            sum.tcp_redirected += c.tcp_redirected;
+            sum.dns_redirected += c.dns_redirected;
+            sum.refused += c.refused;
+            sum.dropped += c.dropped;
+            sum.unix_refused += c.unix_refused;
         }
-        sum
+        Ok(sum)
     }
+}
+
+/// Why the pinned map `name` of a bottle cannot be read, if it cannot (`status`).
+pub fn check_bottle_map(layout: &PinLayout, bottle: &str, name: &str) -> Option<String> {
+    open_pinned(&layout.bottle_dir(bottle).join(name)).err().map(|e| format!("{e:#}"))
 }
 
 fn decode(v: &OrigDst) -> SocketAddr {

@@ -44,8 +44,11 @@ const SOCK_ADDR_PROGRAMS: [&str; 10] = [
 ];
 const SOCK_OPS_PROGRAM: &str = "egress_sockops";
 const BACKSTOP_PROGRAM: &str = "egress_backstop";
-/// The original-destination map all bottles shared before each got its own (0010).
-const RETIRED_ORIG_DST: &str = "EGRESS_DST_V2";
+/// Maps of earlier versions: those all bottles shared before each got its own (0010),
+/// original destinations and DNS clients, and the counters before `unix_refused`.
+const RETIRED_SHARED_MAPS: [&str; 3] = ["EGRESS_DST_V2", "EGRESS_DNS_V2", "EGRESS_COUNTERS"];
+/// The maps each bottle has its own of, pinned in its pin directory.
+const PER_BOTTLE_MAPS: [&str; 2] = [names::ORIG_DST, names::DNS_CLIENTS];
 
 /// Where one gateway instance keeps its pins.
 #[derive(Debug, Clone)]
@@ -140,12 +143,14 @@ pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow
     let dns_port = dns_listen.port();
     let dns_by_port: u32 = bottle.netns.is_none().into();
     let btf = Btf::from_sys_fs().ok();
-    let mut ebpf = EbpfLoader::new()
-        .btf(btf.as_ref())
-        .default_map_pin_directory(&maps_dir)
-        // The bottle's own original-destination map: reused when pinned (a re-attach), so
-        // the gateway reads one map whichever of the bottle's programs wrote the entry.
-        .map_pin_path(names::ORIG_DST, bottle_dir.join(names::ORIG_DST))
+    let mut loader = EbpfLoader::new();
+    loader.btf(btf.as_ref()).default_map_pin_directory(&maps_dir);
+    // The bottle's own maps: reused when pinned (a re-attach), so the gateway reads one
+    // map whichever of the bottle's programs wrote the entry.
+    for name in PER_BOTTLE_MAPS {
+        loader.map_pin_path(name, bottle_dir.join(name));
+    }
+    let mut ebpf = loader
         .override_global(globals::PROXY_IP4, &proxy_ip4, true)
         .override_global(globals::PROXY_PORT, &proxy_port, true)
         .override_global(globals::DNS_IP4, &dns_ip4, true)
@@ -189,7 +194,8 @@ pub fn attach_bottle(config: &config::Config, bottle: &config::Bottle) -> anyhow
         let mut trie = aya::maps::LpmTrie::try_from(map)?;
         unix::sync_rules(&mut trie, bottle.id, &bottle.unix_sockets)?;
         let map_fd = trie_fd(&ebpf)?;
-        unix_links = unix::attach(bottle.id, map_fd, cgroup_file.as_fd())
+        let counters_fd = counters_fd(&ebpf)?;
+        unix_links = unix::attach(bottle.id, map_fd, counters_fd, cgroup_file.as_fd())
             .with_context(|| format!("attaching the unix-socket programs to {}", cgroup_dir.display()))?;
     }
 
@@ -230,6 +236,15 @@ fn trie_fd(ebpf: &aya::Ebpf) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
     match ebpf.map(egress_common::maps::UNIX_SOCKETS) {
         Some(aya::maps::Map::LpmTrie(data)) => Ok(data.fd().as_fd()),
         _ => bail!("map EGRESS_UNIX_V1 missing from the embedded object, or not an LPM trie"),
+    }
+}
+
+/// The descriptor of the counters map of a loaded object (the unix programs count their
+/// refusals in it too).
+fn counters_fd(ebpf: &aya::Ebpf) -> anyhow::Result<std::os::fd::BorrowedFd<'_>> {
+    match ebpf.map(names::COUNTERS) {
+        Some(aya::maps::Map::PerCpuHashMap(data)) => Ok(data.fd().as_fd()),
+        _ => bail!("map {} missing from the embedded object, or not a per-CPU hash", names::COUNTERS),
     }
 }
 
@@ -278,7 +293,11 @@ pub struct BottleStatus {
     pub bottle: String,
     pub attached: bool,
     pub processes: usize,
-    pub counters: CounterReport,
+    /// `None` when the counters map cannot be read (`unreadable` says why).
+    pub counters: Option<CounterReport>,
+    /// Each kernel map of the bottle that cannot be read: its path and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -287,28 +306,53 @@ pub struct CounterReport {
     pub dns_redirected: u64,
     pub refused: u64,
     pub dropped: u64,
+    pub unix_refused: u64,
 }
 
-/// Attachment, process count and counters of each of `bottles`.
-pub fn status(config: &config::Config, bottles: &[config::Bottle]) -> anyhow::Result<Vec<BottleStatus>> {
+/// Attachment, process count and counters of each of `bottles`, and which of their
+/// kernel maps cannot be read: never zeros in place of counters it could not read.
+pub fn status(config: &config::Config, bottles: &[config::Bottle]) -> Vec<BottleStatus> {
     let layout = PinLayout::new(config);
-    let maps = KernelMaps::open(&layout).ok();
+    let maps = KernelMaps::open(&layout).map_err(|e| {
+        format!("{e:#} (the gateway pins it when it starts: has `egress-gateway run` run with this configuration?)")
+    });
     let mut out = Vec::new();
     for b in bottles {
-        let c = maps.as_ref().map(|m| m.counters(b.id)).unwrap_or_default();
+        let attached = layout.bottle_dir(&b.name).join("egress_connect4").exists();
+        let mut unreadable = Vec::new();
+        let counters = match &maps {
+            Ok(maps) => match maps.counters(b.id) {
+                Ok(c) => Some(CounterReport {
+                    tcp_redirected: c.tcp_redirected,
+                    dns_redirected: c.dns_redirected,
+                    refused: c.refused,
+                    dropped: c.dropped,
+                    unix_refused: c.unix_refused,
+                }),
+                Err(e) => {
+                    let path = layout.maps_dir().join(names::COUNTERS);
+                    unreadable.push(format!("reading the counters in {}: {e}", path.display()));
+                    None
+                }
+            },
+            Err(why) => {
+                unreadable.push(why.clone());
+                None
+            }
+        };
+        // An attached bottle's own maps: without them its connections and queries fail.
+        if attached {
+            unreadable.extend(PER_BOTTLE_MAPS.iter().filter_map(|name| maps::check_bottle_map(&layout, &b.name, name)));
+        }
         out.push(BottleStatus {
             bottle: b.name.clone(),
-            attached: layout.bottle_dir(&b.name).join("egress_connect4").exists(),
+            attached,
             processes: cgroup::bottle_path(config, b).map(|p| cgroup::processes(&p).len()).unwrap_or(0),
-            counters: CounterReport {
-                tcp_redirected: c.tcp_redirected,
-                dns_redirected: c.dns_redirected,
-                refused: c.refused,
-                dropped: c.dropped,
-            },
+            counters,
+            unreadable,
         });
     }
-    Ok(out)
+    out
 }
 
 /// Removes a bottle's pinned links, which detaches its programs. Refuses while processes
@@ -344,19 +388,24 @@ pub fn ensure_maps(config: &config::Config) -> anyhow::Result<()> {
     let maps_dir = PinLayout::new(config).maps_dir();
     fs::create_dir_all(&maps_dir).with_context(|| format!("creating {}", maps_dir.display()))?;
     let btf = Btf::from_sys_fs().ok();
-    // The per-bottle original-destination map is pinned by each bottle's attach; this
-    // load makes one it does not keep (bpffs refuses names with a dot).
-    let scratch = maps_dir.join(format!("{}_UNUSED", names::ORIG_DST));
-    let loaded = EbpfLoader::new()
-        .btf(btf.as_ref())
-        .default_map_pin_directory(&maps_dir)
-        .map_pin_path(names::ORIG_DST, &scratch)
-        .load(EBPF_OBJECT);
-    let _ = fs::remove_file(&scratch);
-    // The shared original-destination map of earlier versions: no program this gateway
-    // loads writes it, and it never reads it; the programs still attached to it keep it
-    // alive until their bottle is re-attached.
-    let _ = fs::remove_file(maps_dir.join(RETIRED_ORIG_DST));
+    // The per-bottle maps are pinned by each bottle's attach; this load makes ones it
+    // does not keep (bpffs refuses names with a dot).
+    let mut loader = EbpfLoader::new();
+    loader.btf(btf.as_ref()).default_map_pin_directory(&maps_dir);
+    let scratch: Vec<PathBuf> = PER_BOTTLE_MAPS.iter().map(|name| maps_dir.join(format!("{name}_UNUSED"))).collect();
+    for (name, path) in PER_BOTTLE_MAPS.iter().zip(&scratch) {
+        loader.map_pin_path(name, path);
+    }
+    let loaded = loader.load(EBPF_OBJECT);
+    for path in &scratch {
+        let _ = fs::remove_file(path);
+    }
+    // The shared maps of earlier versions: no program this gateway loads writes them,
+    // and it never reads them; the programs still attached to them keep them alive until
+    // their bottle is re-attached.
+    for name in RETIRED_SHARED_MAPS {
+        let _ = fs::remove_file(maps_dir.join(name));
+    }
     loaded.context("loading the eBPF object to create its maps (is this kernel >= 5.8 with BTF and cgroup BPF?)")?;
     Ok(())
 }

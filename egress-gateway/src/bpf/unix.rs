@@ -13,7 +13,7 @@ use std::{
     borrow::BorrowMut,
     collections::HashSet,
     ffi::CString,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
     path::Path,
 };
 
@@ -22,7 +22,7 @@ use aya::maps::{
     MapData,
     lpm_trie::{Key, LpmTrie},
 };
-use egress_common::{UNIX_KEY_BYTES, UnixKey};
+use egress_common::{Counters, UNIX_KEY_BYTES, UnixKey};
 
 use crate::config::{UnixRule, UnixSockets};
 
@@ -128,11 +128,18 @@ impl UnixLink {
     }
 }
 
-/// Loads both programs for `bottle_id` against `allowlist` and attaches them to `cgroup`.
-pub fn attach(bottle_id: u32, allowlist: BorrowedFd<'_>, cgroup: BorrowedFd<'_>) -> anyhow::Result<Vec<UnixLink>> {
+/// Loads both programs for `bottle_id` against `allowlist` (and `counters`, where they
+/// count refusals) and attaches them to `cgroup`.
+pub fn attach(
+    bottle_id: u32,
+    allowlist: BorrowedFd<'_>,
+    counters: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+) -> anyhow::Result<Vec<UnixLink>> {
     let mut out = Vec::new();
     for (name, attach_type) in PROGRAMS {
-        let prog = load(bottle_id, allowlist, attach_type).with_context(|| format!("loading {name}"))?;
+        let code = program(bottle_id, allowlist.as_raw_fd(), counters.as_raw_fd());
+        let prog = load_insns(&code, attach_type).with_context(|| format!("loading {name}"))?;
         let mut attr = LinkCreateAttr {
             prog_fd: prog.as_raw_fd() as u32,
             target_fd: cgroup.as_raw_fd() as u32,
@@ -160,10 +167,6 @@ pub fn missing_hooks_message(bottle: &str, why: &str) -> String {
          CAP_PERFMON for the gateway; or set `unix_sockets: unpoliced` on the bottle to run it without (abstract \
          and path unix sockets then reach the host's)"
     )
-}
-
-fn load(bottle_id: u32, allowlist: BorrowedFd<'_>, attach_type: u32) -> anyhow::Result<OwnedFd> {
-    load_insns(&program(bottle_id, allowlist.as_fd().as_raw_fd()), attach_type)
 }
 
 fn load_insns(insns: &[Insn], attach_type: u32) -> anyhow::Result<OwnedFd> {
@@ -282,14 +285,26 @@ impl Asm {
 }
 
 const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
+const HELPER_MAP_UPDATE_ELEM: i32 = 2;
+const BPF_NOEXIST: i32 = 1;
 const HELPER_PROBE_READ_KERNEL: i32 = 113;
 const HELPER_PROBE_READ_KERNEL_STR: i32 = 115;
 
 // Stack layout (offsets from r10): the kernel context copy at -40..0, the LPM key
-// (prefix length, bottle id, 112 path bytes) at -160..-40.
+// (prefix length, bottle id, 112 path bytes) at -160..-40, the counters key (the
+// bottle id) at -168 and a fresh `Counters` value at -208..-168.
 const CTX: i16 = -KERN_CTX_LEN as i16;
 const KEY: i16 = -160;
 const KEY_PATH: i16 = KEY + 8;
+const COUNTERS_KEY: i16 = -168;
+const COUNTERS_VALUE: i16 = COUNTERS_KEY - std::mem::size_of::<Counters>() as i16;
+const UNIX_REFUSED: i16 = std::mem::offset_of!(Counters, unix_refused) as i16;
+
+/// `BPF_LD_IMM64` of a map descriptor (`BPF_PSEUDO_MAP_FD`) into `dst`: two instructions.
+fn load_map_fd(a: &mut Asm, dst: u8, fd: i32) {
+    a.push(Insn::new(0x18, dst, 1, 0, fd));
+    a.push(Insn::new(0, 0, 0, 0, 0));
+}
 
 /// The program: 1 lets the call proceed, 0 fails it with EPERM.
 ///
@@ -300,8 +315,9 @@ const KEY_PATH: i16 = KEY + 8;
 /// pathname: path = sun_path up to its first NUL or n bytes, then NUL; a `..`
 ///           component refuses
 /// allow when the key matches an entry of the allowlist
+/// refused: add one to the bottle's `unix_refused` counter (this CPU's slot)
 /// ```
-fn program(bottle_id: u32, map_fd: i32) -> Vec<Insn> {
+fn program(bottle_id: u32, map_fd: i32, counters_fd: i32) -> Vec<Insn> {
     use Size::*;
     let mut a = Asm::default();
     a.push(Insn::mov64_reg(6, 1));
@@ -384,8 +400,7 @@ fn program(bottle_id: u32, map_fd: i32) -> Vec<Insn> {
     }
     // bpf_map_lookup_elem(allowlist, &key)
     a.label("lookup");
-    a.push(Insn::new(0x18, 1, 1, 0, map_fd)); // BPF_LD_IMM64 with BPF_PSEUDO_MAP_FD
-    a.push(Insn::new(0, 0, 0, 0, 0));
+    load_map_fd(&mut a, 1, map_fd);
     a.push(Insn::mov64_reg(2, 10));
     a.push(Insn::add64_imm(2, KEY as i32));
     a.push(Insn::call(HELPER_MAP_LOOKUP_ELEM));
@@ -393,7 +408,33 @@ fn program(bottle_id: u32, map_fd: i32) -> Vec<Insn> {
     a.label("allow");
     a.push(Insn::mov64_imm(0, 1));
     a.push(Insn::exit());
+    // Refused: counted like the redirect programs' refusals, so `status` shows them.
     a.label("deny");
+    a.push(Insn::st(W, 10, COUNTERS_KEY, bottle_id as i32));
+    load_map_fd(&mut a, 1, counters_fd);
+    a.push(Insn::mov64_reg(2, 10));
+    a.push(Insn::add64_imm(2, COUNTERS_KEY as i32));
+    a.push(Insn::call(HELPER_MAP_LOOKUP_ELEM));
+    a.jump(Cond::Eq, 0, 0, "first");
+    a.push(Insn::ldx(DW, 1, 0, UNIX_REFUSED));
+    a.push(Insn::add64_imm(1, 1));
+    a.push(Insn::stx(DW, 0, 1, UNIX_REFUSED));
+    a.jump(Cond::Always, 0, 0, "refuse");
+    // The bottle's first count: a value of zeros but this one (the other CPUs' slots
+    // start at zero).
+    a.label("first");
+    for off in (COUNTERS_VALUE..COUNTERS_KEY).step_by(8) {
+        a.push(Insn::st(DW, 10, off, 0));
+    }
+    a.push(Insn::st(DW, 10, COUNTERS_VALUE + UNIX_REFUSED, 1));
+    load_map_fd(&mut a, 1, counters_fd);
+    a.push(Insn::mov64_reg(2, 10));
+    a.push(Insn::add64_imm(2, COUNTERS_KEY as i32));
+    a.push(Insn::mov64_reg(3, 10));
+    a.push(Insn::add64_imm(3, COUNTERS_VALUE as i32));
+    a.push(Insn::mov64_imm(4, BPF_NOEXIST));
+    a.push(Insn::call(HELPER_MAP_UPDATE_ELEM));
+    a.label("refuse");
     a.push(Insn::mov64_imm(0, 0));
     a.push(Insn::exit());
     a.finish()
@@ -466,7 +507,7 @@ mod tests {
 
     #[test]
     fn every_jump_lands_inside_the_program() {
-        let code = program(7, 3);
+        let code = program(7, 3, 4);
         for (i, insn) in code.iter().enumerate() {
             if insn.code & 0x07 == 0x05 && insn.code != 0x85 && insn.code != 0x95 {
                 let target = i as i64 + 1 + insn.off as i64;
