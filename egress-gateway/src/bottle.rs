@@ -80,7 +80,8 @@ impl BottleState {
             },
             None => Arc::new(policy::Routes::deny_all()),
         };
-        let live = Self::live_with_routes(bottle, routes, base_dlp).with_context(|| format!("bottle {}", bottle.name))?;
+        let live =
+            Self::live_with_routes(bottle, routes, base_dlp).with_context(|| format!("bottle {}", bottle.name))?;
         Self::with_live(config, bottle, base_dlp, None, live)
     }
 

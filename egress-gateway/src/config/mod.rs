@@ -270,7 +270,8 @@ impl Config {
         // A queue directory is one bottle's: the gateway moves what it finds there.
         for (i, b) in bottles.iter().enumerate() {
             let Some(s) = b.supervise.as_ref().filter(|s| s.queue_dir.is_some()) else { continue };
-            let Some(other) = bottles[..i].iter().find(|o| o.supervise.as_ref().is_some_and(|t| t.queue_dir == s.queue_dir))
+            let Some(other) =
+                bottles[..i].iter().find(|o| o.supervise.as_ref().is_some_and(|t| t.queue_dir == s.queue_dir))
             else {
                 continue;
             };
@@ -381,7 +382,11 @@ impl Config {
                     crate::supervise::StoreSpec::Queue(q) => format!("queue directory {}", q.display()),
                     crate::supervise::StoreSpec::Sqlite(d) => format!("SQLite {}", d.display()),
                 };
-                let from = if s.queue_from_env { format!(" (from {})", crate::supervise::QUEUE_DIR_ENV) } else { String::new() };
+                let from = if s.queue_from_env {
+                    format!(" (from {})", crate::supervise::QUEUE_DIR_ENV)
+                } else {
+                    String::new()
+                };
                 let timeout = crate::supervise::format_secs(s.timeout());
                 let _ = writeln!(out, "    supervise: {store}{from}, timeout {timeout} s");
             } else {

@@ -212,7 +212,7 @@ impl SuperviseConfig {
 /// allowed (`0.5`); `None` unless a positive finite number.
 pub fn parse_timeout(value: &str) -> Option<Duration> {
     let secs: f64 = value.trim().parse().ok()?;
-    if !(secs > 0.0) {
+    if secs.is_nan() || secs <= 0.0 {
         return None;
     }
     Duration::try_from_secs_f64(secs).ok()
@@ -1022,7 +1022,11 @@ mod tests {
         assert!(c.explain().contains("supervise: off"), "{}", c.explain());
         let err = parse("    supervise: {enabled: false, queue_dir: /var/q}\n", &none).unwrap_err().to_string();
         assert!(err.contains("bottles[0].supervise") && err.contains("queue_dir would mean nothing"), "{err}");
-        assert!(parse("    supervise: {enabled: true, timeout_seconds: 5}\n", &none).unwrap().bottles[0].supervise.is_some());
+        assert!(
+            parse("    supervise: {enabled: true, timeout_seconds: 5}\n", &none).unwrap().bottles[0]
+                .supervise
+                .is_some()
+        );
 
         // The seeds' environment, when the block names no store.
         let env = SuperviseEnv { queue_dir: Some("/var/lib/bb/queue".into()), slug: Some("bb-slug".into()) };
@@ -1056,7 +1060,10 @@ mod tests {
         let file = std::fs::read_dir(queue.join("processed"))
             .unwrap()
             .flatten()
-            .find(|e| e.file_name().to_string_lossy().ends_with(".json") && !e.file_name().to_string_lossy().contains("response"))
+            .find(|e| {
+                e.file_name().to_string_lossy().ends_with(".json")
+                    && !e.file_name().to_string_lossy().contains("response")
+            })
             .unwrap();
         let record: serde_json::Value = serde_json::from_slice(&std::fs::read(file.path()).unwrap()).unwrap();
         assert_eq!(record["bottle_slug"], "bb-slug");
