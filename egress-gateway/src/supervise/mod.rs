@@ -964,12 +964,7 @@ mod tests {
             let s = s.clone();
             async move { s.hold(payload("a.test"), &Secret::new("ghp_halfwrittenresponse0123456")).await }
         });
-        let id = loop {
-            if let Some(p) = store.pending().unwrap().pop() {
-                break p.id;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let id = wait_pending(&s, 1).await.remove(0);
         // A tool writing the file in place: first a part of it, read by a few polls.
         let path = dir.join(format!("{id}.response.json"));
         std::fs::write(&path, br#"{"status": "appr"#).unwrap();
@@ -984,12 +979,7 @@ mod tests {
             let s = quick.clone();
             async move { s.hold(payload("a.test"), &Secret::new("ghp_malformeduntiltheend012345")).await }
         });
-        let id = loop {
-            if let Some(p) = store.pending().unwrap().pop() {
-                break p.id;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let id = wait_pending(&quick, 1).await.remove(0);
         std::fs::write(dir.join(format!("{id}.response.json")), b"{\"status\": \"sure\"}").unwrap();
         let out = h.await.unwrap();
         assert!(matches!(&out, HoldOutcome::Failed(why) if why.contains("malformed response")), "{out:?}");
