@@ -89,8 +89,14 @@ fn provider_route_redacts_and_forwards_valid_json() {
 }
 
 #[test]
-fn supervise_without_a_hold_fails_closed() {
-    let w = world("dlp-supervise");
+fn supervise_turned_off_fails_closed() {
+    let w = World::start_with(
+        "dlp-supervise",
+        &HOSTS,
+        ROUTES,
+        &[("EGRESS_TOKEN_CRED", CRED)],
+        "    supervise: {enabled: false}\n",
+    );
     let (code, reason) = w.curl(&["-d", &github_token(), &w.url("supervised.upstream.test", "/x")]);
     assert_eq!(code, "403", "{reason}");
     assert!(reason.contains("supervise"), "{reason}");

@@ -135,7 +135,7 @@ def trickle(name, head, every):
     print(name, state, line, flush=True)
 trickle('body', b'POST /upload HTTP/1.1\r\nHost: api.slow.test\r\nContent-Length: 100000\r\n\r\n', 0.5)
 trickle('header', b'GET / HTTP/1.1\r\nX-Slow: ', 0.5)
-trickle('keepalive', b'GET / HTTP/1.1\r\nHost: _egress.local\r\n\r\n', 20)
+trickle('keepalive', b'GET /allowlist HTTP/1.1\r\nHost: _egress.local\r\n\r\n', 20)
 "#;
 
 /// Item 12: a trickled body is cut (408), a trickled request head and an idle HTTP/1

@@ -263,12 +263,15 @@ fn timeout_malformed_response_and_broken_queue_fail_closed() {
     assert_eq!(code, "403", "timeout: {body}");
     assert!(body.contains("no operator decision"), "{body}");
 
-    let (w2, queue2) = world("sup-malformed", 60);
+    // A malformed response is read again until the deadline (it may be half-written),
+    // then refused, naming it.
+    let (w2, queue2) = world("sup-malformed", 3);
     let held = held_curl(&w2, token('D'));
     let id = wait_pending(&w2, 1)[0]["id"].as_str().unwrap().to_string();
     std::fs::write(queue2.join(format!("{id}.response.json")), b"{\"status\": \"sure, why not\"}").unwrap();
     let (code, body) = finish(held);
     assert_eq!(code, "403", "malformed response: {body}");
+    assert!(body.contains("malformed response"), "{body}");
 
     // The queue disappears under the gateway: writing the proposal fails.
     std::fs::remove_dir_all(&queue).unwrap();
@@ -369,9 +372,10 @@ fn a_client_that_goes_away_abandons_its_proposal_and_the_cap_refuses_with_429() 
     let err = stderr(&out);
     assert!(err.contains("abandoned") && err.contains("release nothing"), "{err}");
     assert!(!queue.join("processed").join(format!("{id}.response.json")).exists());
-    let record: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(queue.join("processed").join(format!("{id}.json"))).unwrap()).unwrap();
-    assert_eq!(record["closed"], "abandoned", "the queue's record says how the hold ended: {record}");
+    let note: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(queue.join("processed").join(format!("{id}.closed"))).unwrap()).unwrap();
+    assert_eq!(note["closed"], "abandoned", "the queue says how the hold ended: {note}");
+    assert!(queue.join("processed").join(format!("{id}.json")).exists(), "the proposal is archived beside it");
 
     // A flood of clients that give up: every proposal closes; none stays pending.
     let ghosts: Vec<_> = (0..12)

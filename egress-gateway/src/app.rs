@@ -218,13 +218,13 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
         Ok((before, after)) => tracing::info!(before, after, "RLIMIT_NOFILE raised to the hard limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
     }
-    // Policy first: a bad routes or credentials file stops the start before anything is
-    // attached.
+    // Policy first: a bad credentials file stops the start before anything is attached;
+    // a bad routes file leaves its bottle denying everything (logged).
     let dlp = Arc::new(build_dlp(&config.dlp)?);
     tracing::info!(known_secrets = dlp.known_secrets().len(), "dlp engine ready");
     let mut states = Vec::new();
     for b in &config.bottles {
-        let state = BottleState::build(&config, b, &dlp, None)?;
+        let state = BottleState::build_at_start(&config, b, &dlp)?;
         tracing::info!(
             bottle = %b.name,
             credentials = state.live().credentials.len(),

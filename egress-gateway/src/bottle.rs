@@ -58,6 +58,40 @@ impl BottleState {
         let inline_routes = inline_routes.map(Arc::new);
         let live = Self::load_live(bottle, inline_routes.as_ref(), base_dlp)
             .with_context(|| format!("bottle {}", bottle.name))?;
+        Self::with_live(config, bottle, base_dlp, inline_routes, live)
+    }
+
+    /// `build` at the gateway's start: a routes file that does not load leaves that
+    /// bottle denying everything (logged as an error; a reload of a fixed file brings
+    /// its routes) instead of stopping every bottle, as the seed's sidecar did. Any other
+    /// problem (credentials, supervise store) still stops the start.
+    pub fn build_at_start(
+        config: &config::Config,
+        bottle: &config::Bottle,
+        base_dlp: &Arc<dlp::Engine>,
+    ) -> anyhow::Result<Self> {
+        let routes = match &bottle.routes {
+            Some(path) => match policy::Routes::load(path) {
+                Ok(r) => Arc::new(r),
+                Err(e) => {
+                    tracing::error!(bottle = %bottle.name, error = %e, "routes did not load: this bottle denies everything until a reload loads them");
+                    Arc::new(policy::Routes::deny_all())
+                }
+            },
+            None => Arc::new(policy::Routes::deny_all()),
+        };
+        let live =
+            Self::live_with_routes(bottle, routes, base_dlp).with_context(|| format!("bottle {}", bottle.name))?;
+        Self::with_live(config, bottle, base_dlp, None, live)
+    }
+
+    fn with_live(
+        config: &config::Config,
+        bottle: &config::Bottle,
+        base_dlp: &Arc<dlp::Engine>,
+        inline_routes: Option<Arc<policy::Routes>>,
+        live: BottleLive,
+    ) -> anyhow::Result<Self> {
         let supervisor = match &bottle.supervise {
             Some(s) => {
                 let sup = crate::supervise::Supervisor::from_config(&bottle.name, s, &config.state_dir)
@@ -121,6 +155,15 @@ impl BottleState {
             (None, Some(path)) => Arc::new(policy::Routes::load(path)?),
             (None, None) => Arc::new(policy::Routes::deny_all()),
         };
+        Self::live_with_routes(bottle, routes, base_dlp)
+    }
+
+    /// The credentials and the engine that knows them, for these routes.
+    fn live_with_routes(
+        bottle: &config::Bottle,
+        routes: Arc<policy::Routes>,
+        base_dlp: &dlp::Engine,
+    ) -> anyhow::Result<BottleLive> {
         let credentials = match &bottle.credentials_file {
             Some(path) => Credentials::load(path)?,
             None => Credentials::empty(),

@@ -3,7 +3,8 @@
 //! an unsafe state directory, a missing cgroup root, a listener address in use), and so is
 //! a route whose credential is unset (`run` starts, but refuses that route's requests
 //! with 502 until it is set); what would start but surprise is a warning (no bottle, a
-//! `tcp:` entry on 443 that bypasses inspection). Every problem of every file is reported
+//! `tcp:` entry on 443 that bypasses inspection, `supervise` routes of a bottle whose
+//! supervise is turned off). Every problem of every file is reported
 //! in one run, one line each.
 //!
 //! The findings are computed by pure functions over what was loaded (`Findings`); the
@@ -59,10 +60,19 @@ pub fn routes_findings(
     bottle: &str,
     routes_file: &Path,
     routes: &Routes,
+    supervised: bool,
     credential: impl Fn(&str) -> bool,
     out: &mut Findings,
 ) {
     for route in routes.routes() {
+        if !supervised && route.dlp.on_match == crate::policy::OnMatch::Supervise {
+            out.warn(format!(
+                "bottle {bottle}: {}: route {}: outbound_on_match is supervise but the bottle's supervise is off \
+                 (enabled: false): a request carrying a secret is refused, never held",
+                routes_file.display(),
+                route.host
+            ));
+        }
         if let Some(auth) = &route.auth
             && !credential(&auth.token_env)
         {
@@ -212,7 +222,7 @@ pub fn run(config: &config::Config) -> ExitCode {
                         credentials.as_ref().is_some_and(|c| c.get(name).is_some())
                             || std::env::var(name).is_ok_and(|v| !v.is_empty())
                     };
-                    routes_findings(&b.name, path, &routes, has, &mut findings);
+                    routes_findings(&b.name, path, &routes, b.supervise.is_some(), has, &mut findings);
                 }
                 Err(e) => findings.error(e.to_string()),
             }
@@ -255,13 +265,25 @@ mod tests {
              auth_scheme: Bearer\n    token_env: EGRESS_TOKEN_B\ntcp:\n  - db.test:5432\n  - api.test:443\n",
         );
         let mut out = Findings::default();
-        routes_findings("demo", Path::new("r.yaml"), &r, |name| name == "EGRESS_TOKEN_B", &mut out);
+        routes_findings("demo", Path::new("r.yaml"), &r, true, |name| name == "EGRESS_TOKEN_B", &mut out);
         let texts: Vec<&str> = out.0.iter().map(|f| f.text.as_str()).collect();
         assert_eq!(texts.len(), 2, "{texts:?}");
         assert!(texts[0].contains("token_env EGRESS_TOKEN_A is not set") && texts[0].contains("a.test"));
         assert!(texts[1].contains("api.test:443 relays TLS uninspected"));
         assert_eq!(out.0[0].severity, Severity::Error);
         assert_eq!(out.0[1].severity, Severity::Warning);
+    }
+
+    #[test]
+    fn supervise_routes_of_a_bottle_with_supervise_off_are_warned_about() {
+        let r = routes("routes:\n  - host: a.test\n  - host: b.test\n    dlp:\n      outbound_on_match: block\n");
+        let mut out = Findings::default();
+        routes_findings("demo", Path::new("r.yaml"), &r, false, |_| true, &mut out);
+        assert_eq!(out.0.len(), 1, "{:?}", out.0);
+        assert!(out.0[0].text.contains("route a.test") && out.0[0].text.contains("refused, never held"));
+        let mut out = Findings::default();
+        routes_findings("demo", Path::new("r.yaml"), &r, true, |_| true, &mut out);
+        assert!(out.0.is_empty());
     }
 
     #[test]

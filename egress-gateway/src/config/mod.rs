@@ -19,7 +19,7 @@ pub use error::{ConfigError, Problem, Problems};
 pub use limits::Limits;
 pub use unix::{UnixRule, UnixSockets};
 
-use crate::supervise::SuperviseConfig;
+use crate::supervise::{SuperviseConfig, SuperviseEnv};
 
 /// Default transparent TCP listener.
 pub const DEFAULT_LISTEN: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 15001);
@@ -196,6 +196,8 @@ pub struct Bottle {
     /// KEY=VALUE lines (mode 0600, owned by the gateway's user): the bottle's own
     /// credentials, looked up before the gateway's environment.
     pub credentials_file: Option<PathBuf>,
+    /// The bottle's supervise settings (every default without a `supervise:` block);
+    /// `None`: turned off (`enabled: false`), its `supervise` routes act as `block`.
     pub supervise: Option<SuperviseConfig>,
     /// Host paths the bottle can see (bind-mounted into it: its workspace, say). The
     /// gateway's state and every supervise store must be outside all of them.
@@ -218,7 +220,14 @@ impl Config {
     }
 
     /// Parses and validates `text`; relative paths are taken from `path`'s directory.
+    /// A bottle whose `supervise:` names no store takes the seeds' `SUPERVISE_QUEUE_DIR`
+    /// (and `SUPERVISE_BOTTLE_SLUG`) from this process's environment.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Self::parse_with_env(path, text, &SuperviseEnv::from_process())
+    }
+
+    /// `parse` with the supervise environment given.
+    pub fn parse_with_env(path: &Path, text: &str, env: &SuperviseEnv) -> Result<Config, ConfigError> {
         let raw: RawConfig = yaml::parse(path, text)?;
         let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let mut problems = Problems::new(path);
@@ -263,11 +272,33 @@ impl Config {
             if bottles.iter().any(|o| o.name == b.name) {
                 problems.push(format!("{field}.name"), format!("duplicate bottle name {:?}", b.name));
             }
-            let bottle = Bottle::from_raw(b, &field, PathBase::Dir(&base), &mut problems);
+            let mut bottle = Bottle::from_raw(b, &field, PathBase::Dir(&base), &mut problems);
             if bottles.iter().any(|o| o.id == bottle.id && o.name != bottle.name) {
                 problems.push(format!("{field}.name"), "its id collides with another bottle's: rename it");
             }
+            bottle.supervise = bottle.supervise.map(|s| s.with_env(env));
             bottles.push(bottle);
+        }
+        // A queue directory is one bottle's: the gateway moves what it finds there.
+        for (i, b) in bottles.iter().enumerate() {
+            let Some(s) = b.supervise.as_ref().filter(|s| s.queue_dir.is_some()) else { continue };
+            let Some(other) =
+                bottles[..i].iter().find(|o| o.supervise.as_ref().is_some_and(|t| t.queue_dir == s.queue_dir))
+            else {
+                continue;
+            };
+            let dir = s.queue_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
+            let why = if s.queue_from_env {
+                format!(
+                    "has no store of its own, so it would share {} ({dir}) with bottle {}: name a queue_dir or db \
+                     for each bottle",
+                    crate::supervise::QUEUE_DIR_ENV,
+                    other.name
+                )
+            } else {
+                format!("shares the queue directory {dir} with bottle {}: each bottle needs its own", other.name)
+            };
+            problems.push(format!("bottles[{i}].supervise"), why);
         }
         if bottles.len() as u32 > egress_common::MAX_BOTTLES {
             problems.push("bottles", format!("at most {} bottles", egress_common::MAX_BOTTLES));
@@ -364,7 +395,15 @@ impl Config {
                     crate::supervise::StoreSpec::Queue(q) => format!("queue directory {}", q.display()),
                     crate::supervise::StoreSpec::Sqlite(d) => format!("SQLite {}", d.display()),
                 };
-                let _ = writeln!(out, "    supervise: {store}, timeout {} s", s.timeout().as_secs());
+                let from = if s.queue_from_env {
+                    format!(" (from {})", crate::supervise::QUEUE_DIR_ENV)
+                } else {
+                    String::new()
+                };
+                let timeout = crate::supervise::format_secs(s.timeout());
+                let _ = writeln!(out, "    supervise: {store}{from}, timeout {timeout} s");
+            } else {
+                let _ = writeln!(out, "    supervise: off (enabled: false): supervise routes act as block");
             }
         }
         out
@@ -425,12 +464,17 @@ impl Bottle {
         };
         let routes = b.routes.map(|r| resolve("routes", r));
         let credentials_file = b.credentials_file.map(|c| resolve("credentials_file", c));
-        // Paths in the supervise block are relative to the file, like routes.
-        let supervise = b.supervise.map(|mut s| {
-            s.queue_dir = s.queue_dir.map(|q| resolve("supervise.queue_dir", q));
-            s.db = s.db.map(|d| resolve("supervise.db", d));
-            s
-        });
+        // Supervise is on unless the block says `enabled: false`. Paths in the block are
+        // relative to the file, like routes.
+        let supervise = match b.supervise {
+            Some(s) if s.enabled == Some(false) => None,
+            s => {
+                let mut s = s.unwrap_or_default();
+                s.queue_dir = s.queue_dir.map(|q| resolve("supervise.queue_dir", q));
+                s.db = s.db.map(|d| resolve("supervise.db", d));
+                Some(s)
+            }
+        };
         Bottle {
             id: egress_common::bottle_id(b.name.as_bytes()),
             name: b.name,
@@ -512,7 +556,10 @@ fn guarded_paths(state_dir: &Path, bottles: &[Bottle]) -> Vec<Guarded> {
                 crate::supervise::StoreSpec::Queue(dir) => (dir, "the supervise queue directory"),
                 crate::supervise::StoreSpec::Sqlite(db) => (db, "the supervise database"),
             };
-            out.push(Guarded { owner: Some(i), path, what });
+            // A store in the state directory (the default) is guarded with it.
+            if !path.starts_with(state_dir) {
+                out.push(Guarded { owner: Some(i), path, what });
+            }
         }
     }
     out

@@ -274,25 +274,51 @@ impl Routes {
     }
 
     /// The routes as JSON for `http://_egress.local/allowlist` (names of credential
-    /// variables, never their values).
+    /// variables, never their values), in the seed's shape: `{"routes": [...]}`, each
+    /// route as it is written in routes.yaml (only the keys it sets, `dlp` with its
+    /// resolved `outbound_on_match`). Raw `tcp:` entries, which the seed did not have,
+    /// are listed under `tcp` when there are any.
     pub fn allowlist_json(&self) -> serde_json::Value {
-        let routes: Vec<serde_json::Value> = self
-            .routes
-            .iter()
-            .map(|r| {
-                let matches: Vec<serde_json::Value> = r.matches.iter().map(Match::to_json).collect();
-                serde_json::json!({
-                    "host": r.host,
-                    "matches": matches,
-                    "auth_scheme": r.auth.as_ref().map(|a| a.scheme.as_str()),
-                    "token_env": r.auth.as_ref().map(|a| a.token_env.clone()),
-                    "git": {"fetch": r.git_fetch},
-                    "outbound_on_match": r.dlp.on_match.as_str(),
-                })
-            })
-            .collect();
-        let tcp: Vec<String> = self.tcp.iter().map(|t| format!("{}:{}", t.host, t.port)).collect();
-        serde_json::json!({ "log": self.log.as_str(), "routes": routes, "tcp": tcp })
+        let routes: Vec<serde_json::Value> = self.routes.iter().map(Route::to_yaml_json).collect();
+        let mut out = serde_json::json!({ "routes": routes });
+        if !self.tcp.is_empty() {
+            let tcp: Vec<String> = self.tcp.iter().map(|t| format!("{}:{}", t.host, t.port)).collect();
+            out["tcp"] = tcp.into();
+        }
+        out
+    }
+}
+
+impl Route {
+    /// The route as routes.yaml writes it (the seed's `route_to_yaml_dict`).
+    fn to_yaml_json(&self) -> serde_json::Value {
+        let mut r = serde_json::Map::new();
+        r.insert("host".into(), self.host.clone().into());
+        if let Some(a) = &self.auth {
+            r.insert("auth_scheme".into(), a.scheme.as_str().into());
+            r.insert("token_env".into(), a.token_env.clone().into());
+        }
+        if !self.matches.is_empty() {
+            r.insert("matches".into(), self.matches.iter().map(Match::to_json).collect::<Vec<_>>().into());
+        }
+        if self.git_fetch {
+            r.insert("git".into(), serde_json::json!({"fetch": true}));
+        }
+        let detectors = |d: &Option<Vec<String>>| match d {
+            None => None,
+            Some(v) if v.is_empty() => Some(serde_json::Value::Bool(false)),
+            Some(v) => Some(v.clone().into()),
+        };
+        let mut dlp = serde_json::Map::new();
+        if let Some(d) = detectors(&self.dlp.outbound_detectors) {
+            dlp.insert("outbound_detectors".into(), d);
+        }
+        if let Some(d) = detectors(&self.dlp.inbound_detectors) {
+            dlp.insert("inbound_detectors".into(), d);
+        }
+        dlp.insert("outbound_on_match".into(), self.dlp.on_match.as_str().into());
+        r.insert("dlp".into(), dlp.into());
+        r.into()
     }
 }
 

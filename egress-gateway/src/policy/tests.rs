@@ -252,6 +252,25 @@ fn allowlist_names_variables_but_holds_no_values() {
 }
 
 #[test]
+fn allowlist_keeps_the_seeds_shape() {
+    let r = routes(
+        "log: 1\nroutes:\n  - host: api.test\n    auth_scheme: Bearer\n    token_env: EGRESS_TOKEN_0\n    git: {fetch: true}\n    \
+         dlp: {inbound_detectors: false, outbound_on_match: block}\n  - host: plain.test\n",
+    );
+    let json = r.allowlist_json();
+    // `{"routes": [...]}` and nothing else when there is no `tcp:`.
+    assert_eq!(json.as_object().unwrap().keys().collect::<Vec<_>>(), ["routes"]);
+    assert_eq!(
+        json["routes"][0],
+        serde_json::json!({"host": "api.test", "auth_scheme": "Bearer", "token_env": "EGRESS_TOKEN_0",
+                           "git": {"fetch": true},
+                           "dlp": {"inbound_detectors": false, "outbound_on_match": "block"}})
+    );
+    // Only the keys a route sets; the resolved policy always.
+    assert_eq!(json["routes"][1], serde_json::json!({"host": "plain.test", "dlp": {"outbound_on_match": "supervise"}}));
+}
+
+#[test]
 fn encoded_slashes_are_data_and_routes_match_one_spelling() {
     let r = routes(
         "routes:\n  - host: registry.npmjs.test\n  - host: gitlab.test\n    matches:\n      - paths: [{type: prefix, value: /api/v4/projects/}]\n  - host: api.test\n    matches:\n      - paths: [{type: prefix, value: /v1/}, {type: exact, value: /@types%2fnode}]\n",

@@ -139,7 +139,7 @@ async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>)
 /// identify, authorize, read, scan and hold, prepare, forward, respond.
 async fn phases(req: Request<Incoming>, rq: &mut RequestCtx, ctx: &ProxyContext) -> Result<Response<Body>, Refusal> {
     let host = match identify::identify(&req, rq)? {
-        Identified::Introspection => return Ok(allowlist(rq)),
+        Identified::Introspection => return Ok(introspection(rq, req.uri().path())),
         Identified::Host(host) => host,
     };
     let (route, target) = authorize::authorize(&req, &host, rq, ctx).await?;
@@ -185,8 +185,17 @@ async fn phases(req: Request<Incoming>, rq: &mut RequestCtx, ctx: &ProxyContext)
     respond::respond(rq, &route, resp, reservation).await
 }
 
-/// `http://_egress.local/allowlist`: the bottle's own routes.
-fn allowlist(rq: &RequestCtx) -> Response<Body> {
+/// `http://_egress.local/allowlist`: the bottle's own routes; any other path there is 404,
+/// as in the seed.
+fn introspection(rq: &RequestCtx, path: &str) -> Response<Body> {
+    if path != "/allowlist" {
+        let body = format!("egress introspection: no such endpoint {:?}", crate::supervise::render::inert(path));
+        return Response::builder()
+            .status(http::StatusCode::NOT_FOUND)
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(full(body.into_bytes()))
+            .expect("static response");
+    }
     let body = serde_json::to_vec_pretty(&rq.live.routes.allowlist_json()).unwrap_or_default();
     Response::builder().header(header::CONTENT_TYPE, "application/json").body(full(body)).expect("static response")
 }

@@ -115,7 +115,7 @@ pub fn outbound(
         OnMatch::Supervise if !supervised => Outbound::Refuse(
             StatusCode::FORBIDDEN,
             format!(
-                "egress: request blocked (supervise is not configured for this bottle, so it acts as block): {summary}"
+                "egress: request blocked (supervise is off for this bottle, enabled: false, so it acts as block): {summary}"
             ),
         ),
         OnMatch::Supervise => match blocking.iter().find(|f| f.matched.is_none() || !f.redactable) {

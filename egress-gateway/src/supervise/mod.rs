@@ -42,10 +42,33 @@ pub const DEFAULT_DB: &str = "supervise.db";
 /// How often a held request looks for the operator's response.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// A bottle's `supervise:` block in gateway.yaml.
+/// bot-bottle's egress sidecar environment: its queue directory and the bottle's slug.
+pub const QUEUE_DIR_ENV: &str = "SUPERVISE_QUEUE_DIR";
+pub const SLUG_ENV: &str = "SUPERVISE_BOTTLE_SLUG";
+
+/// The seeds' supervise environment, read once: a bottle whose block names no store
+/// uses `SUPERVISE_QUEUE_DIR`, and its proposals carry `SUPERVISE_BOTTLE_SLUG`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SuperviseEnv {
+    pub queue_dir: Option<PathBuf>,
+    pub slug: Option<String>,
+}
+
+impl SuperviseEnv {
+    pub fn from_process() -> SuperviseEnv {
+        let var = |name| std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        SuperviseEnv { queue_dir: var(QUEUE_DIR_ENV).map(PathBuf::from), slug: var(SLUG_ENV) }
+    }
+}
+
+/// A bottle's `supervise:` block in gateway.yaml. Supervise is on without one (SQLite
+/// in the state directory); `enabled: false` turns it off.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SuperviseConfig {
+    /// `false`: no supervise for this bottle, its `supervise` routes act as `block`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
     /// The seeds' queue directory.
     pub queue_dir: Option<PathBuf>,
     /// A SQLite database (the default is `<state_dir>/supervise.db`).
@@ -60,6 +83,13 @@ pub struct SuperviseConfig {
     pub notify_timeout_seconds: Option<u64>,
     /// At most this many requests of the bottle held at once (default 32); more get 429.
     pub max_pending: Option<usize>,
+    /// The `bottle_slug` proposals carry (`SUPERVISE_BOTTLE_SLUG`); the bottle's name
+    /// when `None`.
+    #[serde(skip)]
+    pub slug: Option<String>,
+    /// `queue_dir` came from `SUPERVISE_QUEUE_DIR`.
+    #[serde(skip)]
+    pub queue_from_env: bool,
 }
 
 /// Which store a bottle's block names.
@@ -73,6 +103,20 @@ impl SuperviseConfig {
     /// Problems with the block, each one sentence.
     pub fn validate(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if self.enabled == Some(false) {
+            let off = SuperviseConfig { enabled: Some(false), ..Default::default() };
+            let serde_json::Value::Object(set) = serde_json::to_value(self).unwrap_or_default() else { return out };
+            let serde_json::Value::Object(bare) = serde_json::to_value(off).unwrap_or_default() else { return out };
+            let extra: Vec<&String> = set.iter().filter(|(k, v)| bare.get(*k) != Some(*v)).map(|(k, _)| k).collect();
+            if !extra.is_empty() {
+                out.push(format!(
+                    "enabled: false turns supervise off, so {} would mean nothing: remove them, or remove enabled: \
+                     false",
+                    extra.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            return out;
+        }
         if self.queue_dir.is_some() && self.db.is_some() {
             out.push(
                 "names both queue_dir and db: a bottle has one store, name either the queue directory or the SQLite \
@@ -129,15 +173,26 @@ impl SuperviseConfig {
             return Duration::from_secs(s);
         }
         match std::env::var(TIMEOUT_ENV) {
-            Ok(v) => match v.trim().parse::<u64>() {
-                Ok(s) if s > 0 => Duration::from_secs(s),
-                _ => {
-                    tracing::warn!(variable = TIMEOUT_ENV, value = %v, "invalid timeout, using the default of 300 s");
-                    DEFAULT_TIMEOUT
-                }
-            },
+            Ok(v) => parse_timeout(&v).unwrap_or_else(|| {
+                tracing::warn!(variable = TIMEOUT_ENV, value = %v, "invalid timeout, using the default of 300 s");
+                DEFAULT_TIMEOUT
+            }),
             Err(_) => DEFAULT_TIMEOUT,
         }
+    }
+
+    /// The block with the seeds' environment applied: a block that names no store takes
+    /// `SUPERVISE_QUEUE_DIR` (and its proposals `SUPERVISE_BOTTLE_SLUG`).
+    pub fn with_env(mut self, env: &SuperviseEnv) -> SuperviseConfig {
+        if self.queue_dir.is_none()
+            && self.db.is_none()
+            && let Some(dir) = &env.queue_dir
+        {
+            self.queue_dir = Some(dir.clone());
+            self.queue_from_env = true;
+            self.slug = env.slug.clone();
+        }
+        self
     }
 
     /// How many requests of the bottle may be held at once.
@@ -151,6 +206,21 @@ impl SuperviseConfig {
             timeout: self.notify_timeout_seconds.map(Duration::from_secs).unwrap_or(notify::DEFAULT_TIMEOUT),
         })
     }
+}
+
+/// `EGRESS_TOKEN_ALLOW_TIMEOUT_SECONDS` as the seed reads it: seconds, fractions
+/// allowed (`0.5`); `None` unless a positive finite number.
+pub fn parse_timeout(value: &str) -> Option<Duration> {
+    let secs: f64 = value.trim().parse().ok()?;
+    if secs.is_nan() || secs <= 0.0 {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+/// `300`, `0.5`: a duration in seconds as a person writes it.
+pub fn format_secs(d: Duration) -> String {
+    format!("{}", d.as_secs_f64())
 }
 
 /// How a hold ended.
@@ -194,6 +264,9 @@ pub const DEFAULT_MAX_PENDING: usize = 32;
 
 pub struct Supervisor {
     bottle: String,
+    /// What proposals name the bottle by (`bottle_slug`): its name, or
+    /// `SUPERVISE_BOTTLE_SLUG` with the seeds' environment.
+    slug: String,
     store: Arc<dyn Store>,
     timeout: Duration,
     safe: SafeValues,
@@ -244,6 +317,7 @@ impl Supervisor {
     pub fn new(bottle: &str, store: Arc<dyn Store>, timeout: Duration, safe: SafeValues) -> Supervisor {
         Supervisor {
             bottle: bottle.to_string(),
+            slug: bottle.to_string(),
             store,
             timeout,
             safe,
@@ -289,6 +363,9 @@ impl Supervisor {
         }
         let mut sup = Supervisor::new(bottle, store, config.timeout(), safe).with_max_pending(config.max_pending());
         sup.notifier = config.notifier();
+        if let Some(slug) = &config.slug {
+            sup.slug = slug.clone();
+        }
         Ok(sup)
     }
 
@@ -317,7 +394,7 @@ impl Supervisor {
             return HoldOutcome::Failed(why);
         }
         self.safe.warn_if_legacy(&self.bottle, &payload.host, value);
-        let proposal = Proposal::new(&self.bottle, payload);
+        let proposal = Proposal::new(&self.slug, payload);
         let id = proposal.id.clone();
         {
             let mut held = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
@@ -440,8 +517,17 @@ impl Supervisor {
                         return (HoldOutcome::Approved { scope }, Closed::Covered);
                     }
                     if tokio::time::Instant::now() >= deadline {
-                        let why = format!("no operator decision within {} s", self.timeout.as_secs());
+                        let why = format!("no operator decision within {} s", format_secs(self.timeout));
                         return (HoldOutcome::Failed(why), Closed::Timeout);
+                    }
+                    tokio::time::sleep(POLL_INTERVAL).await
+                }
+                // A response being written by a tool that does not write atomically reads
+                // as malformed for a moment (as in the seed): read again until the
+                // deadline, then refuse, naming it.
+                Err(e @ StoreError::Malformed { .. }) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return (HoldOutcome::Failed(format!("supervise store error: {e}")), Closed::Failed);
                     }
                     tokio::time::sleep(POLL_INTERVAL).await
                 }
@@ -867,6 +953,110 @@ mod tests {
         let both = example.replace("timeout_seconds: 300", "db: supervise.db");
         let err = crate::config::Config::parse(Path::new("/etc/eg/gateway.yaml"), &both).unwrap_err().to_string();
         assert!(err.contains("bottles[0].supervise") && err.contains("both queue_dir and db"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_half_written_response_is_read_again_until_it_is_whole() {
+        let dir = temp_dir("half");
+        let store: Arc<dyn Store> = Arc::new(QueueDir::prepare(&dir).unwrap());
+        let s = supervisor(store.clone(), Duration::from_secs(20));
+        let h = tokio::spawn({
+            let s = s.clone();
+            async move { s.hold(payload("a.test"), &Secret::new("ghp_halfwrittenresponse0123456")).await }
+        });
+        let id = wait_pending(&s, 1).await.remove(0);
+        // A tool writing the file in place: first a part of it, read by a few polls.
+        let path = dir.join(format!("{id}.response.json"));
+        std::fs::write(&path, br#"{"status": "appr"#).unwrap();
+        tokio::time::sleep(POLL_INTERVAL * 3).await;
+        assert!(!h.is_finished(), "a half-written response ended the hold");
+        std::fs::write(&path, br#"{"status": "approved", "notes": null}"#).unwrap();
+        assert_eq!(h.await.unwrap(), HoldOutcome::Approved { scope: Scope::Gateway });
+
+        // One that stays malformed: refused at the deadline, naming it.
+        let quick = supervisor(store.clone(), Duration::from_secs(1));
+        let h = tokio::spawn({
+            let s = quick.clone();
+            async move { s.hold(payload("a.test"), &Secret::new("ghp_malformeduntiltheend012345")).await }
+        });
+        let id = wait_pending(&quick, 1).await.remove(0);
+        std::fs::write(dir.join(format!("{id}.response.json")), b"{\"status\": \"sure\"}").unwrap();
+        let out = h.await.unwrap();
+        assert!(matches!(&out, HoldOutcome::Failed(why) if why.contains("malformed response")), "{out:?}");
+    }
+
+    #[test]
+    fn the_token_allow_timeout_is_read_as_the_seed_reads_it() {
+        assert_eq!(parse_timeout("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_timeout(" 300 "), Some(Duration::from_secs(300)));
+        assert_eq!(parse_timeout("1e1"), Some(Duration::from_secs(10)));
+        for bad in ["0", "-1", "abc", "", "NaN", "inf", "1e400"] {
+            assert_eq!(parse_timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(format_secs(Duration::from_millis(500)), "0.5");
+        assert_eq!(format_secs(Duration::from_secs(300)), "300");
+    }
+
+    #[test]
+    fn supervise_is_on_without_a_block_and_off_only_when_said() {
+        let parse = |bottle_lines: &str, env: &SuperviseEnv| {
+            let text = format!("bottles:\n  - name: demo\n    cgroup: egress/demo\n{bottle_lines}");
+            crate::config::Config::parse_with_env(Path::new("/etc/eg/gateway.yaml"), &text, env)
+        };
+        let none = SuperviseEnv::default();
+        let c = parse("", &none).unwrap();
+        let s = c.bottles[0].supervise.as_ref().expect("on without a block");
+        assert_eq!(s.store_spec(&c.state_dir), StoreSpec::Sqlite(c.state_dir.join(DEFAULT_DB)));
+        let c = parse("    supervise: {enabled: false}\n", &none).unwrap();
+        assert!(c.bottles[0].supervise.is_none());
+        assert!(c.explain().contains("supervise: off"), "{}", c.explain());
+        let err = parse("    supervise: {enabled: false, queue_dir: /var/q}\n", &none).unwrap_err().to_string();
+        assert!(err.contains("bottles[0].supervise") && err.contains("queue_dir would mean nothing"), "{err}");
+        assert!(
+            parse("    supervise: {enabled: true, timeout_seconds: 5}\n", &none).unwrap().bottles[0]
+                .supervise
+                .is_some()
+        );
+
+        // The seeds' environment, when the block names no store.
+        let env = SuperviseEnv { queue_dir: Some("/var/lib/bb/queue".into()), slug: Some("bb-slug".into()) };
+        let c = parse("", &env).unwrap();
+        let s = c.bottles[0].supervise.as_ref().unwrap();
+        assert_eq!(s.store_spec(&c.state_dir), StoreSpec::Queue("/var/lib/bb/queue".into()));
+        assert_eq!(s.slug.as_deref(), Some("bb-slug"));
+        assert!(c.explain().contains("(from SUPERVISE_QUEUE_DIR)"), "{}", c.explain());
+        let c = parse("    supervise: {db: s.db}\n", &env).unwrap();
+        let s = c.bottles[0].supervise.as_ref().unwrap();
+        assert_eq!((s.store_spec(&c.state_dir), s.slug.as_ref()), (StoreSpec::Sqlite("/etc/eg/s.db".into()), None));
+        // One queue for two bottles: an error that says what to do.
+        let two = "  - name: other\n    cgroup: egress/other\n";
+        let err = parse(two, &env).unwrap_err().to_string();
+        assert!(err.contains("bottles[1].supervise") && err.contains("SUPERVISE_QUEUE_DIR"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn proposals_carry_the_slug_of_the_seeds_environment() {
+        let state = temp_dir("slug");
+        let queue = state.join("queue");
+        let env = SuperviseEnv { queue_dir: Some(queue.clone()), slug: Some("bb-slug".into()) };
+        let config = SuperviseConfig::default().with_env(&env);
+        let s = Arc::new(Supervisor::from_config("demo", &config, &state).unwrap());
+        let h = tokio::spawn({
+            let s = s.clone();
+            async move { s.hold(payload("a.test"), &Secret::new("ghp_slugvalue0123456789abcdef")).await }
+        });
+        decide(&s, Status::Rejected, None).await;
+        assert!(matches!(h.await.unwrap(), HoldOutcome::Rejected(_)));
+        let file = std::fs::read_dir(queue.join("processed"))
+            .unwrap()
+            .flatten()
+            .find(|e| {
+                e.file_name().to_string_lossy().ends_with(".json")
+                    && !e.file_name().to_string_lossy().contains("response")
+            })
+            .unwrap();
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(file.path()).unwrap()).unwrap();
+        assert_eq!(record["bottle_slug"], "bb-slug");
     }
 
     #[test]

@@ -9,6 +9,8 @@ use sha2::{Digest, Sha256};
 use super::render::{self, inert_string};
 
 pub const TOOL: &str = "egress-token-allow";
+/// The first line of bot-bottle's `egress-token-allow` payload (PRD 0062).
+pub const PAYLOAD_HEADER: &str = "egress blocked an outbound request carrying a detected token";
 /// What the operator reads with every proposal: an approval is for the proposal's host.
 fn justification(host: &str) -> String {
     format!(
@@ -38,13 +40,47 @@ pub struct Proposal {
     pub tool: String,
     pub payload: Payload,
     pub justification: String,
-    /// SHA-256 of the payload's JSON, so a response can be tied to what was shown.
+    /// SHA-256 of the payload's text (`Payload::text`, bot-bottle's `current_file_hash`),
+    /// so a response can be tied to what was shown.
     pub payload_hash: String,
     /// Seconds since the Unix epoch.
     pub created_at: u64,
 }
 
 impl Payload {
+    /// bot-bottle's text payload (its `proposed_file`), as PRD 0062 shows it: a header
+    /// line, then `host:`, `method:`, `path:`, `detector:` and `context:` lines. Every
+    /// field is made inert first, so none can hold a line break of its own.
+    pub fn text(&self) -> String {
+        let p = self.inert();
+        format!(
+            "{PAYLOAD_HEADER}\nhost: {}\nmethod: {}\npath: {}\ndetector: {}\ncontext: {}\n",
+            p.host, p.method, p.path, p.reason, p.context
+        )
+    }
+
+    /// Reads back `text`'s form (what a queue directory stores).
+    pub fn from_text(text: &str) -> Result<Payload, String> {
+        let mut lines = text.lines();
+        if lines.next() != Some(PAYLOAD_HEADER) {
+            return Err(format!("the payload does not start with {PAYLOAD_HEADER:?}"));
+        }
+        let mut field = |key: &str| {
+            lines
+                .next()
+                .and_then(|l| l.strip_prefix(key)?.strip_prefix(": "))
+                .map(str::to_string)
+                .ok_or_else(|| format!("the payload has no {key:?} line where expected"))
+        };
+        Ok(Payload {
+            host: field("host")?,
+            method: field("method")?,
+            path: field("path")?,
+            reason: field("detector")?,
+            context: field("context")?,
+        })
+    }
+
     /// Every agent-controlled field made inert for a terminal (`render::inert`).
     pub fn inert(&self) -> Payload {
         Payload {
@@ -77,7 +113,7 @@ impl Proposal {
     pub fn new(bottle: &str, payload: Payload) -> Proposal {
         let payload = payload.inert();
         let justification = justification(&payload.host);
-        let hash = hex::encode(Sha256::digest(serde_json::to_vec(&payload).unwrap_or_default()));
+        let hash = hex::encode(Sha256::digest(payload.text()));
         Proposal {
             id: uuid::Uuid::new_v4().to_string(),
             bottle: bottle.to_string(),
@@ -243,18 +279,50 @@ impl FromStr for Closed {
     }
 }
 
+/// A decision. Read tolerantly, as other tools write it (bot-bottle's supervisor writes
+/// `status` and `notes`, `notes` possibly `null`, and for `modified` a final file, which
+/// is ignored): only `status` is required and must be known, and `scope`, when present,
+/// must be known; every other key is optional and unknown keys are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub status: Status,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub notes: String,
     /// Absent: `gateway`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text_or_none")]
     pub decided_by: Option<String>,
-    #[serde(default)]
+    /// Epoch seconds; a number (fractions dropped) or an RFC 3339 time when read.
+    #[serde(default, deserialize_with = "epoch_or_none")]
     pub decided_at: Option<u64>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A string, else nothing (a number or `null` where a name was expected is no reason to
+/// refuse a decision).
+fn text_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+fn epoch_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        serde_json::Value::String(s) => parse_time(&s),
+        _ => None,
+    })
+}
+
+/// Epoch seconds of an RFC 3339 time (`2026-06-24T20:12:50Z`, `...+00:00`, fractions).
+pub fn parse_time(s: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp()).ok()
 }
 
 impl Response {
@@ -405,6 +473,45 @@ mod tests {
         assert!(!serde_json::to_string(&r).unwrap().contains("scope"));
         let once = parse_response(br#"{"status":"approved","scope":"once"}"#).unwrap();
         assert_eq!(once.scope(), Scope::Once);
+    }
+
+    #[test]
+    fn the_text_payload_is_bot_bottles_and_reads_back() {
+        let p = Payload {
+            host: "api.example.com".into(),
+            method: "POST".into(),
+            path: "/v1/ingest".into(),
+            reason: "token_patterns: OpenAI API key in body".into(),
+            context: "...before ******** after...".into(),
+        };
+        assert_eq!(
+            p.text(),
+            "egress blocked an outbound request carrying a detected token\nhost: api.example.com\nmethod: POST\npath: \
+             /v1/ingest\ndetector: token_patterns: OpenAI API key in body\ncontext: ...before ******** after...\n"
+        );
+        assert_eq!(Payload::from_text(&p.text()).unwrap(), p);
+        // An agent's line break cannot add or reorder a line: it is shown escaped.
+        let forged = Payload { path: "/x\nhost: trusted.test\r\n".into(), ..p };
+        let text = forged.text();
+        assert_eq!(text.lines().count(), 6, "{text}");
+        assert_eq!(Payload::from_text(&text).unwrap(), forged.inert());
+        assert!(Payload::from_text("something else\nhost: a").is_err());
+        assert!(Payload::from_text(&text.replace("method: ", "verb: ")).is_err());
+    }
+
+    #[test]
+    fn responses_are_read_as_other_tools_write_them() {
+        let r = parse_response(br#"{"status": "rejected", "notes": null}"#).unwrap();
+        assert_eq!((r.status, r.notes.as_str(), r.scope()), (Status::Rejected, "", Scope::Gateway));
+        let r = parse_response(
+            br#"{"status": "modified", "final_file": "edited\n", "decided_at": "2026-06-24T20:12:50+00:00",
+                 "decided_by": 7, "extra": {"any": "thing"}}"#,
+        )
+        .unwrap();
+        assert_eq!((r.status, r.decided_at, r.decided_by), (Status::Modified, Some(1782331970), None));
+        let r = parse_response(br#"{"status": "approved", "notes": "ok", "decided_at": 1795000000.75}"#).unwrap();
+        assert_eq!(r.decided_at, Some(1795000000));
+        assert_eq!(parse_response(br#"{"status": "approved", "decided_at": "yesterday"}"#).unwrap().decided_at, None);
     }
 
     #[test]

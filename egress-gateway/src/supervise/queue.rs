@@ -2,6 +2,10 @@
 //! both moved to `processed/` once the hold ends. Every file is written atomically (temp
 //! file, fsync, rename; a response by link, so two operators cannot both decide).
 //!
+//! A proposal is written as bot-bottle's own record (`BotBottleRecord`), so its
+//! supervisor reads it: nothing but that record's keys is in the file. How a hold ended
+//! goes to a file of its own in `processed/` (`<id>.closed`), not into the record.
+//!
 //! The directory is opened once, from `/` down without following a symbolic link, and
 //! refused when it or any directory above it could be written by someone else than root
 //! and the gateway's user (`open_private_dir`). Every later step is relative to that
@@ -50,6 +54,59 @@ enum Where {
 }
 
 const PROCESSED: &str = "processed";
+/// Beside a proposal in `processed/`: how its hold ended, as JSON (`closed`, `closed_at`).
+const CLOSED_SUFFIX: &str = ".closed";
+
+/// bot-bottle's proposal record (`Proposal.new(bottle_slug=..., tool=...,
+/// proposed_file=..., justification=..., current_file_hash=...)` in its egress addon),
+/// key for key. `proposed_file` is the text payload; `current_file_hash` its SHA-256;
+/// `created_at` is an RFC 3339 UTC time.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct BotBottleRecord {
+    id: String,
+    bottle_slug: String,
+    tool: String,
+    proposed_file: String,
+    justification: String,
+    current_file_hash: String,
+    #[serde(default)]
+    created_at: Option<String>,
+}
+
+impl BotBottleRecord {
+    fn from_proposal(p: &Proposal) -> Self {
+        BotBottleRecord {
+            id: p.id.clone(),
+            bottle_slug: p.bottle.clone(),
+            tool: p.tool.clone(),
+            proposed_file: p.payload.text(),
+            justification: p.justification.clone(),
+            current_file_hash: p.payload_hash.clone(),
+            created_at: Some(protocol::format_time(p.created_at)),
+        }
+    }
+
+    fn into_proposal(self) -> Result<Proposal, String> {
+        Ok(Proposal {
+            payload: protocol::Payload::from_text(&self.proposed_file)?,
+            id: self.id,
+            bottle: self.bottle_slug,
+            tool: self.tool,
+            justification: self.justification,
+            payload_hash: self.current_file_hash,
+            created_at: self.created_at.as_deref().and_then(protocol::parse_time).unwrap_or(0),
+        })
+    }
+}
+
+/// A proposal file: bot-bottle's record, or (read only) the record this gateway wrote
+/// before it wrote bot-bottle's.
+fn parse_proposal(bytes: &[u8]) -> Result<Proposal, String> {
+    match serde_json::from_slice::<BotBottleRecord>(bytes) {
+        Ok(record) => record.into_proposal(),
+        Err(e) => serde_json::from_slice::<Proposal>(bytes).map_err(|_| e.to_string()),
+    }
+}
 /// The gateway's counters for this bottle (hidden, not `.json`: no reader of the queue
 /// mistakes it for a proposal).
 const COUNTERS: &str = ".counters";
@@ -148,7 +205,7 @@ impl QueueDir {
     fn read_proposal(&self, at: Where, id: &str) -> Result<Option<Proposal>, StoreError> {
         let name = format!("{id}.json");
         match self.read_at(at, &name)? {
-            Some(bytes) => serde_json::from_slice(&bytes)
+            Some(bytes) => parse_proposal(&bytes)
                 .map(Some)
                 .map_err(|e| self.io(&Self::shown(at, &name), format!("not a proposal: {e}"))),
             None => Ok(None),
@@ -311,7 +368,8 @@ impl Store for QueueDir {
     fn write_proposal(&self, p: &Proposal) -> Result<(), StoreError> {
         valid_id(&p.id)?;
         let name = format!("{}.json", p.id);
-        let tmp = self.write_temp(&name, &serde_json::to_vec_pretty(p).unwrap_or_default())?;
+        let record = serde_json::to_vec_pretty(&BotBottleRecord::from_proposal(p)).unwrap_or_default();
+        let tmp = self.write_temp(&name, &record)?;
         renameat(&*self.fd, tmp.as_str(), &*self.fd, name.as_str()).map_err(|e| {
             let _ = unlinkat(&*self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
             self.io(&name, e)
@@ -324,8 +382,11 @@ impl Store for QueueDir {
             if self.exists_at(Where::Queue, &format!("{id}.response.json")) {
                 continue;
             }
-            // A half-written or foreign file is not a proposal; skip it.
-            if let Ok(Some(p)) = self.read_proposal(Where::Queue, &id) {
+            // A half-written file, or another tool's proposal (the queue may be shared
+            // with bot-bottle's other daemons), is not ours; skip it.
+            if let Ok(Some(p)) = self.read_proposal(Where::Queue, &id)
+                && p.tool == protocol::TOOL
+            {
                 out.push(p);
             }
         }
@@ -337,10 +398,17 @@ impl Store for QueueDir {
         if valid_id(id).is_err() {
             return Ok(None);
         }
-        match self.read_proposal(Where::Queue, id)? {
-            Some(p) => Ok(Some(p)),
-            None => self.read_proposal(Where::Processed, id),
-        }
+        let name = format!("{id}.json");
+        let bytes = match self.read_at(Where::Queue, &name)? {
+            Some(b) => b,
+            None => match self.read_at(Where::Processed, &name)? {
+                Some(b) => b,
+                None => return Ok(None),
+            },
+        };
+        // Another tool's proposal in a shared queue (or a file that is no proposal) is
+        // not this gateway's.
+        Ok(parse_proposal(&bytes).ok().filter(|p| p.tool == protocol::TOOL))
     }
 
     fn write_response(&self, id: &str, r: &Response) -> Result<(), StoreError> {
@@ -383,26 +451,21 @@ impl Store for QueueDir {
             renameat(&*self.fd, response.as_str(), processed, response.as_str()).map_err(|e| self.io(&response, e))?;
         }
         let name = format!("{id}.json");
-        let Some(bytes) = self.read_at(Where::Queue, &name)? else { return Ok(()) };
-        // The proposal as it was written, plus how its hold ended (keys other readers
-        // of the queue ignore), written anew into processed/; a file that is not a
-        // JSON object is moved as it is.
-        match serde_json::from_slice::<serde_json::Value>(&bytes) {
-            Ok(serde_json::Value::Object(mut record)) => {
-                record.insert("closed".into(), why.as_str().into());
-                record.insert("closed_at".into(), protocol::now().into());
-                let data = serde_json::to_vec_pretty(&record).unwrap_or_default();
-                let tmp = self.write_temp(&name, &data)?;
-                renameat(&*self.fd, tmp.as_str(), processed, name.as_str()).map_err(|e| {
-                    let _ = unlinkat(&*self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-                    self.io(&name, e)
-                })?;
-                match unlinkat(&*self.fd, name.as_str(), UnlinkatFlags::NoRemoveDir) {
-                    Ok(()) | Err(Errno::ENOENT) => Ok(()),
-                    Err(e) => Err(self.io(&name, e)),
-                }
-            }
-            _ => renameat(&*self.fd, name.as_str(), processed, name.as_str()).map_err(|e| self.io(&name, e)),
+        if !self.exists_at(Where::Queue, &name) {
+            return Ok(());
+        }
+        // How the hold ended first, in a file of its own (the record stays bot-bottle's,
+        // key for key), then the proposal itself.
+        let closed = format!("{id}{CLOSED_SUFFIX}");
+        let note = serde_json::json!({"closed": why.as_str(), "closed_at": protocol::now()});
+        let tmp = self.write_temp(&closed, &serde_json::to_vec_pretty(&note).unwrap_or_default())?;
+        renameat(&*self.fd, tmp.as_str(), processed, closed.as_str()).map_err(|e| {
+            let _ = unlinkat(&*self.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            self.io(&closed, e)
+        })?;
+        match renameat(&*self.fd, name.as_str(), processed, name.as_str()) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(self.io(&name, e)),
         }
     }
 
@@ -410,17 +473,29 @@ impl Store for QueueDir {
         if valid_id(id).is_err() {
             return Ok(None);
         }
-        let Some(bytes) = self.read_at(Where::Processed, &format!("{id}.json"))? else { return Ok(None) };
-        let record: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        // A proposal archived by an earlier version carries `closed` itself.
+        let note = match self.read_at(Where::Processed, &format!("{id}{CLOSED_SUFFIX}"))? {
+            Some(bytes) => bytes,
+            None => match self.read_at(Where::Processed, &format!("{id}.json"))? {
+                Some(bytes) => bytes,
+                None => return Ok(None),
+            },
+        };
+        let record: serde_json::Value = serde_json::from_slice(&note).unwrap_or_default();
         Ok(record.get("closed").and_then(|c| c.as_str()).and_then(|c| c.parse().ok()))
     }
 
     fn close_stale(&self) -> Result<usize, StoreError> {
-        let ids = self.proposal_ids(Where::Queue)?;
-        for id in &ids {
-            self.close(id, Closed::Abandoned)?;
+        // Only this gateway's proposals: bot-bottle's queue is shared by its other
+        // daemons (git-gate's `gitleaks-allow`), whose proposals are not ours to close.
+        let mut closed = 0;
+        for id in self.proposal_ids(Where::Queue)? {
+            if matches!(self.read_proposal(Where::Queue, &id), Ok(Some(p)) if p.tool == protocol::TOOL) {
+                self.close(&id, Closed::Abandoned)?;
+                closed += 1;
+            }
         }
-        Ok(ids.len())
+        Ok(closed)
     }
 
     fn pending_ids(&self) -> Result<Vec<String>, StoreError> {
@@ -487,6 +562,53 @@ mod tests {
         for e in fs::read_dir(dir.join("processed")).unwrap().flatten() {
             assert_eq!(e.metadata().unwrap().permissions().mode() & 0o077, 0, "{:?}", e.path());
         }
+    }
+
+    #[test]
+    fn a_proposal_is_written_as_bot_bottles_record_and_nothing_else() {
+        let dir = temp_dir("queue-record");
+        let q = QueueDir::prepare(&dir).unwrap();
+        let mut p = Proposal::new("slug-1", crate::supervise::store::tests::payload("a.test"));
+        p.created_at = 1_782_331_970;
+        q.write_proposal(&p).unwrap();
+        let record: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join(format!("{}.json", p.id))).unwrap()).unwrap();
+        let keys: Vec<&str> = record.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["bottle_slug", "created_at", "current_file_hash", "id", "justification", "proposed_file", "tool"]
+        );
+        assert_eq!((record["id"].as_str(), record["bottle_slug"].as_str()), (Some(p.id.as_str()), Some("slug-1")));
+        assert_eq!(record["tool"], "egress-token-allow");
+        assert_eq!(record["created_at"], "2026-06-24T20:12:50Z");
+        let text = record["proposed_file"].as_str().unwrap();
+        assert!(text.starts_with("egress blocked an outbound request carrying a detected token\nhost: a.test\n"));
+        use sha2::Digest;
+        assert_eq!(record["current_file_hash"], hex::encode(sha2::Sha256::digest(text)));
+        assert_eq!(q.proposal(&p.id).unwrap(), Some(p.clone()), "read back whole");
+        // Closed: the record is moved as it is; how the hold ended is beside it.
+        q.close(&p.id, Closed::Timeout).unwrap();
+        let moved: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join("processed").join(format!("{}.json", p.id))).unwrap()).unwrap();
+        assert_eq!(moved, record);
+        assert_eq!(q.closed(&p.id).unwrap(), Some(Closed::Timeout));
+    }
+
+    #[test]
+    fn another_tools_proposals_in_a_shared_queue_are_left_alone() {
+        let dir = temp_dir("queue-shared");
+        let q = QueueDir::prepare(&dir).unwrap();
+        // git-gate's proposal in bot-bottle's queue of the same bottle.
+        let foreign = serde_json::json!({"id": "gl-1", "bottle_slug": "slug-1", "tool": "gitleaks-allow",
+            "proposed_file": "gitleaks found 1 leak", "justification": "x", "current_file_hash": "00"});
+        fs::write(dir.join("gl-1.json"), foreign.to_string()).unwrap();
+        let ours = Proposal::new("slug-1", crate::supervise::store::tests::payload("a.test"));
+        q.write_proposal(&ours).unwrap();
+        assert_eq!(q.pending().unwrap(), vec![ours.clone()]);
+        assert_eq!(q.proposal("gl-1").unwrap(), None);
+        assert_eq!(q.close_stale().unwrap(), 1, "only ours");
+        assert!(dir.join("gl-1.json").exists(), "another tool's proposal was moved");
+        assert_eq!(q.closed(&ours.id).unwrap(), Some(Closed::Abandoned));
     }
 
     fn refused(r: Result<impl std::fmt::Debug, StoreError>, why: &str) -> String {
