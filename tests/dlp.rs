@@ -297,8 +297,16 @@ fn user_rules_from_gateway_yaml_apply_and_check_reports_them() {
     assert_eq!(code, "200", "the allowlist's stopword applies");
     assert_never_logged(&w, &[key]);
 
+    // As the gateway's unit runs it: with the credentials its routes name (an unset one is
+    // an error of its own).
     let check = |path: &std::path::Path| {
-        std::process::Command::new(egress_e2e::gateway_bin()).arg("check").arg("--config").arg(path).output().unwrap()
+        std::process::Command::new(egress_e2e::gateway_bin())
+            .arg("check")
+            .arg("--config")
+            .arg(path)
+            .env("EGRESS_TOKEN_CRED", "a-credential")
+            .output()
+            .unwrap()
     };
     let out = check(&w.env.config_path);
     assert!(out.status.success(), "{}", stderr(&out));
