@@ -252,3 +252,32 @@ fn sighup_swaps_in_an_edited_credentials_file_and_keeps_the_old_on_error() {
 
     assert_never_written(&w, &[A_TOKEN, a2, new_cred, broken, B_TOKEN, GW_TOKEN0]);
 }
+
+/// Issue 14: a reload is all or nothing. With one bottle's routes broken, another
+/// bottle's edited credential is not swapped in either: the gateway never runs half the
+/// new policy. `reload` exits 1 and names both bottles' states.
+#[test]
+fn a_reload_with_one_broken_bottle_changes_no_bottle() {
+    let w = world("reload-atomic", &a_file());
+    let whoami = w.url("api.upstream.test", "/whoami");
+    let rotated = "alpha-rotated-for-atomic-reload-4669201";
+    std::fs::write(w.env.dir.join("creds-a.env"), format!("EGRESS_TOKEN_0={rotated}\n")).unwrap();
+    std::fs::write(w.env.dir.join("routes-other.yaml"), "routes:\n  - host: [broken\n").unwrap();
+    let out = w.env.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("bottle {B}")) && err.contains("routes-other.yaml"), "{err}");
+    assert!(err.contains(&format!("bottle {}", w.env.bottle())) && err.contains("not applied"), "{err}");
+    w.env.wait_for_log("reload abandoned: no bottle's policy changed");
+    let (code, _) = w.curl(&[&whoami]);
+    assert_eq!(code, "200");
+    assert_eq!(authorizations(&w).last().unwrap(), &format!("Bearer {A_TOKEN}"), "A kept its credential");
+
+    // B fixed: the next reload applies both.
+    std::fs::write(w.env.dir.join("routes-other.yaml"), ROUTES).unwrap();
+    let out = w.env.cli(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (code, _) = w.curl(&[&whoami]);
+    assert_eq!(code, "200");
+    assert_eq!(authorizations(&w).last().unwrap(), &format!("Bearer {rotated}"));
+}

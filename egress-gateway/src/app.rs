@@ -170,27 +170,43 @@ impl Gateway {
         Ok(())
     }
 
-    /// Reloads every bottle (SIGHUP, `POST /v1/reload`): each swaps its routes,
-    /// credentials and known secrets together, or keeps them all.
+    /// Reloads every bottle (SIGHUP, `POST /v1/reload`), all or nothing: every bottle's
+    /// routes, credentials and known secrets are read and checked first; only when all of
+    /// them load are they swapped in, so the gateway never runs half old, half new policy.
+    /// Each result is the bottle's own problem, or `Ok` (for every bottle, when applied).
     pub fn reload_all(&self) -> Vec<(String, Result<(), String>)> {
         self.reload_gateway_settings();
-        let results: Vec<(String, Result<(), String>)> = self
-            .bottles()
-            .iter()
-            .map(|b| {
-                let result = b.reload().map_err(|e| format!("{e:#}"));
-                match &result {
-                    Ok(()) => tracing::info!(bottle = %b.config.name, "routes and credentials reloaded"),
-                    Err(e) => tracing::error!(
-                        bottle = %b.config.name,
-                        error = %e,
-                        "reload failed; keeping the previous routes and credentials"
-                    ),
-                }
-                (b.config.name.clone(), result)
-            })
-            .collect();
-        crate::metrics::global().reload(results.iter().all(|(_, r)| r.is_ok()));
+        let bottles = self.bottles();
+        let prepared: Vec<(Arc<BottleState>, Result<BottleLive, String>)> =
+            bottles.iter().map(|b| (b.clone(), b.prepare_reload().map_err(|e| format!("{e:#}")))).collect();
+        let failed = prepared.iter().filter(|(_, r)| r.is_err()).count();
+        let mut results = Vec::new();
+        if failed == 0 {
+            for (b, live) in prepared {
+                b.apply(live.expect("checked above"));
+                tracing::info!(bottle = %b.config.name, "routes and credentials reloaded");
+                results.push((b.config.name.clone(), Ok(())));
+            }
+        } else {
+            for (b, live) in prepared {
+                let result = match live {
+                    Ok(_) => {
+                        Err("not applied: another bottle's files did not load (a reload is all or nothing)".into())
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            bottle = %b.config.name,
+                            error = %e,
+                            "reload failed; keeping the previous routes and credentials"
+                        );
+                        Err(e)
+                    }
+                };
+                results.push((b.config.name.clone(), result));
+            }
+            tracing::error!(failed, bottles = bottles.len(), "reload abandoned: no bottle's policy changed");
+        }
+        crate::metrics::global().reload(failed == 0);
         results
     }
 

@@ -184,12 +184,21 @@ impl BottleState {
         Ok(BottleLive { routes, credentials: Arc::new(credentials), dlp: Arc::new(dlp) })
     }
 
-    /// Re-reads the routes and credentials files and rebuilds the known secrets, then
-    /// swaps them in together; on any error nothing changes and the error (which names
-    /// files and lines, never a value) is returned for the log.
-    pub fn reload(&self) -> anyhow::Result<()> {
-        let live = Self::load_live(&self.config, self.inline_routes.as_ref(), &self.base_dlp)?;
+    /// Re-reads the routes and credentials files and rebuilds the known secrets; nothing
+    /// changes until `apply`. The error names files and lines, never a value.
+    pub fn prepare_reload(&self) -> anyhow::Result<BottleLive> {
+        Self::load_live(&self.config, self.inline_routes.as_ref(), &self.base_dlp)
+    }
+
+    /// Swaps in what `prepare_reload` built: routes, credentials and known secrets together.
+    pub fn apply(&self, live: BottleLive) {
         self.live.store(Arc::new(live));
+    }
+
+    /// `prepare_reload` then `apply`: on any error nothing changes.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let live = self.prepare_reload()?;
+        self.apply(live);
         Ok(())
     }
 }
