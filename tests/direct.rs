@@ -523,7 +523,7 @@ fn a_rejected_hold_is_refused_with_the_operators_reason() {
     h.run(|| async {
         let (status, _, body) = h.https("sup.test", post("sup.test", "/push", format!("key={TOKEN}"))).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
-        assert!(text(&body).contains("rejected by the operator: decided by the test"), "{}", text(&body));
+        assert!(text(&body).contains("; supervisor rejected the request: decided by the test"), "{}", text(&body));
         assert!(h.upstream.requests().is_empty());
         assert_eq!(h.logs.events("egress_block")[0]["source"], "supervise");
     });

@@ -89,7 +89,6 @@ impl ResponseStream {
     /// Takes the next piece of the body; returns what may be sent on now.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, Blocked> {
         self.pending.extend_from_slice(chunk);
-        self.redact_pending();
         let cut = if self.sse {
             match last_event_end(&self.pending) {
                 Some(end) => end,
@@ -107,7 +106,19 @@ impl ResponseStream {
         self.release(self.pending.len())
     }
 
+    /// Releases `pending[..cut]`, known secrets cut out first. Only a secret that starts
+    /// before `cut` is cut out now: it is whole, since `hold` bytes (its longest form)
+    /// are kept back; one that starts later may still be arriving, and cutting a
+    /// fragment of it now would let its tail through on its own.
     fn release(&mut self, cut: usize) -> Result<Vec<u8>, Blocked> {
+        let cut = match redact_known_before(&self.engine, &self.pending, cut) {
+            Some((redacted, cut)) => {
+                self.pending = redacted;
+                self.warnings.push("known secret in the response, redacted".into());
+                cut
+            }
+            None => cut,
+        };
         let out: Vec<u8> = self.pending.drain(..cut).collect();
         if !self.injection {
             return Ok(out);
@@ -129,36 +140,71 @@ impl ResponseStream {
         }
         Ok(out)
     }
-
-    fn redact_pending(&mut self) {
-        if let Some(redacted) = redact_known(&self.engine, &self.pending) {
-            self.pending = redacted;
-            self.warnings.push("known secret in the response, redacted".into());
-        }
-    }
 }
 
 /// `data` with every known secret (each of its forms) replaced by `********` and every
 /// other byte kept as it is (a binary body stays intact); `None` when there is none.
 pub fn redact_known(engine: &Engine, data: &[u8]) -> Option<Vec<u8>> {
-    let text = String::from_utf8_lossy(data);
-    let hits = engine.known_secrets().find(&text);
-    if hits.is_empty() {
+    redact_known_before(engine, data, data.len()).map(|(out, _)| out)
+}
+
+/// Known secrets that start before `cut` replaced by `********`, by position (found in
+/// the lossy text, cut out of the bytes); the rest of `data` untouched. Returns the new
+/// bytes and where `cut` falls in them (after a secret that runs over it).
+fn redact_known_before(engine: &Engine, data: &[u8], cut: usize) -> Option<(Vec<u8>, usize)> {
+    let (text, at) = lossy_with_offsets(data);
+    let mut ranges: Vec<(usize, usize)> = engine
+        .known_secrets()
+        .find(&text)
+        .iter()
+        .map(|h| (at[h.start], at[h.end]))
+        .filter(|&(start, end)| start < cut && start < end)
+        .collect();
+    if ranges.is_empty() {
         return None;
     }
-    let mut values: Vec<&str> = hits.iter().filter_map(|h| text.get(h.start..h.end)).collect();
-    // Longest first, so a value containing another is replaced whole.
-    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    // A match that runs over an invalid byte (shown as U+FFFD) is not in `data` as such:
-    // the lossy text is sent then, redacted (fail closed over byte-exactness).
-    if values.iter().any(|v| v.contains(char::REPLACEMENT_CHARACTER)) {
-        return Some(super::redact_text(&text, &values).into_bytes());
+    ranges.sort_unstable();
+    let mut out = Vec::with_capacity(data.len());
+    let (mut pos, mut new_cut) = (0, None);
+    for (start, end) in ranges {
+        if end <= pos {
+            continue;
+        }
+        let start = start.max(pos);
+        if new_cut.is_none() && (pos..=start).contains(&cut) {
+            new_cut = Some(out.len() + cut - pos);
+        }
+        out.extend_from_slice(&data[pos..start]);
+        out.extend_from_slice(REDACTED.as_bytes());
+        if (start..end).contains(&cut) {
+            new_cut = Some(out.len());
+        }
+        pos = end;
     }
-    let mut out = data.to_vec();
-    for value in values {
-        out = replace_bytes(&out, value.as_bytes(), REDACTED.as_bytes());
+    let new_cut = new_cut.unwrap_or(out.len() + cut.saturating_sub(pos));
+    out.extend_from_slice(&data[pos..]);
+    Some((out, new_cut))
+}
+
+/// `String::from_utf8_lossy(data)` and, for each byte offset of it (and its end), the
+/// offset in `data` it came from.
+fn lossy_with_offsets(data: &[u8]) -> (String, Vec<usize>) {
+    let mut text = String::with_capacity(data.len());
+    let mut at = Vec::with_capacity(data.len() + 1);
+    let mut pos = 0;
+    for chunk in data.utf8_chunks() {
+        text.push_str(chunk.valid());
+        at.extend(pos..pos + chunk.valid().len());
+        pos += chunk.valid().len();
+        if !chunk.invalid().is_empty() {
+            let replacement = char::REPLACEMENT_CHARACTER;
+            text.push(replacement);
+            at.extend(std::iter::repeat_n(pos, replacement.len_utf8()));
+            pos += chunk.invalid().len();
+        }
     }
-    Some(out)
+    at.push(pos);
+    (text, at)
 }
 
 /// The end of the last complete event (after a blank line), if any.
@@ -193,24 +239,6 @@ fn collect_text(value: &serde_json::Value, key: Option<&str>, out: &mut String) 
         serde_json::Value::Object(map) => map.iter().for_each(|(k, v)| collect_text(v, Some(k), out)),
         _ => {}
     }
-}
-
-fn replace_bytes(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
-    if needle.is_empty() {
-        return haystack.to_vec();
-    }
-    let mut out = Vec::with_capacity(haystack.len());
-    let mut i = 0;
-    while i < haystack.len() {
-        if haystack[i..].starts_with(needle) {
-            out.extend_from_slice(with);
-            i += needle.len();
-        } else {
-            out.push(haystack[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// The last `n` bytes of `s` or fewer, cut at a character boundary.
