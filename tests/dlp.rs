@@ -254,7 +254,7 @@ fn entropy_detector_warns_and_forwards_without_logging_the_value() {
     let (code, resp) = w.curl(&["-d", &format!("id={value}"), &w.url("entropy.upstream.test", "/x")]);
     assert_eq!(code, "200", "{resp}");
     assert_eq!(w.up.requests().len(), 1, "a warning forwards the request");
-    let log = w.env.wait_for_log("egress_dlp_warn");
+    let log = w.env.wait_for_log("egress_warn");
     assert!(log.contains("entropy: high-entropy string"), "{log}");
     assert_never_logged(&w, &[value]);
     // Without the opt-in, the same request is silent.
