@@ -31,7 +31,7 @@ pub async fn respond(
         rq.note("egress_response_redacted", "known secret in the response headers", None);
     }
     if let Some(reason) = head.block {
-        return Err(Refusal::dlp(format!("egress DLP: {reason} in the response headers")));
+        return Err(Refusal::dlp(format!("egress DLP: {reason}")));
     }
     if let Some(reason) = head.warn {
         rq.warn("inbound", &reason);
@@ -66,7 +66,7 @@ pub async fn respond(
     log_response(rq, &parts, Some(data.len()));
     let (verdict, redacted) = scanner.body_off_workers(&parts.headers, data.clone(), injection).await;
     if let Some(reason) = verdict.block {
-        return Err(Refusal::dlp(format!("egress DLP: {reason} in the response")));
+        return Err(Refusal::dlp(format!("egress DLP: {reason}")));
     }
     if let Some(reason) = verdict.warn {
         rq.warn("inbound", &reason);

@@ -92,7 +92,7 @@ pub fn stream_response(
                 }
             }
             Err(crate::dlp::stream::Blocked(reason)) => {
-                let reason = cut(format!("egress DLP: {reason} in the response"));
+                let reason = cut(format!("egress DLP: {reason}"));
                 if sse {
                     // The event is the last thing the client gets; the stream then ends
                     // (an error right after it could drop it unflushed).
