@@ -265,6 +265,18 @@ impl Harness {
         send(tls, req).await
     }
 
+    /// A CONNECT to `target` (`host:port`) over a connection to the upstream's address,
+    /// answered 200: the tunnel.
+    async fn connect_tunnel(&self, target: &str) -> TokioIo<hyper::upgrade::Upgraded> {
+        let io = self.open(self.upstream_addr());
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
+        tokio::spawn(conn.with_upgrades());
+        let connect = Request::builder().method("CONNECT").uri(target).body(Full::new(Bytes::new())).unwrap();
+        let resp = sender.send_request(connect).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        TokioIo::new(hyper::upgrade::on(resp).await.unwrap())
+    }
+
     /// One plain HTTP request to `orig_dst`.
     async fn http(&self, orig_dst: SocketAddr, req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
         send(self.open(orig_dst), req).await
@@ -415,15 +427,7 @@ fn a_name_is_resolved_once_per_request() {
 
         // CONNECT: one lookup for the tunnel, none for the request inside it.
         let before = h.ctx.resolver.lookups();
-        let io = h.open(h.upstream_addr());
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
-        tokio::spawn(conn.with_upgrades());
-        let port = h.upstream_addr().port();
-        let connect =
-            Request::builder().method("CONNECT").uri(format!("sup.test:{port}")).body(Full::new(Bytes::new())).unwrap();
-        let resp = sender.send_request(connect).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let tunnel = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+        let tunnel = h.connect_tunnel(&format!("sup.test:{}", h.upstream_addr().port())).await;
         let (status, _, _) = send(h.tls(tunnel, "sup.test").await, get("sup.test", "/three")).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(h.ctx.resolver.lookups() - before, 1);
@@ -564,14 +568,7 @@ fn connect_is_policed_and_its_tunnel_intercepted() {
         let (status, _, _) = h.http(h.upstream_addr(), refused).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
 
-        let io = h.open(h.upstream_addr());
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
-        tokio::spawn(conn.with_upgrades());
-        let connect =
-            Request::builder().method("CONNECT").uri(format!("api.test:{port}")).body(Full::new(Bytes::new())).unwrap();
-        let resp = sender.send_request(connect).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let tunnel = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+        let tunnel = h.connect_tunnel(&format!("api.test:{port}")).await;
         // Inside, the host must be the CONNECT target.
         let tls = h.tls(tunnel, "api.test").await;
         let (status, _, body) = send(tls, get("api.test", "/inside")).await;

@@ -58,6 +58,7 @@ fn block_route_refuses_a_token_and_the_upstream_sees_nothing() {
     let (code, reason) = w.curl(&["-d", &body, &w.url("block.upstream.test", "/upload")]);
     assert_eq!(code, "403", "{reason}");
     assert!(reason.contains("GitHub personal access token") && reason.contains("body"), "{reason}");
+    assert!(reason.starts_with("egress DLP: "), "the seed's 403 shape: {reason}");
     assert!(!reason.contains(&token), "the refusal echoes the secret");
     // In a query string and a header too.
     let (code, _) = w.curl(&[&w.url("block.upstream.test", &format!("/q?t={token}"))]);
@@ -68,8 +69,12 @@ fn block_route_refuses_a_token_and_the_upstream_sees_nothing() {
     let (code, _) = w.curl(&[&w.url("block.upstream.test", &format!("/p/{token}/x"))]);
     assert_eq!(code, "403");
     assert!(w.up.requests().is_empty(), "a refused request reached the upstream");
-    w.env.wait_for_log("egress_block");
+    let log = w.env.wait_for_log("egress_block");
     assert_never_logged(&w, &[&token]);
+    // The boot line names the routes file, its routes and the log level (as the seed's).
+    let boot = log.lines().find(|l| l.contains("bottle ready")).expect("a boot line");
+    assert!(boot.contains("routes.yaml") && boot.contains("block.upstream.test"), "{boot}");
+    assert!(boot.contains("[log=blocks]"), "{boot}");
 }
 
 #[test]

@@ -186,8 +186,8 @@ impl RequestCtx {
         );
     }
 
-    /// A note about this request that is always logged (`egress_token_supervise`,
-    /// `egress_response_redacted`), with the request's fields.
+    /// A note about this request (`egress_token_supervise`, `egress_response_redacted`:
+    /// always logged; `egress_token_allowed`), with the request's fields.
     pub fn note(&self, event: &'static str, reason: &str, context: Option<&str>) {
         tracing::warn!(
             event,
@@ -240,19 +240,9 @@ impl RequestCtx {
     /// An operator's approval released the held request (`egress_token_allowed`, at
     /// `log: 1` and above as in the seed).
     pub fn allowed(&self, reason: &str, context: &str) {
-        if self.log_level() < LogLevel::Blocks {
-            return;
+        if self.log_level() >= LogLevel::Blocks {
+            self.note("egress_token_allowed", reason, Some(context));
         }
-        tracing::info!(
-            event = "egress_token_allowed",
-            bottle = %self.bottle(),
-            host = %inert(&self.host),
-            method = %inert(&self.shown_method),
-            path = %inert(&self.path),
-            reason = %inert(reason),
-            context = %inert(context),
-            "egress_token_allowed"
-        );
     }
 }
 
