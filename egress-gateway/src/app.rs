@@ -242,6 +242,16 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let udp = UdpSocket::bind(config.dns_listen)
         .await
         .with_context(|| format!("binding the DNS listener {}", config.dns_listen))?;
+    // A listener configured on port 0 has the port the kernel picked from now on: the
+    // programs redirect to it, namespaced listeners use it, the ready line reports it.
+    let bound = |addr: std::io::Result<std::net::SocketAddr>| match addr {
+        Ok(std::net::SocketAddr::V4(v4)) => Ok(v4),
+        Ok(other) => Err(anyhow::anyhow!("listener bound to {other}, not IPv4")),
+        Err(e) => Err(anyhow::Error::new(e).context("reading a listener's address")),
+    };
+    let mut config = config;
+    config.listen = bound(tcp.local_addr())?;
+    config.dns_listen = bound(udp.local_addr())?;
     let shared_cookie = netns::socket_netns_cookie(tcp.as_fd()).context("reading the listener's namespace cookie")?;
 
     bpf::ensure_bpffs(&config)?;

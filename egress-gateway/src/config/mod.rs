@@ -221,13 +221,9 @@ impl Config {
 
         let listen = raw.listen.unwrap_or(DEFAULT_LISTEN);
         let dns_listen = raw.dns_listen.unwrap_or(DEFAULT_DNS_LISTEN);
-        if listen == dns_listen {
+        // Port 0: the kernel picks one at bind, and the programs are given the bound port.
+        if listen == dns_listen && listen.port() != 0 {
             problems.push("dns_listen", "must differ from listen");
-        }
-        for (field, addr) in [("listen", listen), ("dns_listen", dns_listen)] {
-            if addr.port() == 0 {
-                problems.push(field, "port 0 is not allowed: the kernel programs need a fixed port");
-            }
         }
 
         let mut hosts = BTreeMap::new();
@@ -562,6 +558,15 @@ bottles:
         let b = c.bottle("demo").unwrap();
         assert_eq!(b.routes.as_deref(), Some(Path::new("/etc/eg/demo-routes.yaml")));
         assert_eq!(b.cgroup, Path::new("egress/demo"));
+    }
+
+    /// Listeners on port 0: the kernel picks the ports at bind (tests stop guessing free
+    /// ones); only two fixed equal addresses clash.
+    #[test]
+    fn listeners_may_take_port_0() {
+        let text = "listen: 127.0.0.1:0\ndns_listen: 127.0.0.1:0\nbottles: []\n";
+        let c = Config::parse(Path::new("g.yaml"), text).unwrap();
+        assert_eq!(c.listen.port(), 0);
     }
 
     #[test]
