@@ -6,9 +6,9 @@
 //!
 //! Every test here runs under a plain `cargo test`.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io::Write,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     path::Path,
     sync::{
         Arc, Mutex,
@@ -18,9 +18,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use egress_e2e::https::{HttpsUpstream, TestCa};
+use egress_e2e::https::{HttpsUpstream, REFLECT_PREFIX, REFLECT_SUFFIX, TestCa};
 use egress_gateway::{
-    bottle::BottleState,
+    admin::BottleSource,
+    bottle::{BottleState, ListenerScope, Registry, Served},
     ca::CertificateAuthority,
     config, dlp, policy, proxy,
     resolve::Resolver,
@@ -34,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 
 const TOKEN: &str = "ghp_aB3dE5fG7hJ9kL2mN4pQ6rS8tU1vW3xY5zA7";
 const CREDENTIAL: &str = "route-credential-0123456789";
-const NAMES: [&str; 3] = ["api.test", "other.test", "sup.test"];
+const NAMES: [&str; 4] = ["api.test", "other.test", "sup.test", "plain.test"];
 
 // === log capture ===
 
@@ -165,7 +166,7 @@ fn harness(routes: &str, operator: Option<supervise::Status>) -> Harness {
     std::fs::create_dir(&state).unwrap();
     let ca = CertificateAuthority::load_or_create(&state).unwrap();
     let gateway_ca = ca.cert_pem().to_string();
-    let upstream_client = proxy::upstream::Upstream::new(resolver.clone(), &[&ca_file]).unwrap();
+    let upstream_client = proxy::upstream::Upstream::new(&[&ca_file]).unwrap();
     let limits = Arc::new(proxy::limits::Shared::new(config::Limits::default()));
     let ctx = Arc::new(proxy::ProxyContext::new(resolver, base.clone(), Arc::new(ca), upstream_client, limits));
 
@@ -252,19 +253,9 @@ impl Harness {
 
     /// TLS to the gateway as the agent does it: trusting the gateway's CA, with `sni`.
     async fn tls<S: AsyncRead + AsyncWrite + Unpin>(&self, io: S, sni: &str) -> tokio_rustls::client::TlsStream<S> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile_certs(&self.gateway_ca) {
-            roots.add(cert).unwrap();
-        }
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = egress_e2e::https::client_config(self.gateway_ca.as_bytes(), &[b"http/1.1"]);
         let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, io).await.unwrap()
+        tokio_rustls::TlsConnector::from(config).connect(name, io).await.unwrap()
     }
 
     /// One HTTPS request to the upstream's address, with this SNI.
@@ -274,15 +265,22 @@ impl Harness {
         send(tls, req).await
     }
 
+    /// A CONNECT to `target` (`host:port`) over a connection to the upstream's address,
+    /// answered 200: the tunnel.
+    async fn connect_tunnel(&self, target: &str) -> TokioIo<hyper::upgrade::Upgraded> {
+        let io = self.open(self.upstream_addr());
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
+        tokio::spawn(conn.with_upgrades());
+        let connect = Request::builder().method("CONNECT").uri(target).body(Full::new(Bytes::new())).unwrap();
+        let resp = sender.send_request(connect).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        TokioIo::new(hyper::upgrade::on(resp).await.unwrap())
+    }
+
     /// One plain HTTP request to `orig_dst`.
     async fn http(&self, orig_dst: SocketAddr, req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
         send(self.open(orig_dst), req).await
     }
-}
-
-fn rustls_pemfile_certs(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).map(Result::unwrap).collect()
 }
 
 async fn send<S>(io: S, req: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes)
@@ -319,6 +317,10 @@ routes:
     dlp: {outbound_on_match: redact}
   - host: sup.test
     dlp: {outbound_on_match: supervise}
+  - host: plain.test
+    auth_scheme: Bearer
+    token_env: API_TOKEN
+    dlp: {outbound_on_match: block, inbound_detectors: false}
 ";
 
 // === identify ===
@@ -405,6 +407,30 @@ fn a_destination_that_is_not_an_address_of_the_host_is_refused() {
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert!(text(&body).contains("127.0.0.2 is not an address of api.test"), "{}", text(&body));
         assert_eq!(h.upstream.connections(), 0);
+    });
+}
+
+/// The host is resolved once per request, by authorize: the pooled client dials the
+/// checked address (no lookup of its own), and a CONNECT tunnel's requests use the
+/// CONNECT's answer.
+#[test]
+fn a_name_is_resolved_once_per_request() {
+    let h = harness(ROUTES, None);
+    h.run(|| async {
+        let before = h.ctx.resolver.lookups();
+        let (status, _, body) = h.https("api.test", get("api.test", "/one")).await;
+        assert_eq!(status, StatusCode::OK, "{}", text(&body));
+        assert_eq!(h.ctx.resolver.lookups() - before, 1, "a new upstream connection looked the name up again");
+        let (status, _, _) = h.https("other.test", get("other.test", "/two")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(h.ctx.resolver.lookups() - before, 2);
+
+        // CONNECT: one lookup for the tunnel, none for the request inside it.
+        let before = h.ctx.resolver.lookups();
+        let tunnel = h.connect_tunnel(&format!("sup.test:{}", h.upstream_addr().port())).await;
+        let (status, _, _) = send(h.tls(tunnel, "sup.test").await, get("sup.test", "/three")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(h.ctx.resolver.lookups() - before, 1);
     });
 }
 
@@ -501,7 +527,7 @@ fn a_rejected_hold_is_refused_with_the_operators_reason() {
     h.run(|| async {
         let (status, _, body) = h.https("sup.test", post("sup.test", "/push", format!("key={TOKEN}"))).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
-        assert!(text(&body).contains("rejected by the operator: decided by the test"), "{}", text(&body));
+        assert!(text(&body).contains("; supervisor rejected the request: decided by the test"), "{}", text(&body));
         assert!(h.upstream.requests().is_empty());
         assert_eq!(h.logs.events("egress_block")[0]["source"], "supervise");
     });
@@ -542,14 +568,7 @@ fn connect_is_policed_and_its_tunnel_intercepted() {
         let (status, _, _) = h.http(h.upstream_addr(), refused).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
 
-        let io = h.open(h.upstream_addr());
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.unwrap();
-        tokio::spawn(conn.with_upgrades());
-        let connect =
-            Request::builder().method("CONNECT").uri(format!("api.test:{port}")).body(Full::new(Bytes::new())).unwrap();
-        let resp = sender.send_request(connect).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let tunnel = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+        let tunnel = h.connect_tunnel(&format!("api.test:{port}")).await;
         // Inside, the host must be the CONNECT target.
         let tls = h.tls(tunnel, "api.test").await;
         let (status, _, body) = send(tls, get("api.test", "/inside")).await;
@@ -606,5 +625,215 @@ fn a_streamed_injection_is_cut_and_logged_with_the_real_method() {
         assert_eq!(blocks.len(), 1, "{}", h.logs.text());
         assert_eq!(blocks[0]["method"], "POST", "a streamed refusal logs the request's method");
         assert_eq!(blocks[0]["path"], "/sse");
+    });
+}
+
+// === issue 13 item 7: reflected credentials, whatever the route and the type ===
+
+/// A route with `inbound_detectors: false` whose upstream reflects the injected token in
+/// a header and inside a binary body: the agent gets neither, and every other byte.
+#[test]
+fn a_reflected_credential_is_cut_out_with_inbound_detectors_off_and_a_binary_body() {
+    let h = harness(ROUTES, None);
+    h.run(|| async {
+        let (status, headers, body) = h.https("plain.test", get("plain.test", "/reflect")).await;
+        assert_eq!(status, StatusCode::OK, "{}", text(&body));
+        assert_eq!(h.upstream.requests()[0].headers["authorization"], format!("Bearer {CREDENTIAL}"));
+        assert_eq!(headers["x-reflected"], "Bearer ********");
+        let want = [&REFLECT_PREFIX[..], b"Bearer ********", &REFLECT_SUFFIX[..]].concat();
+        assert_eq!(body, want, "the binary body: only the credential replaced");
+        assert!(!h.logs.text().contains(CREDENTIAL), "the credential in the log");
+        assert!(!h.logs.events("egress_response_redacted").is_empty(), "{}", h.logs.text());
+    });
+}
+
+// === issue 13 item 5: CRLF as the seed has it ===
+
+#[test]
+fn an_encoded_newline_in_a_query_value_is_data_and_smuggling_crlf_is_refused_or_scrubbed() {
+    let h = harness(ROUTES, None);
+    h.run(|| async {
+        // Data: forwarded as sent, on a `block` route.
+        let (status, _, body) = h.https("api.test", get("api.test", "/search?text=a%0Ab")).await;
+        assert_eq!(status, StatusCode::OK, "{}", text(&body));
+        assert_eq!(h.upstream.requests()[0].path_and_query, "/search?text=a%0Ab");
+
+        // Smuggling-shaped: refused under `block`, in the query or a header.
+        let (status, _, body) = h.https("api.test", get("api.test", "/r?next=%0d%0aSet-Cookie:%20x=1")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(text(&body).starts_with("egress DLP: CRLF injection in the request line"), "{}", text(&body));
+        let req = Request::builder()
+            .uri("/r")
+            .header("host", "api.test")
+            .header("x-note", "a%0D%0AInjected: 1")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, _, body) = h.https("api.test", req).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(text(&body).starts_with("egress DLP: CRLF injection in a header"), "{}", text(&body));
+        assert_eq!(h.upstream.requests().len(), 1, "nothing refused reached the upstream");
+
+        // Under `redact`: scrubbed and forwarded.
+        let req = Request::builder()
+            .uri("/r?next=%0d%0aSet-Cookie:%20x=1&text=a%0Ab")
+            .header("host", "other.test")
+            .header("x-note", "a%0D%0AInjected: 1")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let (status, _, body) = h.https("other.test", req).await;
+        assert_eq!(status, StatusCode::OK, "{}", text(&body));
+        let seen = &h.upstream.requests()[1];
+        assert_eq!(seen.path_and_query, "/r?next=Set-Cookie:%20x=1&text=a%0Ab");
+        assert_eq!(seen.headers["x-note"], "aInjected: 1");
+    });
+}
+
+// === issue 13 item 6: the seed's log events ===
+
+const QUIET: &str = "log: 0
+routes:
+  - host: api.test
+    dlp: {outbound_on_match: block}
+";
+
+/// `log: 0` hides allowed requests only: a refusal is logged at warn with its event.
+#[test]
+fn log_0_hides_allowed_requests_but_never_a_refusal() {
+    let h = harness(QUIET, None);
+    h.run(|| async {
+        let (status, _, _) = h.https("api.test", get("api.test", "/fine")).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, body) = h.https("api.test", post("api.test", "/v1/x", format!("key={TOKEN}"))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(text(&body).starts_with("egress DLP: token_patterns: "), "the seed's 403 shape: {}", text(&body));
+        let (status, _, _) = h.https("api.test", get("api.test", "/x?q=%0d%0a")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _, _) = h.http(h.upstream_addr(), get("nowhere.test", "/")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let blocks = h.logs.events("egress_block");
+        assert_eq!(blocks.len(), 3, "{}", h.logs.text());
+        for b in &blocks {
+            assert_eq!(b["level"], "WARN");
+            assert_eq!(b["event"], "egress_block");
+            for field in ["host", "method", "path", "reason"] {
+                assert!(b[field].is_string(), "{field} missing: {b}");
+            }
+        }
+        assert!(blocks[0]["reason"].as_str().unwrap().starts_with("egress DLP: "));
+        assert!(blocks[0]["context"].as_str().unwrap().contains("********"), "{}", blocks[0]);
+        assert!(!h.logs.text().contains(TOKEN), "a raw token in the log");
+        assert!(h.logs.events("egress_request").is_empty() && h.logs.events("egress_response").is_empty());
+        assert!(!h.logs.text().contains("/fine"), "the allowed request was logged at log 0");
+    });
+}
+
+const FULL: &str = "log: 2
+routes:
+  - host: api.test
+    auth_scheme: Bearer
+    token_env: API_TOKEN
+    dlp: {outbound_on_match: block}
+  - host: sup.test
+    dlp: {outbound_on_match: supervise}
+";
+
+/// `log: 2`: every request and response with its headers (credentials masked) and body
+/// size; a hold and its approval with the seed's events; weak injection signals warn.
+#[test]
+fn log_2_shows_requests_responses_holds_and_warnings_without_credentials() {
+    let h = harness(FULL, Some(supervise::Status::Approved));
+    h.run(|| async {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v1/x?a=1")
+            .header("host", "api.test")
+            .header("cookie", "session=abc123")
+            .header("x-trace", "t-1")
+            .body(Full::new(Bytes::from_static(b"the system prompt is configurable")))
+            .unwrap();
+        let (status, _, body) = h.https("api.test", req).await;
+        assert_eq!(status, StatusCode::OK, "{}", text(&body));
+        let sent = h.logs.events("egress_request");
+        assert_eq!(sent.len(), 1, "{}", h.logs.text());
+        assert_eq!((sent[0]["event"].as_str(), sent[0]["host"].as_str()), (Some("egress_request"), Some("api.test")));
+        assert_eq!((sent[0]["method"].as_str(), sent[0]["path"].as_str()), (Some("POST"), Some("/v1/x")));
+        assert_eq!(sent[0]["body_bytes"], 33);
+        let headers: serde_json::Value = serde_json::from_str(sent[0]["headers"].as_str().unwrap()).unwrap();
+        assert_eq!(headers["authorization"], "********", "the injected credential is masked");
+        assert_eq!(headers["cookie"], "********");
+        assert_eq!(headers["x-trace"], "t-1");
+        let got = h.logs.events("egress_response");
+        assert_eq!(got.len(), 1, "{}", h.logs.text());
+        assert_eq!(got[0]["status"], 200);
+        assert!(got[0]["body_bytes"].as_u64().unwrap() > 33, "{}", got[0]);
+        assert!(got[0]["headers"].as_str().unwrap().contains("content-type"), "{}", got[0]);
+        // The upstream echoed the body: a weak injection signal, logged as the seed's warn.
+        let warns = h.logs.events("egress_warn");
+        assert_eq!(warns.len(), 1, "{}", h.logs.text());
+        assert_eq!(warns[0]["direction"], "inbound");
+
+        let (status, _, body) = h.https("sup.test", post("sup.test", "/push", format!("key={TOKEN}"))).await;
+        assert_eq!(status, StatusCode::OK, "{}", text(&body));
+        for event in ["egress_token_supervise", "egress_token_allowed"] {
+            let lines = h.logs.events(event);
+            assert_eq!(lines.len(), 1, "{event}: {}", h.logs.text());
+            assert_eq!(lines[0]["host"], "sup.test");
+            assert_eq!(lines[0]["path"], "/push");
+            assert!(lines[0]["reason"].as_str().unwrap().starts_with("egress DLP: token_patterns"), "{}", lines[0]);
+            assert!(lines[0]["context"].as_str().unwrap().contains("********"), "{}", lines[0]);
+        }
+        let text = h.logs.text();
+        assert!(!text.contains(CREDENTIAL) && !text.contains(TOKEN) && !text.contains("abc123"), "{text}");
+    });
+}
+
+// === accept ===
+
+/// The accept loop in-process: a listener on a port the kernel picks, the original
+/// destination from a table where the kernel maps would be. A recorded connection is
+/// served; one nobody recorded, or one redirected to the gateway's own listener, closed.
+#[test]
+fn the_accept_loop_serves_recorded_connections_and_refuses_the_rest() {
+    use proxy::accept::{Acceptor, OwnListeners, accept_loop};
+    let h = harness(ROUTES, None);
+    h.run(|| async {
+        let registry = Arc::new(Registry::new());
+        registry.insert(Arc::new(Served::new(h.bottle.clone(), BottleSource::Config, Vec::new())));
+        let table: Arc<Mutex<HashMap<SocketAddr, (u32, SocketAddr)>>> = Arc::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listen = listener.local_addr().unwrap();
+        let SocketAddr::V4(listen4) = listen else { unreachable!("bound to IPv4") };
+        let own = OwnListeners::new(listen4, SocketAddrV4::new(Ipv4Addr::LOCALHOST, listen4.port().wrapping_add(1)));
+        let acceptor = Arc::new(Acceptor::new(registry, table.clone(), h.ctx.clone(), own));
+        tokio::spawn(accept_loop(listener, 0, ListenerScope::Shared, acceptor));
+        // A client socket whose address is known before it connects, as the kernel
+        // programs would record it.
+        let client = |to: SocketAddr| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            table.lock().unwrap().insert(socket.local_addr().unwrap(), (1, to));
+            socket
+        };
+
+        let tcp = client(h.upstream_addr()).connect(listen).await.unwrap();
+        let tls = h.tls(tcp, "api.test").await;
+        let (status, _, body) = send(tls, get("api.test", "/accepted")).await;
+        assert_eq!(status, StatusCode::OK, "{}", text(&body));
+        assert_eq!(h.upstream.requests()[0].path_and_query, "/accepted");
+
+        let closed = |mut tcp: tokio::net::TcpStream| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = tcp.write_all(b"GET / HTTP/1.1\r\nhost: api.test\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            matches!(tcp.read(&mut buf).await, Ok(0) | Err(_))
+        };
+        let unrecorded = tokio::net::TcpStream::connect(listen).await.unwrap();
+        assert!(closed(unrecorded).await, "a connection nobody recorded was served");
+        let looping = client(listen).connect(listen).await.unwrap();
+        assert!(closed(looping).await, "a connection to the gateway's own listener was served");
+        assert_eq!(h.upstream.requests().len(), 1);
+        let text = h.logs.text();
+        assert!(text.contains("no original destination recorded"), "{text}");
+        assert!(text.contains("connection to the gateway's own listener refused"), "{text}");
     });
 }

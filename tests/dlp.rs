@@ -58,6 +58,7 @@ fn block_route_refuses_a_token_and_the_upstream_sees_nothing() {
     let (code, reason) = w.curl(&["-d", &body, &w.url("block.upstream.test", "/upload")]);
     assert_eq!(code, "403", "{reason}");
     assert!(reason.contains("GitHub personal access token") && reason.contains("body"), "{reason}");
+    assert!(reason.starts_with("egress DLP: "), "the seed's 403 shape: {reason}");
     assert!(!reason.contains(&token), "the refusal echoes the secret");
     // In a query string and a header too.
     let (code, _) = w.curl(&[&w.url("block.upstream.test", &format!("/q?t={token}"))]);
@@ -68,8 +69,12 @@ fn block_route_refuses_a_token_and_the_upstream_sees_nothing() {
     let (code, _) = w.curl(&[&w.url("block.upstream.test", &format!("/p/{token}/x"))]);
     assert_eq!(code, "403");
     assert!(w.up.requests().is_empty(), "a refused request reached the upstream");
-    w.env.wait_for_log("egress_block");
+    let log = w.env.wait_for_log("egress_block");
     assert_never_logged(&w, &[&token]);
+    // The boot line names the routes file, its routes and the log level (as the seed's).
+    let boot = log.lines().find(|l| l.contains("bottle ready")).expect("a boot line");
+    assert!(boot.contains("routes.yaml") && boot.contains("block.upstream.test"), "{boot}");
+    assert!(boot.contains("[log=blocks]"), "{boot}");
 }
 
 #[test]
@@ -260,7 +265,7 @@ fn entropy_detector_warns_and_forwards_without_logging_the_value() {
     let (code, resp) = w.curl(&["-d", &format!("id={value}"), &w.url("entropy.upstream.test", "/x")]);
     assert_eq!(code, "200", "{resp}");
     assert_eq!(w.up.requests().len(), 1, "a warning forwards the request");
-    let log = w.env.wait_for_log("egress_dlp_warn");
+    let log = w.env.wait_for_log("egress_warn");
     assert!(log.contains("entropy: high-entropy string"), "{log}");
     assert_never_logged(&w, &[value]);
     // Without the opt-in, the same request is silent.

@@ -6,6 +6,7 @@
 //! (no eBPF build); the gateway re-exports it as `egress_gateway::dlp` and keeps the
 //! `dlp scan` CLI.
 mod alnum;
+pub mod crlf;
 pub mod decode;
 pub mod gitleaks;
 pub mod hostname;
@@ -130,7 +131,7 @@ pub struct Finding {
     /// The surroundings with the match replaced by `********`.
     pub context: String,
     pub severity: Severity,
-    /// False for matches redaction cannot fix (host names, Unicode evasion, CRLF).
+    /// False for matches redaction cannot fix (host names, Unicode evasion).
     pub redactable: bool,
     /// `None` for structural findings (CRLF), which have no value to approve.
     pub matched: Option<Secret>,
@@ -426,15 +427,17 @@ impl Engine {
     /// and scanning goes on past them.
     pub fn scan_request(&self, req: &Request<'_>, sel: Selection, safe: &dyn SafeSet) -> Vec<Finding> {
         let mut out = Vec::new();
-        // CRLF: in the request line and headers only (a body is length-delimited).
-        for (loc, text) in [(Location::Path, req.path), (Location::Query, req.query)] {
-            let decoded = normalize::percent_decode(text);
-            if decoded.contains('\r') || decoded.contains('\n') {
+        // CRLF: in the request line and headers only (a body is length-delimited); a
+        // lone encoded newline in a query or header value is data (see `crlf`).
+        for (loc, text, surface) in
+            [(Location::Path, req.path, crlf::Surface::Path), (Location::Query, req.query, crlf::Surface::Value)]
+        {
+            if crlf::found(text, surface) {
                 out.push(structural(loc, "CRLF injection in the request line"));
             }
         }
         for (name, value) in req.headers {
-            if value.contains('\r') || value.contains('\n') || normalize::percent_decode(value).contains(['\r', '\n']) {
+            if crlf::found(value, crlf::Surface::Value) {
                 out.push(structural(Location::Header(name.clone()), "CRLF injection in a header"));
             }
         }
@@ -648,15 +651,20 @@ fn ceil_char_boundary(text: &str, mut at: usize) -> usize {
     at
 }
 
+/// The rule id of a CRLF finding: `redact` strips it (`crlf::strip`) rather than
+/// masking a span.
+pub const CRLF_RULE: &str = "crlf-injection";
+
+/// A CRLF finding: no value to approve (never held), but `redact` can scrub it.
 fn structural(loc: Location, reason: &str) -> Finding {
     Finding {
-        rule_id: "crlf-injection".into(),
+        rule_id: CRLF_RULE.into(),
         reason: reason.into(),
         location: loc,
         span: (0, 0),
         context: String::new(),
         severity: Severity::Block,
-        redactable: false,
+        redactable: true,
         matched: None,
     }
 }

@@ -195,15 +195,19 @@ fn crlf_is_checked_in_the_head_only() {
     let engine = engine_with(&[]);
     let sel = Selection::from_names(None);
     let safe = HashSet::new();
-    let headers = vec![("x-note".to_string(), "a%0d%0aInjected: 1".to_string())];
+    let headers = vec![
+        ("x-note".to_string(), "a%0d%0aInjected: 1".to_string()),
+        ("x-text".to_string(), "line%0Anext".to_string()),
+    ];
     let found = engine.scan_request(
-        &Request { host: "a.test", path: "/x%0D%0A", query: "", headers: &headers, body: b"line1\r\nline2" },
+        &Request { host: "a.test", path: "/x%0D%0A", query: "text=a%0Ab", headers: &headers, body: b"line1\r\nline2" },
         sel,
         &safe,
     );
     let crlf: Vec<_> = found.iter().filter(|f| f.rule_id == "crlf-injection").collect();
-    assert_eq!(crlf.len(), 2, "{found:?}");
-    assert!(crlf.iter().all(|f| !f.redactable && f.matched.is_none()));
+    assert_eq!(crlf.len(), 2, "the path and x-note only: {found:?}");
+    // Never approvable (no value); `redact` strips it.
+    assert!(crlf.iter().all(|f| f.redactable && f.matched.is_none()));
 }
 
 #[test]

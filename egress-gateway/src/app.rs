@@ -1,15 +1,7 @@
 //! Wires the gateway together: bind the listeners, attach every bottle, serve until a
 //! signal. Stopping the gateway leaves the programs pinned: bottles stay redirected to
 //! listeners that no longer exist, so their connections are refused (fail closed).
-use std::{
-    net::SocketAddr,
-    os::fd::AsFd,
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{os::fd::AsFd, path::PathBuf, sync::Arc};
 
 use anyhow::Context;
 use tokio::{
@@ -23,6 +15,7 @@ use crate::{
     bpf,
     ca::CertificateAuthority,
     config, dlp, dns, netns, proxy,
+    proxy::accept::{Acceptor, OwnListeners, accept_loop},
     resolve::Resolver,
     sd_notify, telemetry,
 };
@@ -42,9 +35,8 @@ pub struct Gateway {
     changes: tokio::sync::Mutex<()>,
     /// Bottles attached at run time, kept for the next start.
     runtime: crate::control::RuntimeStore,
-    /// This gateway, for the listener tasks a run-time attach spawns.
-    me: std::sync::Weak<Gateway>,
-    next_conn_id: AtomicU64,
+    /// What every accept loop shares (`proxy::accept`).
+    acceptor: Arc<Acceptor>,
 }
 
 impl Gateway {
@@ -67,14 +59,6 @@ impl Gateway {
         self.bottles.bottles()
     }
 
-    fn next_conn_id(&self) -> u64 {
-        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn arc(&self) -> Arc<Gateway> {
-        self.me.upgrade().expect("the gateway outlives its own tasks")
-    }
-
     /// Starts serving a bottle whose state is built: its namespace and in-namespace
     /// listeners first, then its programs, so a redirected socket always finds a
     /// listener. The caller holds `changes`.
@@ -89,7 +73,7 @@ impl Gateway {
             let tcp = TcpListener::from_std(ns.tcp)?;
             let udp = UdpSocket::from_std(ns.udp)?;
             let scope = ListenerScope::Bottle(bottle.id);
-            listeners.push(tokio::spawn(accept_loop(tcp, cookie, scope, self.arc())));
+            listeners.push(tokio::spawn(accept_loop(tcp, cookie, scope, self.acceptor.clone())));
             listeners.push(tokio::spawn(dns::serve(udp, scope, self.dns.clone())));
         }
         // If attaching fails, dropping `served` stops its listeners.
@@ -241,11 +225,19 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let mut states = Vec::new();
     for b in &config.bottles {
         let state = BottleState::build_at_start(&config, b, &dlp)?;
+        let routes = state.routes();
+        let hosts: Vec<&str> = routes.routes().iter().map(|r| r.host.as_str()).collect();
+        // The seed's boot line: which routes file, which routes, which log level.
         tracing::info!(
             bottle = %b.name,
+            routes_file = %b.routes.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(none: deny all)".into()),
+            routes = %hosts.join(", "),
+            log = routes.log_level().as_str(),
             credentials = state.live().credentials.len(),
             known_secrets = state.dlp().known_secrets().len(),
-            "bottle ready"
+            "bottle ready: {} route(s) [log={}]",
+            hosts.len(),
+            routes.log_level().as_str()
         );
         states.push(Arc::new(state));
     }
@@ -258,8 +250,8 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let ca = CertificateAuthority::load_or_create(&config.state_dir).context("loading the interception CA")?;
     let trust = crate::ca::publish(&config.state_dir).context("publishing the CA certificate")?;
     tracing::info!(ca = %trust.ca.display(), bundle = %trust.bundle.display(), "CA certificate and trust bundle published");
-    let upstream = proxy::upstream::Upstream::new(resolver.clone(), &config.upstream_ca_files)
-        .context("building the upstream TLS client")?;
+    let upstream =
+        proxy::upstream::Upstream::new(&config.upstream_ca_files).context("building the upstream TLS client")?;
     let limits = Arc::new(proxy::limits::Shared::new(config.limits.clone()));
     let proxy = Arc::new(proxy::ProxyContext::new(resolver.clone(), dlp, Arc::new(ca), upstream, limits));
 
@@ -276,6 +268,16 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     let udp = UdpSocket::bind(config.dns_listen)
         .await
         .with_context(|| format!("binding the DNS listener {}", config.dns_listen))?;
+    // A listener configured on port 0 has the port the kernel picked from now on: the
+    // programs redirect to it, namespaced listeners use it, the ready line reports it.
+    let bound = |addr: std::io::Result<std::net::SocketAddr>| match addr {
+        Ok(std::net::SocketAddr::V4(v4)) => Ok(v4),
+        Ok(other) => Err(anyhow::anyhow!("listener bound to {other}, not IPv4")),
+        Err(e) => Err(anyhow::Error::new(e).context("reading a listener's address")),
+    };
+    let mut config = config;
+    config.listen = bound(tcp.local_addr())?;
+    config.dns_listen = bound(udp.local_addr())?;
     let shared_cookie = netns::socket_netns_cookie(tcp.as_fd()).context("reading the listener's namespace cookie")?;
 
     bpf::ensure_bpffs(&config)?;
@@ -292,7 +294,10 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
         clients: maps.clone(),
     });
 
-    let gw = Arc::new_cyclic(|me| Gateway {
+    let own = OwnListeners::new(config.listen, config.dns_listen);
+    let orig_dst: Arc<dyn proxy::accept::OrigDst> = maps.clone();
+    let acceptor = Arc::new(Acceptor::new(bottles.clone(), orig_dst, proxy.clone(), own));
+    let gw = Arc::new(Gateway {
         resolver,
         runtime: crate::control::RuntimeStore::new(&config.state_dir),
         config: config.clone(),
@@ -301,11 +306,10 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
         dns,
         bottles,
         changes: tokio::sync::Mutex::new(()),
-        me: me.clone(),
-        next_conn_id: AtomicU64::new(1),
+        acceptor,
     });
     tokio::spawn(dns::serve(udp, ListenerScope::Shared, gw.dns.clone()));
-    tokio::spawn(accept_loop(tcp, shared_cookie, ListenerScope::Shared, gw.clone()));
+    tokio::spawn(accept_loop(tcp, shared_cookie, ListenerScope::Shared, gw.acceptor.clone()));
 
     {
         let _change = gw.changes.lock().await;
@@ -412,76 +416,4 @@ fn build_dlp(config: &config::DlpConfig) -> anyhow::Result<dlp::Engine> {
     };
     tracing::info!(user_rules = rules.len(), "dlp rules loaded");
     dlp::Engine::new(known, rules).context("building the DLP engine")
-}
-
-/// Accepts redirected connections on one listener. `netns` is the cookie of the
-/// listener's namespace: with the client's address it finds what the programs recorded.
-async fn accept_loop(listener: TcpListener, netns: u64, scope: ListenerScope, gw: Arc<Gateway>) {
-    loop {
-        let (stream, client) = match listener.accept().await {
-            Ok(v) => v,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // Small writes (TLS records, HTTP heads) must not wait for delayed ACKs.
-        let _ = stream.set_nodelay(true);
-        let id = gw.next_conn_id();
-        // The maps of the bottles this listener serves: its own bottle's, or those of the
-        // bottles in the gateway's namespace.
-        let bottles = gw.bottles();
-        let names = bottles
-            .iter()
-            .filter(|b| match scope {
-                ListenerScope::Bottle(id) => b.config.id == id,
-                ListenerScope::Shared => b.config.netns.is_none(),
-            })
-            .map(|b| b.config.name.as_str());
-        let redirected = match gw.maps.take_orig_dst(netns, client, names) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(conn = id, client = %client, error = %e, "connection refused");
-                continue;
-            }
-        };
-        let Some(bottle) = gw.bottle_for(scope, Some(redirected.bottle_id)) else {
-            tracing::warn!(
-                conn = id,
-                client = %client,
-                orig_dst = %redirected.orig_dst,
-                "connection from a bottle that is not configured refused"
-            );
-            continue;
-        };
-        if is_own_listener(&gw.config, &bottle.config, redirected.orig_dst) {
-            tracing::warn!(conn = id, bottle = %bottle.config.name, "connection to the gateway's own listener refused");
-            continue;
-        }
-        let Some(permit) = bottle.usage.connect() else {
-            // Dropping the stream closes it: the bottle holds its cap of connections.
-            if bottle.usage.should_log_refusal() {
-                tracing::warn!(
-                    conn = id,
-                    bottle = %bottle.config.name,
-                    open = bottle.usage.open_connections(),
-                    cap = bottle.usage.max_connections(),
-                    refused_total = bottle.usage.refused_connections.load(Ordering::Relaxed),
-                    "connection refused: the bottle is at its connection cap"
-                );
-            }
-            continue;
-        };
-        let stream = proxy::limits::Tracked::with_permit(stream, permit);
-        let conn = proxy::Connection { id, client, orig_dst: redirected.orig_dst, bottle };
-        tokio::spawn(proxy::handle(stream, conn, gw.proxy.clone()));
-    }
-}
-
-fn is_own_listener(config: &config::Config, bottle: &config::Bottle, addr: SocketAddr) -> bool {
-    let addr = SocketAddr::new(crate::resolve::canonical(addr.ip()), addr.port());
-    let (listen, dns_listen) = netns::listen_addrs(config, bottle);
-    addr == SocketAddr::V4(listen) || addr == SocketAddr::V4(dns_listen)
 }

@@ -42,6 +42,8 @@ pub struct Resolver {
     slots: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     /// Shared by every clone; a reload of gateway.yaml may change it.
     per_bottle: Arc<std::sync::atomic::AtomicUsize>,
+    /// Names looked up so far (overrides included, IP literals not), by every clone.
+    lookups: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -120,6 +122,7 @@ impl Resolver {
             inner,
             slots: Arc::default(),
             per_bottle: Arc::new(std::sync::atomic::AtomicUsize::new(per_bottle.max(1))),
+            lookups: Arc::default(),
         }
     }
 
@@ -135,6 +138,7 @@ impl Resolver {
         if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
+        self.lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(addrs) = self.overrides.get(&host) {
             return Ok(addrs.clone());
         }
@@ -161,6 +165,12 @@ impl Resolver {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let n = if bottle.is_empty() { GATEWAY_CONCURRENT_LOOKUPS } else { self.concurrent_lookups() };
         slots.entry(bottle.to_string()).or_insert_with(|| Arc::new(Semaphore::new(n))).clone()
+    }
+
+    /// Names looked up so far by this resolver and its clones (a request's path must
+    /// resolve its host once).
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Lookups one bottle may have in flight.

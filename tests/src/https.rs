@@ -1,5 +1,6 @@
 //! A local HTTPS upstream with its own test CA: records every request it receives, echoes
-//! WebSocket frames on `/ws`, drains and counts uploads to `/discard`, and serves
+//! WebSocket frames on `/ws`, drains and counts uploads to `/discard`, reflects the
+//! `Authorization` it got on `/reflect`, and serves
 //! git repositories over smart HTTP under `/git/` (through `git http-backend`). It speaks
 //! HTTP/1.1 and HTTP/2 (ALPN).
 use std::{
@@ -65,6 +66,25 @@ impl Default for TestCa {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A TLS client configuration as an agent has it: trusting the CA certificates in
+/// `pem` (the gateway's CA), offering `alpn` (none: no ALPN). One helper for the suites
+/// and the tools, so they all build their clients the same way.
+pub fn client_config(pem: &[u8], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem).filter_map(Result::ok) {
+        let _ = roots.add(cert);
+    }
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("the default provider supports the default versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
 }
 
 /// One request as the upstream saw it.
@@ -190,6 +210,9 @@ async fn handle(
         body: body.clone(),
     });
 
+    if parts.uri.path() == "/reflect" {
+        return Ok(reflect(&headers));
+    }
     if parts.uri.path() == "/sse" {
         return Ok(event_stream(String::from_utf8_lossy(&body).into_owned()));
     }
@@ -205,6 +228,22 @@ async fn handle(
     });
     Ok(Response::builder().header("content-type", "application/json").body(full(echo.to_string())).unwrap())
 }
+
+/// `/reflect`: the request's `Authorization` sent back in a response header and inside a
+/// binary body (bytes that are not UTF-8 around it), as a careless upstream might.
+fn reflect(headers: &BTreeMap<String, String>) -> Response<Body> {
+    let auth = headers.get("authorization").cloned().unwrap_or_default();
+    let body = [&REFLECT_PREFIX[..], auth.as_bytes(), &REFLECT_SUFFIX[..]].concat();
+    Response::builder()
+        .header("content-type", "application/octet-stream")
+        .header("x-reflected", auth)
+        .body(full(body))
+        .unwrap()
+}
+
+/// The bytes `/reflect` puts around the reflected credential.
+pub const REFLECT_PREFIX: [u8; 5] = [0x00, 0xff, 0xfe, 0xc3, 0x28];
+pub const REFLECT_SUFFIX: [u8; 3] = [0x80, 0x00, 0xff];
 
 fn websocket_echo(mut req: Request<Incoming>, seen: Arc<Seen>) -> Response<Body> {
     let key = req.headers().get("sec-websocket-key").cloned().unwrap_or_else(|| "".parse().unwrap());

@@ -234,19 +234,14 @@ impl Config {
 
         let listen = raw.listen.unwrap_or(DEFAULT_LISTEN);
         let dns_listen = raw.dns_listen.unwrap_or(DEFAULT_DNS_LISTEN);
-        if listen == dns_listen {
+        // Port 0: the kernel picks one at bind, and the programs are given the bound port.
+        if listen == dns_listen && listen.port() != 0 {
             problems.push("dns_listen", "must differ from listen");
-        }
-        for (field, addr) in [("listen", listen), ("dns_listen", dns_listen)] {
-            if addr.port() == 0 {
-                problems.push(field, "port 0 is not allowed: the kernel programs need a fixed port");
-            }
         }
         if let Some(admin) = raw.admin_listen {
             if admin.port() == 0 {
                 problems.push("admin_listen", "needs a fixed port (a monitoring system scrapes it)");
-            }
-            if admin == SocketAddr::V4(listen) || admin == SocketAddr::V4(dns_listen) {
+            } else if admin == SocketAddr::V4(listen) || admin == SocketAddr::V4(dns_listen) {
                 problems.push("admin_listen", "must differ from listen and dns_listen");
             }
         }
@@ -622,6 +617,15 @@ bottles:
         let b = c.bottle("demo").unwrap();
         assert_eq!(b.routes.as_deref(), Some(Path::new("/etc/eg/demo-routes.yaml")));
         assert_eq!(b.cgroup, Path::new("egress/demo"));
+    }
+
+    /// Listeners on port 0: the kernel picks the ports at bind (tests stop guessing free
+    /// ones); only two fixed equal addresses clash.
+    #[test]
+    fn listeners_may_take_port_0() {
+        let text = "listen: 127.0.0.1:0\ndns_listen: 127.0.0.1:0\nbottles: []\n";
+        let c = Config::parse(Path::new("g.yaml"), text).unwrap();
+        assert_eq!(c.listen.port(), 0);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Phase **authorize**: the bottle's routes decide (403 with a one-line reason); only
-//! then is the name resolved, and the destination the bottle connected to must be an
-//! address of that host (403). A name the routes do not allow is never sent to a
-//! resolver (it could carry data to the name's DNS server). The answer is the request's
-//! `Target`: the one address every forwarder uses.
+//! then is the name resolved (once per request: every forwarder uses this answer), and
+//! the destination the bottle connected to must be an address of that host (403). A
+//! name the routes do not allow is never sent to a resolver (it could carry data to the
+//! name's DNS server). The answer is the request's `Target`: the one address the pooled
+//! client, the WebSocket dial and a CONNECT tunnel's requests use.
 use std::net::SocketAddr;
 
 use http::Request;
@@ -40,7 +41,10 @@ pub async fn authorize<B>(
         Decision::Deny(denial) => return Err(Refusal::policy(denial.reason)),
     };
     let addr = rq.flow.dst;
-    if !ctx.resolver.is_address_of(rq.bottle(), host, addr.ip()).await {
+    // Inside a CONNECT tunnel the address is the gateway's own answer for the CONNECT
+    // host, which identify made sure is this host: it is not resolved again.
+    let resolved_by_connect = rq.flow.connect_host.as_deref() == Some(host);
+    if !resolved_by_connect && !ctx.resolver.is_address_of(rq.bottle(), host, addr.ip()).await {
         return Err(Refusal::policy(format!("egress: {} is not an address of {host}", addr.ip())));
     }
     Ok((route, Target { host: host.to_string(), addr, tls: rq.flow.tls }))

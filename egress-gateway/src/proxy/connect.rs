@@ -53,7 +53,7 @@ async fn open_tunnel(
     if crate::dlp::hostname::carries_data(&dlp, &host) {
         rq.set_host(crate::dlp::hostname::loggable(&dlp, &host));
         return Err(Refusal::dlp(
-            "egress: CONNECT blocked: the host name looks like it carries data (a secret or an encoded label)",
+            "egress DLP: CONNECT blocked: the host name looks like it carries data (a secret or an encoded label)",
         ));
     }
     rq.set_host(host.clone());

@@ -67,6 +67,7 @@ pub async fn forward(
     ctx: &ProxyContext,
     rq: &RequestCtx,
     mut parts: http::request::Parts,
+    target: &Target,
     uri: Uri,
     headers: HeaderMap,
     body: BufferedBody,
@@ -77,7 +78,7 @@ pub async fn forward(
     parts.version = http::Version::HTTP_11;
     let upstream_req = Request::from_parts(parts, body.into_body());
     ctx.upstream
-        .send(upstream_req, client_h2)
+        .send(upstream_req, client_h2, &target.host, target.addr)
         .await
         .map_err(|e| Refusal::upstream(format!("egress: upstream {} failed: {e}", rq.host)))
 }
@@ -143,20 +144,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in HOP_BY_HOP {
         headers.remove(h);
     }
-}
-
-/// The header names as a log shows them: scrubbed, since a name can carry a secret.
-pub fn header_names(dlp: &crate::dlp::Engine, headers: &HeaderMap) -> Vec<String> {
-    headers
-        .keys()
-        .map(|n| {
-            if dlp.known_secrets().find_folded(n.as_str()).is_empty() {
-                dlp.scrub(n.as_str(), crate::dlp::Location::HeaderName).into_owned()
-            } else {
-                "(withheld: a known secret)".to_string()
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ pub async fn scan_and_hold(
     let mut safe = crate::supervise::RequestSafe::new(supervisor.as_deref(), &rq.host);
     loop {
         let outgoing = scan::Outgoing {
+            bottle: rq.bottle(),
             host: &rq.host,
             method: rq.method.as_str(),
             path_and_query,
@@ -43,13 +44,15 @@ pub async fn scan_and_hold(
         match scan::outbound_off_workers(&rq.live.dlp, route, outgoing, &safe, supervisor.is_some()) {
             scan::Outbound::Forward { path_and_query, headers, body, trailers, warnings } => {
                 for w in warnings {
-                    rq.note("egress_dlp_warn", &w);
+                    rq.warn("outbound", &w);
                 }
                 return Ok(Scanned { path_and_query, headers, body, trailers });
             }
-            scan::Outbound::Refuse(status, reason) => return Err(Refusal::dlp(reason).with_status(status)),
+            scan::Outbound::Refuse { reason, context } => return Err(Refusal::dlp(reason).with_context(context)),
             scan::Outbound::Hold { payload, value } => {
                 let supervisor = supervisor.as_ref().expect("holds only when supervised");
+                let (reason, context) = (format!("egress DLP: {}", payload.reason), payload.context.clone());
+                rq.note("egress_token_supervise", &reason, Some(&context));
                 // Dropped unfinished (the client went away) it counts as abandoned.
                 let timer = crate::metrics::global().hold_started(rq.bottle());
                 let outcome = supervisor.hold(payload, &value).await;
@@ -60,18 +63,20 @@ pub async fn scan_and_hold(
                     HoldOutcome::TooMany(_) => "over_max_pending",
                 });
                 safe.note(&outcome, &value);
+                let refused =
+                    |why: String| Refusal::supervise(format!("{reason}; {why}")).with_context(Some(context.clone()));
                 match outcome {
                     // Approved: the value is in the safe set now; scan again.
-                    HoldOutcome::Approved { .. } => continue,
+                    HoldOutcome::Approved { .. } => {
+                        rq.allowed(&reason, &context);
+                        continue;
+                    }
                     HoldOutcome::Rejected(notes) => {
-                        return Err(Refusal::supervise(format!("egress: rejected by the operator: {notes}")));
+                        return Err(refused(format!("supervisor rejected the request: {notes}")));
                     }
-                    HoldOutcome::Failed(why) => {
-                        return Err(Refusal::supervise(format!("egress: request blocked: {why}")));
-                    }
+                    HoldOutcome::Failed(why) => return Err(refused(why)),
                     HoldOutcome::TooMany(why) => {
-                        return Err(Refusal::supervise(format!("egress: request refused: {why}"))
-                            .with_status(http::StatusCode::TOO_MANY_REQUESTS));
+                        return Err(refused(why).with_status(http::StatusCode::TOO_MANY_REQUESTS));
                     }
                 }
             }

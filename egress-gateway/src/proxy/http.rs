@@ -163,13 +163,7 @@ async fn phases(req: Request<Incoming>, rq: &mut RequestCtx, ctx: &ProxyContext)
     let headers = forward::prepare(rq, &route, &scanned.headers, is_websocket)?;
     let uri = forward::target_uri(&target, &scanned.path_and_query)?;
     if rq.log_level() >= LogLevel::Full {
-        tracing::info!(
-            host = %rq.host,
-            method = %rq.shown_method,
-            path = %rq.path,
-            headers = ?forward::header_names(&rq.live.dlp, &headers),
-            "egress_request"
-        );
+        rq.full_log("egress_request", None, &headers, Some(scanned.body.len()));
     }
     if is_websocket {
         let Some(client_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
@@ -179,7 +173,7 @@ async fn phases(req: Request<Incoming>, rq: &mut RequestCtx, ctx: &ProxyContext)
     }
     let body = body::BufferedBody { data: scanned.body, trailers: scanned.trailers };
     let asked = std::time::Instant::now();
-    let resp = forward::forward(ctx, rq, parts, uri, headers, body).await;
+    let resp = forward::forward(ctx, rq, parts, &target, uri, headers, body).await;
     rq.upstream_time = Some(asked.elapsed());
     let resp = resp?;
     respond::respond(rq, &route, resp, reservation).await

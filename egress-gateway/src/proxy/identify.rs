@@ -33,7 +33,7 @@ pub fn identify<B>(req: &Request<B>, rq: &mut RequestCtx) -> Result<Identified, 
         // Refused before any resolution (which would carry the name out), never logged.
         rq.set_host(crate::dlp::hostname::loggable(&rq.live.dlp, &host));
         return Err(Refusal::dlp(
-            "egress: request blocked: the host name looks like it carries data (a secret or an encoded label)",
+            "egress DLP: the host name looks like it carries data (a secret or an encoded label)",
         ));
     }
     rq.set_host(host.clone());

@@ -7,6 +7,8 @@
 //! `authorize`, `body`, `hold` with `scan`, `forward`, `respond` / `streaming`; `connect`
 //! and `ws_handshake` for tunnels and upgrades; `request` for the context and refusals
 //! they share), `upstream` (the gateway's own client).
+pub mod accept;
+mod action;
 mod authorize;
 mod body;
 mod connect;
@@ -14,6 +16,7 @@ mod forward;
 mod hold;
 mod http;
 mod identify;
+mod inbound;
 pub mod limits;
 mod relay;
 mod request;
@@ -84,7 +87,8 @@ struct Flow {
     dst: SocketAddr,
     /// SNI of the client's TLS, when the stream is TLS.
     sni: Option<String>,
-    /// The host a CONNECT named; the inner stream's SNI/Host must agree with it.
+    /// The host a CONNECT named; the inner stream's SNI/Host must agree with it, and
+    /// `dst` is then the gateway's own answer for it (no second lookup in authorize).
     connect_host: Option<String>,
     tls: bool,
 }

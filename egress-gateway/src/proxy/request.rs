@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Response, StatusCode, header};
+use http::{HeaderMap, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 use super::{Flow, upstream::Body};
@@ -52,9 +52,8 @@ impl Source {
         }
     }
 
-    /// The stable event name of its log line. Every source logs `egress_block` today
-    /// (operators' alerts and the end-to-end suites match on it); the `source` field
-    /// tells them apart.
+    /// The stable event name of its log line: bot-bottle's `egress_block` for every
+    /// source (operators' alerts match on it); the `source` field tells them apart.
     pub fn event(self) -> &'static str {
         "egress_block"
     }
@@ -67,11 +66,18 @@ pub struct Refusal {
     pub source: Source,
     pub status: StatusCode,
     pub reason: String,
+    /// The match's surroundings (the value masked), for the log only.
+    pub context: Option<String>,
 }
 
 impl Refusal {
     pub fn new(source: Source, reason: impl Into<String>) -> Self {
-        Refusal { source, status: source.default_status(), reason: reason.into() }
+        Refusal { source, status: source.default_status(), reason: reason.into(), context: None }
+    }
+
+    pub fn with_context(mut self, context: Option<String>) -> Self {
+        self.context = context;
+        self
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {
@@ -165,19 +171,19 @@ impl RequestCtx {
         self.span.record("route", tracing::field::display(inert(route)));
     }
 
-    /// Logs the refusal (at `log: 1` and above, and always when it is not a 403) with
-    /// the request's bottle, host, method and path, every agent-controlled field made
-    /// inert; answers it with the reason as `text/plain`.
+    /// Logs the refusal (whatever the routes' `log:` says: `log: 0` hides allowed
+    /// requests only) with the request's bottle, host, method and path, every
+    /// agent-controlled field made inert; answers it with the reason as `text/plain`.
     pub fn refuse(&self, refusal: Refusal) -> Response<Body> {
-        if self.log_level() >= LogLevel::Blocks || refusal.status != StatusCode::FORBIDDEN {
-            self.log_refusal(&refusal);
-        }
+        self.log_refusal(&refusal);
         text_response(refusal.status, format!("{}\n", refusal.reason))
     }
 
     /// The refusal's log line alone (a stream cut after its head was sent).
     pub fn log_refusal(&self, refusal: &Refusal) {
+        let event = refusal.source.event();
         tracing::warn!(
+            event,
             bottle = %self.bottle(),
             host = %inert(&self.host),
             method = %inert(&self.shown_method),
@@ -186,40 +192,102 @@ impl RequestCtx {
             decision = "deny",
             source = refusal.source.as_str(),
             reason = %inert(&refusal.reason),
-            "{}",
-            refusal.source.event()
+            context = refusal.context.as_deref().map(inert).map(tracing::field::display),
+            "{event}"
         );
     }
 
-    /// A DLP or inbound-scan note about this request (`egress_dlp_warn`,
-    /// `egress_inbound_warn`, `egress_response_redacted`), with its fields.
-    pub fn note(&self, event: &'static str, reason: &str) {
+    /// A note about this request (`egress_token_supervise`, `egress_response_redacted`:
+    /// always logged; `egress_token_allowed`), with the request's fields.
+    pub fn note(&self, event: &'static str, reason: &str, context: Option<&str>) {
         tracing::warn!(
+            event,
             bottle = %self.bottle(),
             host = %inert(&self.host),
             method = %inert(&self.shown_method),
             path = %inert(&self.path),
             reason = %inert(reason),
-            "{}",
-            event
+            context = context.map(inert).map(tracing::field::display),
+            "{event}"
         );
     }
-}
 
-impl RequestCtx {
-    /// `note` with the response's status.
-    pub fn note_status(&self, event: &'static str, reason: &str, status: u16) {
+    /// A DLP warning (`egress_warn`: a finding that does not block, a weak injection
+    /// signal), at `log: 1` and above as in the seed. `direction`: `outbound` or
+    /// `inbound`.
+    pub fn warn(&self, direction: &'static str, reason: &str) {
+        if self.log_level() < LogLevel::Blocks {
+            return;
+        }
         tracing::warn!(
+            event = "egress_warn",
+            bottle = %self.bottle(),
+            host = %inert(&self.host),
+            method = %inert(&self.shown_method),
+            path = %inert(&self.path),
+            direction,
+            reason = %inert(reason),
+            "egress_warn"
+        );
+    }
+
+    /// `egress_request` / `egress_response` at `log: 2` (the caller checks the level):
+    /// the request's fields, the status of a response, the headers with credentials
+    /// masked, and the body's size when it is known.
+    pub fn full_log(&self, event: &'static str, status: Option<u16>, headers: &HeaderMap, body_bytes: Option<usize>) {
+        tracing::info!(
+            event,
             bottle = %self.bottle(),
             host = %inert(&self.host),
             method = %inert(&self.shown_method),
             path = %inert(&self.path),
             status,
-            reason = %inert(reason),
-            "{}",
-            event
+            headers = %shown_headers(&self.live.dlp, headers),
+            body_bytes,
+            "{event}"
         );
     }
+
+    /// An operator's approval released the held request (`egress_token_allowed`, at
+    /// `log: 1` and above as in the seed).
+    pub fn allowed(&self, reason: &str, context: &str) {
+        if self.log_level() >= LogLevel::Blocks {
+            self.note("egress_token_allowed", reason, Some(context));
+        }
+    }
+}
+
+/// Headers whose values are credentials: a level-2 log shows them as `********`.
+const CREDENTIAL_HEADERS: [&str; 5] = ["authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"];
+
+/// Headers as a level-2 log shows them, a JSON object (a repeated name's values joined
+/// with `, `): credentials masked (the headers above and any value marked sensitive),
+/// every other value and name scrubbed of tokens and known secrets, all made inert.
+pub fn shown_headers(dlp: &crate::dlp::Engine, headers: &HeaderMap) -> String {
+    let mut shown = serde_json::Map::new();
+    for (name, value) in headers {
+        let key = if dlp.known_secrets().find_folded(name.as_str()).is_empty() {
+            inert(&dlp.scrub(name.as_str(), crate::dlp::Location::HeaderName)).into_owned()
+        } else {
+            "(withheld: a known secret)".to_string()
+        };
+        let text = if value.is_sensitive() || CREDENTIAL_HEADERS.contains(&name.as_str()) {
+            crate::dlp::REDACTED.to_string()
+        } else {
+            let raw = String::from_utf8_lossy(value.as_bytes());
+            inert(&dlp.scrub(&raw, crate::dlp::Location::Header(name.as_str().to_string()))).into_owned()
+        };
+        match shown.get_mut(&key) {
+            Some(serde_json::Value::String(v)) => {
+                v.push_str(", ");
+                v.push_str(&text);
+            }
+            _ => {
+                shown.insert(key, serde_json::Value::String(text));
+            }
+        }
+    }
+    serde_json::Value::Object(shown).to_string()
 }
 
 pub fn text_response(status: StatusCode, text: String) -> Response<Body> {

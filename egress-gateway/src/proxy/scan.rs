@@ -1,12 +1,14 @@
-//! The DLP phases of a request: the outbound scan of everything the agent sends (before
-//! credentials are injected) with the route's `block | redact | supervise` policy, and
-//! the inbound scan of responses for prompt injection.
+//! The outbound scan of everything the agent sends (before credentials are injected),
+//! its findings turned into an action by `action::decide` under the route's
+//! `block | redact | supervise` policy, and `redact`'s rewrite. Responses are
+//! `inbound.rs`'s.
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, header};
 
+use super::action::{self, Action};
 use crate::{
-    dlp::{self, Finding, InjectionVerdict, Location, Severity},
-    policy::{OnMatch, Route},
+    dlp::{self, Finding, Location, Severity, crlf},
+    policy::Route,
 };
 
 /// What the outbound phase decided.
@@ -19,14 +21,22 @@ pub enum Outbound {
         trailers: Option<HeaderMap>,
         warnings: Vec<String>,
     },
-    /// Refuse with this status and one-line reason.
-    Refuse(StatusCode, String),
+    /// Refuse (403): `reason` for the agent and the log, `context` for the log only.
+    Refuse { reason: String, context: Option<String> },
     /// Hold for the operator's decision on this value (shown as `payload`).
     Hold { payload: crate::supervise::Payload, value: dlp::Secret },
 }
 
+impl Outbound {
+    fn refuse(reason: String, context: impl Into<Option<String>>) -> Outbound {
+        Outbound::Refuse { reason: format!("egress DLP: {reason}"), context: context.into().filter(|c| !c.is_empty()) }
+    }
+}
+
 /// The request as the agent sent it.
 pub struct Outgoing<'a> {
+    /// The bottle it came from (for the findings metric).
+    pub bottle: &'a str,
     pub host: &'a str,
     pub method: &'a str,
     pub path_and_query: &'a str,
@@ -36,9 +46,9 @@ pub struct Outgoing<'a> {
     pub trailers: Option<&'a HeaderMap>,
 }
 
-/// Scans the request and applies the route's policy. Under `supervise`, a finding with a
-/// value is held when the bottle has a supervise queue; without one it is a block (fail
-/// closed). Structural and unredactable findings are never held.
+/// Scans the request and applies the route's policy (`action::decide`). Under
+/// `supervise`, a finding with a value is held when the bottle has a supervise queue;
+/// without one it is a block (fail closed).
 pub fn outbound(
     engine: &dlp::Engine,
     route: &Route,
@@ -49,9 +59,7 @@ pub fn outbound(
     let encoding = req.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let decoded = match dlp::decode::decode_body(&encoding, &req.body) {
         Ok(d) => d,
-        Err(e) => {
-            return Outbound::Refuse(StatusCode::FORBIDDEN, format!("egress: request body cannot be scanned: {e}"));
-        }
+        Err(e) => return Outbound::refuse(format!("the request body cannot be scanned: {e}"), None),
     };
     let (path, query) = req.path_and_query.split_once('?').unwrap_or((req.path_and_query, ""));
     // The agent's own `Authorization` is never forwarded (the route's credential, or
@@ -63,27 +71,19 @@ pub fn outbound(
         .map(|(n, v)| (n.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let selection = dlp::Selection::from_names(route.dlp.outbound_detectors.as_deref());
-    // Surfaces no redaction can rewrite (the method, header and trailer names) first: a
-    // finding there refuses the request whatever the policy, and nothing names them.
-    let mut names = Vec::new();
-    engine.scan_surface(req.method, Location::Method, selection, safe, &mut names);
+    let request = dlp::Request { host: req.host, path, query, headers: &header_pairs, body: &decoded };
+    let mut findings = engine.scan_request(&request, selection, safe);
+    // Surfaces no redaction can rewrite (the method, header and trailer names): a finding
+    // there is unredactable, so it refuses under every policy.
+    engine.scan_surface(req.method, Location::Method, selection, safe, &mut findings);
     let header_names = req.headers.keys().map(|n| (n, Location::HeaderName));
     let trailer_names = req.trailers.into_iter().flat_map(HeaderMap::keys).map(|n| (n, Location::TrailerName));
     for (name, loc) in header_names.chain(trailer_names) {
-        engine.scan_surface(name.as_str(), loc.clone(), selection, safe, &mut names);
+        engine.scan_surface(name.as_str(), loc.clone(), selection, safe, &mut findings);
         if selection.known_secrets {
-            names.extend(folded_known_secrets(engine, name.as_str(), loc, safe));
+            findings.extend(folded_known_secrets(engine, name.as_str(), loc, safe));
         }
     }
-    if let Some(f) = names.iter().find(|f| f.severity == Severity::Block) {
-        return Outbound::Refuse(
-            StatusCode::FORBIDDEN,
-            format!("egress: request blocked, cannot be redacted: {} in {} ({})", f.reason, f.location, f.context),
-        );
-    }
-    let request = dlp::Request { host: req.host, path, query, headers: &header_pairs, body: &decoded };
-    let mut findings = engine.scan_request(&request, selection, safe);
-    findings.extend(names);
     let trailer_pairs: Vec<(String, String)> = req
         .trailers
         .into_iter()
@@ -93,58 +93,32 @@ pub fn outbound(
     for (name, value) in &trailer_pairs {
         engine.scan_surface(value, Location::Trailer(name.clone()), selection, safe, &mut findings);
     }
-    let warnings: Vec<String> = findings
-        .iter()
-        .filter(|f| f.severity == Severity::Warn)
-        .map(|f| format!("{} in {}", f.reason, f.location))
-        .collect();
-    let blocking: Vec<&Finding> = findings.iter().filter(|f| f.severity == Severity::Block).collect();
-    if blocking.is_empty() {
-        return Outbound::Forward {
+    let warnings: Vec<String> =
+        findings.iter().filter(|f| f.severity == Severity::Warn).map(action::describe).collect();
+    let policy = action::Policy { on_match: route.dlp.on_match, supervised, can_hold: true, can_rewrite: true };
+    let decided = action::decide(&findings, policy);
+    action::count(req.bottle, &findings, &decided);
+    match decided {
+        Action::Forward => Outbound::Forward {
             path_and_query: req.path_and_query.to_string(),
             headers: req.headers.clone(),
             body: req.body,
             trailers: req.trailers.cloned(),
             warnings,
-        };
-    }
-    let first = blocking[0];
-    let summary = format!("{} in {} ({})", first.reason, first.location, first.context);
-    match route.dlp.on_match {
-        OnMatch::Block => Outbound::Refuse(StatusCode::FORBIDDEN, format!("egress: request blocked: {summary}")),
-        OnMatch::Supervise if !supervised => Outbound::Refuse(
-            StatusCode::FORBIDDEN,
-            format!(
-                "egress: request blocked (supervise is off for this bottle, enabled: false, so it acts as block): {summary}"
-            ),
-        ),
-        OnMatch::Supervise => match blocking.iter().find(|f| f.matched.is_none() || !f.redactable) {
-            Some(f) => Outbound::Refuse(
-                StatusCode::FORBIDDEN,
-                format!("egress: request blocked, not approvable: {} in {} ({})", f.reason, f.location, f.context),
-            ),
-            None => Outbound::Hold {
-                payload: crate::supervise::Payload {
-                    host: req.host.to_string(),
-                    method: req.method.to_string(),
-                    // The held value may be in the path: the proposal never carries it.
-                    path: engine.scrub(path, Location::Path).into_owned(),
-                    reason: format!("{} in {}", first.reason, first.location),
-                    context: first.context.clone(),
-                },
-                value: first.matched.clone().expect("checked above"),
-            },
         },
-        OnMatch::Redact => {
-            if let Some(f) = blocking.iter().find(|f| !f.redactable) {
-                return Outbound::Refuse(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "egress: request blocked, cannot be redacted: {} in {} ({})",
-                        f.reason, f.location, f.context
-                    ),
-                );
-            }
+        Action::Refuse { reason, context } => Outbound::refuse(reason, context),
+        Action::Hold(first) => Outbound::Hold {
+            payload: crate::supervise::Payload {
+                host: req.host.to_string(),
+                method: req.method.to_string(),
+                // The held value may be in the path: the proposal never carries it.
+                path: engine.scrub(path, Location::Path).into_owned(),
+                reason: action::describe(first),
+                context: first.context.clone(),
+            },
+            value: first.matched.clone().expect("only a finding with a value is held"),
+        },
+        Action::Redact(blocking) => {
             let rescan = |text: &str, loc: Location| {
                 let mut found = Vec::new();
                 engine.scan_surface(text, loc, selection, safe, &mut found);
@@ -179,18 +153,6 @@ pub fn outbound_off_workers(
     } else {
         outbound(engine, route, req, safe, supervised)
     }
-}
-
-/// `inbound` on the blocking pool when the body is large.
-pub async fn inbound_off_workers(engine: &std::sync::Arc<dlp::Engine>, headers: &HeaderMap, body: Bytes) -> Inbound {
-    if body.len() <= OFF_WORKER_SCAN {
-        return inbound(engine, headers, &body);
-    }
-    let (engine, headers) = (engine.clone(), headers.clone());
-    tokio::task::spawn_blocking(move || inbound(&engine, &headers, &body)).await.unwrap_or_else(|e| Inbound {
-        verdict: InjectionVerdict::Block(format!("response scan failed: {e}")),
-        redacted: None,
-    })
 }
 
 /// Known secrets found lower-cased in a header or trailer name (names are folded, so the
@@ -234,16 +196,20 @@ fn redact(
             .filter_map(|f| text.get(f.span.0..f.span.1).map(str::to_string))
             .collect()
     };
-    let redact_surface = |loc: Location, text: &str| {
+    let redact_surface = |loc: Location, text: &str, surface: crlf::Surface| {
         let values = values_in(&loc, text);
         let refs: Vec<&str> = values.iter().map(String::as_str).collect();
-        dlp::redact_text(text, &refs)
+        // CRLF is scrubbed, not refused, under `redact` (as the seed's sidecar does).
+        crlf::strip(&dlp::redact_text(text, &refs), surface).into_owned()
     };
-    let new_path = redact_surface(Location::Path, path);
-    let new_query = query.map(|q| redact_surface(Location::Query, q));
+    let new_path = redact_surface(Location::Path, path, crlf::Surface::Path);
+    let new_query = query.map(|q| redact_surface(Location::Query, q, crlf::Surface::Value));
     let body_found = findings.iter().any(|f| f.location == Location::Body);
     let new_body = if body_found {
-        Bytes::from(redact_surface(Location::Body, &String::from_utf8_lossy(body)).into_bytes())
+        let text = String::from_utf8_lossy(body);
+        let values = values_in(&Location::Body, &text);
+        let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+        Bytes::from(dlp::redact_text(&text, &refs).into_bytes())
     } else {
         original_body.clone()
     };
@@ -251,7 +217,7 @@ fn redact(
         Location::Header(name) => Some(name.as_str()),
         _ => None,
     }) else {
-        return Outbound::Refuse(StatusCode::FORBIDDEN, "egress: a header cannot be redacted".into());
+        return Outbound::refuse("a header cannot be redacted".into(), None);
     };
     let trailers = match trailers {
         Some((map, pairs)) => match redact_fields(map, pairs, findings, &rescan, |loc| match loc {
@@ -259,7 +225,7 @@ fn redact(
             _ => None,
         }) {
             Some(t) => Some(t),
-            None => return Outbound::Refuse(StatusCode::FORBIDDEN, "egress: a trailer cannot be redacted".into()),
+            None => return Outbound::refuse("a trailer cannot be redacted".into(), None),
         },
         None => None,
     };
@@ -296,90 +262,11 @@ fn redact_fields(
             let loc = findings.iter().map(|f| &f.location).find(|l| named(l) == Some(name)).cloned()?;
             let own = rescan(value, loc);
             let spans: Vec<&str> = own.iter().filter_map(|f| value.get(f.span.0..f.span.1)).collect();
-            out.append(&field, HeaderValue::from_str(&dlp::redact_text(value, &spans)).ok()?);
+            let redacted = dlp::redact_text(value, &spans);
+            out.append(&field, HeaderValue::from_str(&crlf::strip(&redacted, crlf::Surface::Value)).ok()?);
         }
     }
     Some(out)
-}
-
-/// Largest response the inbound scan buffers whole (a block is then a clean 403);
-/// larger, chunked and event-stream responses are scanned as they stream.
-pub const MAX_BUFFERED_RESPONSE: u64 = 4 * 1024 * 1024;
-
-/// How the inbound phase reads a response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InboundMode {
-    /// Not scanned: the route turned inbound detection off, or the body is binary.
-    Skip,
-    /// Read whole, then scanned.
-    Buffer,
-    /// Scanned as it passes; `sse` releases it event by event.
-    Stream { sse: bool },
-}
-
-pub fn inbound_mode(route: &Route, headers: &HeaderMap) -> InboundMode {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
-    // No content type: the agent will read it as text, so it is scanned as text.
-    let textual = content_type.as_deref().is_none_or(|ct| {
-        ct.starts_with("text/") || ct.contains("json") || ct.contains("xml") || ct.contains("javascript")
-    });
-    if !injection_detection_enabled(route) || !textual {
-        return InboundMode::Skip;
-    }
-    let sse = content_type.as_deref().is_some_and(|ct| ct.starts_with("text/event-stream"));
-    let bounded = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n <= MAX_BUFFERED_RESPONSE);
-    if bounded && !sse { InboundMode::Buffer } else { InboundMode::Stream { sse } }
-}
-
-/// Whether the route runs `naive_injection_detection` on what comes back.
-pub fn injection_detection_enabled(route: &Route) -> bool {
-    route.dlp.inbound_detectors.as_ref().is_none_or(|d| d.iter().any(|n| n == "naive_injection_detection"))
-}
-
-/// Prompt injection in the response headers.
-pub fn inbound_headers(headers: &HeaderMap) -> InjectionVerdict {
-    let text: String =
-        headers.iter().map(|(n, v)| format!("{}: {}\n", n, String::from_utf8_lossy(v.as_bytes()))).collect();
-    dlp::scan_inbound(&text)
-}
-
-/// What the inbound phase decided about a buffered response.
-pub struct Inbound {
-    pub verdict: InjectionVerdict,
-    /// A replacement body when known secrets (an injected credential reflected by the
-    /// upstream, say) had to be removed; it is sent decoded (identity).
-    pub redacted: Option<Bytes>,
-}
-
-/// Scans a buffered response (decoded per its `Content-Encoding`) for prompt injection,
-/// and removes known secrets so the agent never sees a credential the gateway injected.
-/// A body that does not decode counts as a block.
-pub fn inbound(engine: &dlp::Engine, headers: &HeaderMap, body: &[u8]) -> Inbound {
-    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let decoded = match dlp::decode::decode_body(encoding, body) {
-        Ok(d) => d,
-        Err(e) => {
-            return Inbound {
-                verdict: InjectionVerdict::Block(format!("response body cannot be scanned: {e}")),
-                redacted: None,
-            };
-        }
-    };
-    let text = String::from_utf8_lossy(&decoded);
-    let verdict = match inbound_headers(headers) {
-        InjectionVerdict::Clean => dlp::scan_inbound(&text),
-        other => other,
-    };
-    let hits = engine.known_secrets().find(&text);
-    let redacted = (!hits.is_empty()).then(|| {
-        let values: Vec<&str> = hits.iter().filter_map(|h| text.get(h.start..h.end)).collect();
-        Bytes::from(dlp::redact_text(&text, &values).into_bytes())
-    });
-    Inbound { verdict, redacted }
 }
 
 #[cfg(test)]
@@ -402,6 +289,7 @@ mod tests {
         for order in [["plain-value", token], [token, "plain-value"]] {
             let h = headers(&[("x-key", order[0]), ("x-key", order[1]), ("x-other", "kept")]);
             let req = Outgoing {
+                bottle: "t",
                 host: "a.test",
                 method: "GET",
                 path_and_query: "/",
@@ -419,6 +307,53 @@ mod tests {
             assert_eq!(values, want);
             assert_eq!(out["x-other"], "kept");
         }
+    }
+
+    /// Issue 13 item 5: CRLF as the seed has it: smuggling-shaped CRLF refused under
+    /// `block` and `supervise` (never held), scrubbed under `redact`; an encoded newline
+    /// inside a query value is data.
+    #[test]
+    fn crlf_is_refused_or_scrubbed_and_a_query_newline_is_data() {
+        let text = "routes:\n  - host: a.test\n    dlp: {outbound_on_match: redact}\n  - host: b.test\n    dlp: {outbound_on_match: block}\n  - host: c.test\n    dlp: {outbound_on_match: supervise}\n";
+        let routes = crate::policy::Routes::parse(std::path::Path::new("r.yaml"), text).unwrap();
+        let engine = dlp::Engine::new(dlp::KnownSecrets::default(), Vec::new()).unwrap();
+        let plain = headers(&[("x-ok", "1")]);
+        let smuggling = headers(&[("x-note", "a%0d%0aSet-Cookie: x=1")]);
+        let run = |route: usize, path_and_query: &str, headers: &HeaderMap| {
+            let req = Outgoing {
+                bottle: "t",
+                host: "a.test",
+                method: "GET",
+                path_and_query,
+                headers,
+                body: Bytes::new(),
+                trailers: None,
+            };
+            outbound(&engine, &routes.routes()[route], req, &dlp::NoneSafe, true)
+        };
+        for route in 0..3 {
+            match run(route, "/search?text=a%0Ab&q=%0a", &plain) {
+                Outbound::Forward { path_and_query, .. } => assert_eq!(path_and_query, "/search?text=a%0Ab&q=%0a"),
+                _ => panic!("route {route}: an encoded newline in a query value was not forwarded as data"),
+            }
+        }
+        for route in [1, 2] {
+            for (pq, h) in [("/r?next=%0d%0aSet-Cookie:x", &plain), ("/a%0Ab", &plain), ("/", &smuggling)] {
+                match run(route, pq, h) {
+                    Outbound::Refuse { reason, .. } => {
+                        assert!(reason.starts_with("egress DLP: CRLF injection"), "{reason}")
+                    }
+                    _ => panic!("route {route}: {pq} not refused"),
+                }
+            }
+        }
+        let Outbound::Forward { path_and_query, headers: out, .. } =
+            run(0, "/a%0Ab?next=%0D%0ASet-Cookie:x&t=a%0Ab", &smuggling)
+        else {
+            panic!("redact: CRLF not scrubbed")
+        };
+        assert_eq!(path_and_query, "/ab?next=Set-Cookie:x&t=a%0Ab");
+        assert_eq!(out["x-note"], "aSet-Cookie: x=1");
     }
 
     #[test]
@@ -439,11 +374,17 @@ mod tests {
                 ("POST", &plain, Some(&trailer_named), "in a trailer name"),
             ];
             for (method, h, trailers, want) in cases {
-                let req =
-                    Outgoing { host: "a.test", method, path_and_query: "/", headers: h, body: Bytes::new(), trailers };
+                let req = Outgoing {
+                    bottle: "t",
+                    host: "a.test",
+                    method,
+                    path_and_query: "/",
+                    headers: h,
+                    body: Bytes::new(),
+                    trailers,
+                };
                 match outbound(&engine, route, req, &dlp::NoneSafe, true) {
-                    Outbound::Refuse(status, reason) => {
-                        assert_eq!(status, StatusCode::FORBIDDEN);
+                    Outbound::Refuse { reason, .. } => {
                         assert!(reason.contains(want) && !reason.contains(&lower[4..]), "{reason}");
                     }
                     _ => panic!("{want}: not refused on {}", route.host),
@@ -451,6 +392,7 @@ mod tests {
             }
         }
         let req = Outgoing {
+            bottle: "t",
             host: "a.test",
             method: "POST",
             path_and_query: "/",
@@ -466,6 +408,7 @@ mod tests {
         assert_eq!(t["x-checksum"], "********");
         assert_eq!(t["x-other"], "kept");
         let req = Outgoing {
+            bottle: "t",
             host: "b.test",
             method: "POST",
             path_and_query: "/",
@@ -473,13 +416,14 @@ mod tests {
             body: Bytes::new(),
             trailers: Some(&trailer_valued),
         };
-        assert!(matches!(outbound(&engine, &routes.routes()[1], req, &dlp::NoneSafe, false), Outbound::Refuse(..)));
+        assert!(matches!(outbound(&engine, &routes.routes()[1], req, &dlp::NoneSafe, false), Outbound::Refuse { .. }));
 
         // A known secret with upper-case letters, folded into a header name.
         let known = dlp::KnownSecrets::new([("EGRESS_TOKEN_X".to_string(), "MixedCaseSecretValue99".to_string())], 12);
         let engine = dlp::Engine::new(known, Vec::new()).unwrap();
         let h = headers(&[("x-mixedcasesecretvalue99", "1")]);
         let req = Outgoing {
+            bottle: "t",
             host: "b.test",
             method: "GET",
             path_and_query: "/",
@@ -488,28 +432,10 @@ mod tests {
             trailers: None,
         };
         match outbound(&engine, &routes.routes()[1], req, &dlp::NoneSafe, false) {
-            Outbound::Refuse(_, reason) => {
+            Outbound::Refuse { reason, .. } => {
                 assert!(reason.contains("EGRESS_TOKEN_X") && !reason.contains("mixedcase"), "{reason}")
             }
             _ => panic!("a folded known secret in a header name passed"),
         }
-    }
-
-    #[test]
-    fn inbound_mode_buffers_small_text_streams_the_rest_and_skips_binary() {
-        let text = "routes:\n  - host: a.test\n  - host: b.test\n    dlp: {inbound_detectors: false}\n";
-        let routes = crate::policy::Routes::parse(std::path::Path::new("r.yaml"), text).unwrap();
-        let (route, off) = (&routes.routes()[0], &routes.routes()[1]);
-        let mode = |pairs: &[(&str, &str)]| inbound_mode(route, &headers(pairs));
-        assert_eq!(mode(&[("content-type", "application/json"), ("content-length", "100")]), InboundMode::Buffer);
-        assert_eq!(mode(&[("content-type", "application/json")]), InboundMode::Stream { sse: false }, "chunked");
-        assert_eq!(
-            mode(&[("content-type", "text/plain"), ("content-length", "5000000")]),
-            InboundMode::Stream { sse: false }
-        );
-        assert_eq!(mode(&[("content-type", "text/event-stream")]), InboundMode::Stream { sse: true });
-        assert_eq!(mode(&[("content-length", "10")]), InboundMode::Buffer, "no content type is read as text");
-        assert_eq!(mode(&[("content-type", "image/png"), ("content-length", "10")]), InboundMode::Skip);
-        assert_eq!(inbound_mode(off, &headers(&[("content-type", "text/plain")])), InboundMode::Skip);
     }
 }

@@ -8,43 +8,35 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use super::{
-    request::{Refusal, RequestCtx, text_response},
-    scan,
+    inbound::Inbound,
+    request::{Refusal, RequestCtx},
     upstream::{Body, BoxError},
 };
-use crate::dlp::InjectionVerdict;
 
 /// A response too long or open-ended to buffer (server-sent events, chunked, large):
-/// decoded and scanned as it passes. A block cuts the stream and is logged: an SSE
-/// client gets a last `egress-blocked` event saying why, other bodies end with an error.
+/// decoded and scanned as it passes (its headers were scanned already). A block cuts
+/// the stream and is logged: an SSE client gets a last `egress-blocked` event saying
+/// why, other bodies end with an error.
 pub fn stream_response(
     rq: &RequestCtx,
+    scanner: &Inbound,
     mut parts: http::response::Parts,
     mut body: Incoming,
     sse: bool,
-) -> Result<Response<Body>, Refusal> {
-    // Logged whatever the routes' `log:` says: a response refused after the request
-    // was allowed is always worth a line.
-    let always = |refusal: Refusal| {
-        rq.log_refusal(&refusal);
-        Ok(text_response(refusal.status, format!("{}\n", refusal.reason)))
-    };
-    match scan::inbound_headers(&parts.headers) {
-        InjectionVerdict::Block(reason) => {
-            return always(Refusal::dlp(format!("egress: response blocked: {reason}")));
-        }
-        InjectionVerdict::Warn(reason) => rq.note("egress_inbound_warn", &reason),
-        InjectionVerdict::Clean => {}
-    }
+    injection: bool,
+) -> Response<Body> {
     let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mut decoder = match crate::dlp::decode::StreamDecoder::new(encoding) {
         Ok(d) => d,
-        Err(e) => return always(Refusal::upstream(format!("egress: response cannot be scanned: {e}"))),
+        Err(e) => {
+            let refusal = Refusal::upstream(format!("egress DLP: the response cannot be scanned: {e}"));
+            return rq.refuse(refusal);
+        }
     };
     // Sent decoded, and chunked: redaction may change the length.
     parts.headers.remove(header::CONTENT_ENCODING);
     parts.headers.remove(header::CONTENT_LENGTH);
-    let mut scanner = crate::dlp::stream::ResponseStream::new(rq.live.dlp.clone(), sse);
+    let mut scanner = scanner.stream(sse, injection);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, BoxError>>(8);
     let rq = rq.clone();
     let status = parts.status;
@@ -85,7 +77,11 @@ pub fn stream_response(
                 Err(blocked) => break Err(blocked),
             }
             for w in scanner.warnings.drain(..) {
-                rq.note("egress_inbound_warn", &w);
+                if w.starts_with("known secret") {
+                    rq.note("egress_response_redacted", &w, None);
+                } else {
+                    rq.warn("inbound", &w);
+                }
             }
         };
         match verdict {
@@ -96,7 +92,7 @@ pub fn stream_response(
                 }
             }
             Err(crate::dlp::stream::Blocked(reason)) => {
-                let reason = cut(format!("egress: response blocked: {reason}"));
+                let reason = cut(format!("egress DLP: {reason}"));
                 if sse {
                     // The event is the last thing the client gets; the stream then ends
                     // (an error right after it could drop it unflushed).
@@ -110,5 +106,5 @@ pub fn stream_response(
     };
     tokio::spawn(task.in_current_span());
     let frames = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    Ok(Response::from_parts(parts, http_body_util::StreamBody::new(frames).boxed()))
+    Response::from_parts(parts, http_body_util::StreamBody::new(frames).boxed())
 }

@@ -1,5 +1,6 @@
-//! The gateway's own client to upstreams: names resolved by the gateway's resolver (the
-//! `hosts:` overrides first), TLS verified against webpki and system roots plus the
+//! The gateway's own client to upstreams: every connection goes to the address the
+//! request was authorized for (`authorize::Target`), never to a second lookup of the
+//! name; TLS verified against webpki and system roots plus the
 //! configured extra CAs, HTTP/1.1 and HTTP/2 negotiated independently of the client,
 //! connections pooled.
 use std::{
@@ -22,7 +23,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 
-use crate::resolve::{ResolveError, Resolver};
+use crate::resolve::ResolveError;
 
 pub type Body = BoxBody<Bytes, BoxError>;
 /// A body error: the upstream's, or the gateway cutting a stream it refused.
@@ -43,11 +44,18 @@ pub enum UpstreamError {
     Http(String, String),
 }
 
-/// Resolution for hyper's connector, through the gateway's resolver.
-#[derive(Clone)]
-struct GatewayDns(Resolver);
+tokio::task_local! {
+    /// The host and address the request being sent was authorized for.
+    static CHECKED: (String, SocketAddr);
+}
 
-impl tower_service::Service<Name> for GatewayDns {
+/// hyper's connector "resolves" a name to the address checked for the request it is
+/// connecting for (set around `send`): the name is resolved once, by authorize. Without
+/// one, or for another name, it fails: nothing is dialled that was not checked.
+#[derive(Clone)]
+struct CheckedAddress;
+
+impl tower_service::Service<Name> for CheckedAddress {
     type Response = std::vec::IntoIter<SocketAddr>;
     type Error = ResolveError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ResolveError>> + Send>>;
@@ -57,15 +65,24 @@ impl tower_service::Service<Name> for GatewayDns {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let resolver = self.0.clone();
-        Box::pin(async move {
-            let addrs = resolver.lookup(name.as_str()).await?;
-            Ok(addrs.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect::<Vec<_>>().into_iter())
-        })
+        // Read now: `call` runs while the request's future is polled, inside the scope.
+        let checked = CHECKED.try_with(|(host, addr)| (host.clone(), *addr));
+        let found = match checked {
+            Ok((host, addr)) if host.eq_ignore_ascii_case(name.as_str()) => Ok(vec![addr].into_iter()),
+            Ok((host, _)) => Err(ResolveError {
+                host: name.as_str().into(),
+                reason: format!("the request was authorized for {host}, not this name"),
+            }),
+            Err(_) => Err(ResolveError {
+                host: name.as_str().into(),
+                reason: "no authorized address for this connection".into(),
+            }),
+        };
+        Box::pin(std::future::ready(found))
     }
 }
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector<GatewayDns>>;
+type Connector = hyper_rustls::HttpsConnector<HttpConnector<CheckedAddress>>;
 
 pub struct Upstream {
     /// Offers h2 and HTTP/1.1 upstream: for requests that arrived over h2 (gRPC needs it).
@@ -74,11 +91,10 @@ pub struct Upstream {
     /// request relayed over a pooled h2 connection stalled ~40 ms (see docs/decisions).
     client_h1: Client<Connector, Body>,
     tls: Arc<rustls::ClientConfig>,
-    resolver: Resolver,
 }
 
 impl Upstream {
-    pub fn new(resolver: Resolver, extra_ca_files: &[impl AsRef<Path>]) -> Result<Upstream, UpstreamError> {
+    pub fn new(extra_ca_files: &[impl AsRef<Path>]) -> Result<Upstream, UpstreamError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         for cert in rustls_native_certs::load_native_certs().certs {
@@ -104,7 +120,7 @@ impl Upstream {
             .with_no_client_auth();
         let tls = Arc::new(tls);
         let http = || {
-            let mut http = HttpConnector::new_with_resolver(GatewayDns(resolver.clone()));
+            let mut http = HttpConnector::new_with_resolver(CheckedAddress);
             http.enforce_http(false);
             http.set_nodelay(true);
             http.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -118,19 +134,26 @@ impl Upstream {
             b.pool_idle_timeout(POOL_IDLE_TIMEOUT);
             b
         };
-        Ok(Upstream { client_h2: pool().build(h2), client_h1: pool().build(h1), tls, resolver })
+        Ok(Upstream { client_h2: pool().build(h2), client_h1: pool().build(h1), tls })
     }
 
-    /// Sends a request (absolute URI) through the pool; `client_h2` says whether the
-    /// client spoke HTTP/2, in which case h2 is offered upstream too.
+    /// Sends a request (absolute URI naming `host`) through the pool; a new connection
+    /// goes to `addr`, the address authorize checked. `client_h2` says whether the
+    /// client spoke HTTP/2, in which case h2 is offered upstream too. A pooled connection
+    /// for the same host and port may be reused: it was made to a checked address of it.
     pub async fn send(
         &self,
         req: http::Request<Body>,
         client_h2: bool,
+        host: &str,
+        addr: SocketAddr,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
-        let host = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+        let authority = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
         let client = if client_h2 { &self.client_h2 } else { &self.client_h1 };
-        client.request(req).await.map_err(|e| UpstreamError::Http(host, error_chain(&e)))
+        CHECKED
+            .scope((host.to_string(), addr), client.request(req))
+            .await
+            .map_err(|e| UpstreamError::Http(authority, error_chain(&e)))
     }
 
     /// A dedicated HTTP/1.1 connection (for upgrades such as WebSocket, which a pooled
@@ -159,10 +182,6 @@ impl Upstream {
         } else {
             handshake(host, TokioIo::new(tcp)).await
         }
-    }
-
-    pub fn resolver(&self) -> &Resolver {
-        &self.resolver
     }
 }
 

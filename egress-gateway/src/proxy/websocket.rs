@@ -11,11 +11,16 @@ use tokio::{
     sync::Mutex,
 };
 
-use super::ws_frame::{self, Event, FrameError, Message, Opcode, Reassembler};
+use super::{
+    action::{self, Action},
+    inbound::Inbound,
+    ws_frame::{self, Event, FrameError, Message, Opcode, Reassembler},
+};
 use crate::{
     app::BottleState,
-    dlp::{self, InjectionVerdict, Location, Severity, stream::InjectionStream},
-    policy::OnMatch,
+    dlp::{self, Location, Severity, stream::InjectionStream},
+    policy::{LogLevel, OnMatch},
+    supervise::render::inert,
 };
 
 /// A bottle's values approved for `host` (the socket's), as they stand when each message
@@ -37,16 +42,39 @@ const POLICY_VIOLATION: u16 = 1008;
 
 /// What the relay scans with, and names in its logs.
 pub struct Scanning {
+    /// The outbound engine (rules and the bottle's known secrets).
     pub engine: Arc<dlp::Engine>,
     pub selection: dlp::Selection,
+    /// The route's policy; a frame cannot wait for an operator, nor a binary message be
+    /// rewritten (`action::decide`).
     pub on_match: OnMatch,
-    /// `naive_injection_detection` runs on server messages.
-    pub inbound: bool,
+    pub supervised: bool,
+    /// Server messages: known secrets always, injection when the route runs it.
+    pub inbound: Inbound,
     /// Values the operator approved: they pass.
     pub safe: Arc<dyn dlp::SafeSet + Send + Sync>,
+    pub log: LogLevel,
     pub bottle: String,
     pub host: String,
     pub path: String,
+}
+
+impl Scanning {
+    /// A note about the socket (always logged).
+    fn note(&self, event: &'static str, reason: &str) {
+        tracing::warn!(event, bottle = %self.bottle, host = %inert(&self.host), path = %inert(&self.path), reason = %inert(reason), "{event}");
+    }
+
+    /// A DLP warning (`egress_warn`), at `log: 1` and above.
+    fn warn(&self, direction: &'static str, reason: &str) {
+        if self.log >= LogLevel::Blocks {
+            tracing::warn!(event = "egress_warn", bottle = %self.bottle, host = %inert(&self.host), path = %inert(&self.path), direction, reason = %inert(reason), "egress_warn");
+        }
+    }
+
+    fn policy(&self, can_rewrite: bool) -> action::Policy {
+        action::Policy { on_match: self.on_match, supervised: self.supervised, can_hold: false, can_rewrite }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -87,12 +115,13 @@ where
     };
     if let End::Close(code, reason) = end {
         tracing::warn!(
+            event = "egress_websocket_closed",
             bottle = %scanning.bottle,
-            host = %scanning.host,
-            path = %scanning.path,
+            host = %inert(&scanning.host),
+            path = %inert(&scanning.path),
             code,
             decision = "deny",
-            reason = %reason,
+            reason = %inert(&reason),
             "egress_websocket_closed"
         );
         let _ = upstream_tx.lock().await.write_all(&ws_frame::close(code, &reason, Some(rand::random()))).await;
@@ -172,19 +201,23 @@ fn scan(message: &Message, dir: Direction, scanning: &Scanning, injection: &mut 
 fn scan_outbound(message: &Message, text: &str, scanning: &Scanning) -> Verdict {
     let mut findings = Vec::new();
     scanning.engine.scan_surface(text, Location::WebSocket, scanning.selection, &*scanning.safe, &mut findings);
-    let (blocking, warnings): (Vec<_>, Vec<_>) = findings.into_iter().partition(|f| f.severity == Severity::Block);
-    for w in warnings {
-        tracing::warn!(bottle = %scanning.bottle, host = %scanning.host, path = %scanning.path, reason = %format!("{} in {}", w.reason, w.location), "egress_dlp_warn");
+    for w in findings.iter().filter(|f| f.severity == Severity::Warn) {
+        scanning.warn("outbound", &action::describe(w));
     }
-    let Some(first) = blocking.first() else { return Verdict::Pass };
-    let redactable = message.text && blocking.iter().all(|f| f.redactable);
-    if scanning.on_match == OnMatch::Redact && redactable {
-        let values: Vec<&str> = blocking.iter().filter_map(|f| text.get(f.span.0..f.span.1)).collect();
-        tracing::warn!(bottle = %scanning.bottle, host = %scanning.host, path = %scanning.path, reason = %format!("{} in {}", first.reason, first.location), "egress_websocket_redacted");
-        let redacted = dlp::redact_text(text, &values);
-        return Verdict::Replace(ws_frame::encode(Opcode::Text, redacted.as_bytes(), Some(rand::random())));
+    let decided = action::decide(&findings, scanning.policy(message.text));
+    action::count(&scanning.bottle, &findings, &decided);
+    match decided {
+        Action::Forward => Verdict::Pass,
+        Action::Redact(blocking) => {
+            let values: Vec<&str> = blocking.iter().filter_map(|f| text.get(f.span.0..f.span.1)).collect();
+            scanning.note("egress_websocket_redacted", &action::describe(blocking[0]));
+            let redacted = dlp::redact_text(text, &values);
+            Verdict::Replace(ws_frame::encode(Opcode::Text, redacted.as_bytes(), Some(rand::random())))
+        }
+        // A frame cannot wait: `decide` never holds one.
+        Action::Hold(f) => Verdict::Close(format!("egress DLP: websocket message blocked: {}", action::describe(f))),
+        Action::Refuse { reason, .. } => Verdict::Close(format!("egress DLP: websocket message blocked: {reason}")),
     }
-    Verdict::Close(format!("egress: websocket message blocked: {} ({})", first.reason, first.context))
 }
 
 /// A client's ping, pong or close frame: its payload (a close frame's reason) is scanned
@@ -196,19 +229,25 @@ fn scan_control(frame: &ws_frame::Frame, scanning: &Scanning) -> Verdict {
     let mut findings = Vec::new();
     let loc = Location::WebSocketControl;
     scanning.engine.scan_surface(&text, loc, scanning.selection, &*scanning.safe, &mut findings);
-    let blocking: Vec<_> = findings.into_iter().filter(|f| f.severity == Severity::Block).collect();
-    let Some(first) = blocking.first() else { return Verdict::Pass };
     let utf8 = std::str::from_utf8(body).is_ok();
-    if scanning.on_match == OnMatch::Redact && utf8 && blocking.iter().all(|f| f.redactable) {
-        let values: Vec<&str> = blocking.iter().filter_map(|f| text.get(f.span.0..f.span.1)).collect();
-        let mut payload = prefix.to_vec();
-        payload.extend_from_slice(dlp::redact_text(&text, &values).as_bytes());
-        if payload.len() <= 125 {
-            tracing::warn!(bottle = %scanning.bottle, host = %scanning.host, path = %scanning.path, reason = %format!("{} in {}", first.reason, first.location), "egress_websocket_redacted");
-            return Verdict::Replace(ws_frame::encode(frame.opcode, &payload, Some(rand::random())));
+    let blocked = |detail: String| Verdict::Close(format!("egress DLP: websocket control frame blocked: {detail}"));
+    let decided = action::decide(&findings, scanning.policy(utf8));
+    action::count(&scanning.bottle, &findings, &decided);
+    match decided {
+        Action::Forward => Verdict::Pass,
+        Action::Redact(blocking) => {
+            let values: Vec<&str> = blocking.iter().filter_map(|f| text.get(f.span.0..f.span.1)).collect();
+            let mut payload = prefix.to_vec();
+            payload.extend_from_slice(dlp::redact_text(&text, &values).as_bytes());
+            if payload.len() > 125 {
+                return blocked(format!("{}; the redacted frame does not fit", action::describe(blocking[0])));
+            }
+            scanning.note("egress_websocket_redacted", &action::describe(blocking[0]));
+            Verdict::Replace(ws_frame::encode(frame.opcode, &payload, Some(rand::random())))
         }
+        Action::Hold(f) => blocked(action::describe(f)),
+        Action::Refuse { reason, .. } => blocked(reason),
     }
-    Verdict::Close(format!("egress: websocket control frame blocked: {} ({})", first.reason, first.context))
 }
 
 /// A server's ping, pong or close frame: its payload is scanned like a server message
@@ -220,31 +259,24 @@ fn scan_control_inbound(frame: &ws_frame::Frame, scanning: &Scanning) -> Verdict
         return Verdict::Pass;
     }
     let text = String::from_utf8_lossy(body);
-    if scanning.inbound {
-        match dlp::scan_inbound(&text) {
-            InjectionVerdict::Block(reason) => {
-                return Verdict::Close(format!("egress: websocket control frame blocked: {reason}"));
-            }
-            InjectionVerdict::Warn(reason) => {
-                tracing::warn!(bottle = %scanning.bottle, host = %scanning.host, path = %scanning.path, reason = %reason, "egress_inbound_warn");
-            }
-            InjectionVerdict::Clean => {}
-        }
+    // A control frame stands alone: no injection state carried from other frames.
+    let (verdict, redacted) = scanning.inbound.message(&mut InjectionStream::default(), &text);
+    if let Some(reason) = verdict.block {
+        return Verdict::Close(format!("egress DLP: websocket control frame blocked: {reason}"));
     }
-    let hits = scanning.engine.known_secrets().find(&text);
-    if hits.is_empty() {
-        return Verdict::Pass;
+    if let Some(reason) = verdict.warn {
+        scanning.warn("inbound", &reason);
     }
+    let Some(redacted) = redacted else { return Verdict::Pass };
     if std::str::from_utf8(body).is_ok() {
-        let values: Vec<&str> = hits.iter().filter_map(|h| text.get(h.start..h.end)).collect();
         let mut payload = prefix.to_vec();
-        payload.extend_from_slice(dlp::redact_text(&text, &values).as_bytes());
+        payload.extend_from_slice(redacted.as_bytes());
         if payload.len() <= 125 {
-            tracing::warn!(bottle = %scanning.bottle, host = %scanning.host, path = %scanning.path, reason = "known secret in a websocket control frame", "egress_response_redacted");
+            scanning.note("egress_response_redacted", "known secret in a websocket control frame");
             return Verdict::Replace(ws_frame::encode(frame.opcode, &payload, None));
         }
     }
-    Verdict::Close("egress: websocket control frame blocked: a gateway credential".into())
+    Verdict::Close("egress DLP: websocket control frame blocked: a gateway credential".into())
 }
 
 /// A control frame's payload, split into a close frame's status code and the text.
@@ -256,27 +288,21 @@ fn control_payload(frame: &ws_frame::Frame) -> (&[u8], &[u8]) {
 }
 
 fn scan_inbound(message: &Message, text: &str, scanning: &Scanning, injection: &mut InjectionStream) -> Verdict {
-    if scanning.inbound {
-        match injection.feed(text) {
-            InjectionVerdict::Block(reason) => {
-                return Verdict::Close(format!("egress: websocket message blocked: {reason}"));
-            }
-            InjectionVerdict::Warn(reason) => {
-                tracing::warn!(bottle = %scanning.bottle, host = %scanning.host, path = %scanning.path, reason = %reason, "egress_inbound_warn");
-            }
-            InjectionVerdict::Clean => {}
-        }
+    let (verdict, redacted) = scanning.inbound.message(injection, text);
+    if let Some(reason) = verdict.block {
+        return Verdict::Close(format!("egress DLP: websocket message blocked: {reason}"));
     }
-    let hits = scanning.engine.known_secrets().find(text);
-    if hits.is_empty() {
-        return Verdict::Pass;
+    if let Some(reason) = verdict.warn {
+        scanning.warn("inbound", &reason);
     }
+    let Some(redacted) = redacted else { return Verdict::Pass };
     if !message.text {
-        return Verdict::Close("egress: websocket message blocked: a gateway credential in a binary message".into());
+        return Verdict::Close(
+            "egress DLP: websocket message blocked: a gateway credential in a binary message".into(),
+        );
     }
-    let values: Vec<&str> = hits.iter().filter_map(|h| text.get(h.start..h.end)).collect();
-    tracing::warn!(bottle = %scanning.bottle, host = %scanning.host, path = %scanning.path, reason = "known secret in a websocket message", "egress_response_redacted");
-    Verdict::Replace(ws_frame::encode(Opcode::Text, dlp::redact_text(text, &values).as_bytes(), None))
+    scanning.note("egress_response_redacted", "known secret in a websocket message");
+    Verdict::Replace(ws_frame::encode(Opcode::Text, redacted.as_bytes(), None))
 }
 
 #[cfg(test)]
@@ -292,12 +318,15 @@ mod tests {
 
     fn scanning(on_match: OnMatch, safe: &[&str]) -> Scanning {
         let safe: HashSet<String> = safe.iter().map(|s| s.to_string()).collect();
+        let engine = Arc::new(dlp::Engine::new(KnownSecrets::default(), Vec::new()).unwrap());
         Scanning {
-            engine: Arc::new(dlp::Engine::new(KnownSecrets::default(), Vec::new()).unwrap()),
+            engine: engine.clone(),
             selection: dlp::Selection::from_names(None),
             on_match,
-            inbound: true,
+            supervised: false,
+            inbound: Inbound { engine, injection: true },
             safe: Arc::new(safe),
+            log: LogLevel::Blocks,
             bottle: "b".into(),
             host: "h.test".into(),
             path: "/ws".into(),
@@ -406,6 +435,7 @@ mod tests {
         let known = KnownSecrets::new([("EGRESS_TOKEN_X".to_string(), "reflected-credential-42".to_string())], 12);
         let mut with_known = scanning(OnMatch::Block, &[]);
         with_known.engine = Arc::new(dlp::Engine::new(known, Vec::new()).unwrap());
+        with_known.inbound.engine = with_known.engine.clone();
         let (mut client, mut upstream) = start(with_known);
         upstream.write_all(&ws_frame::encode(Opcode::Ping, b"x reflected-credential-42", None)).await.unwrap();
         let mut buf = vec![0u8; 4096];

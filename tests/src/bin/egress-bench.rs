@@ -177,15 +177,8 @@ fn rss_kib(pid: u32) -> u64 {
 fn client_main(args: &[String]) {
     let mode = args[0].as_str();
     let target: SocketAddr = args[1].parse().expect("target address");
-    let roots = load_roots(&args[2]);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let tls = Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let tls = egress_e2e::https::client_config(&std::fs::read(&args[2]).expect("roots file"), &[]);
     match mode {
         "keepalive" => {
             println!("{}", serde_json::to_string(&rt.block_on(load(tls, target, true, CONCURRENCY))).unwrap())
@@ -210,20 +203,6 @@ fn client_main(args: &[String]) {
         }
         other => panic!("unknown client mode {other}"),
     }
-}
-
-fn load_roots(path: &str) -> rustls::RootCertStore {
-    let pem = std::fs::read(path).expect("roots file");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile_certs(&pem) {
-        let _ = roots.add(cert);
-    }
-    roots
-}
-
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    CertificateDer::pem_slice_iter(pem).filter_map(Result::ok).collect()
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;

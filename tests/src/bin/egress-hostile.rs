@@ -30,20 +30,7 @@ fn main() {
 }
 
 fn tls_config(roots_path: &str) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let pem = std::fs::read(roots_path).expect("roots file");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok) {
-        let _ = roots.add(cert);
-    }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Arc::new(config)
+    egress_e2e::https::client_config(&std::fs::read(roots_path).expect("roots file"), &[b"h2"])
 }
 
 type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
