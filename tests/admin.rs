@@ -342,6 +342,8 @@ fn metrics_parse_and_count_the_traffic_sent() {
         assert_eq!(value(&s, "egress_requests_total", &[bottle, ("decision", "allowed")]), 3.0, "{text}");
         assert_eq!(value(&s, "egress_requests_total", &[bottle, ("source", "policy")]), 2.0, "{text}");
         assert_eq!(value(&s, "egress_requests_total", &[bottle, ("source", "dlp")]), 1.0, "{text}");
+        let finding = [bottle, ("detector", "token_patterns"), ("action", "block")];
+        assert_eq!(value(&s, "egress_dlp_findings_total", &finding), 1.0, "{text}");
         assert_eq!(value(&s, "egress_reloads_total", &[("result", "ok")]), 1.0, "{text}");
         assert_eq!(value(&s, "egress_bottle_attached", &[bottle]), 1.0, "{text}");
         assert_eq!(value(&s, "egress_tls_handshakes_total", &[("side", "client"), ("result", "ok")]), 6.0, "{text}");
