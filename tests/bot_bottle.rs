@@ -128,7 +128,7 @@ fn bot_bottles_supervisor_reads_our_proposals_and_its_answers_release_or_refuse(
     answer_as_bot_bottle(&queue.0, serde_json::json!({"status": "rejected", "notes": null}));
     let (code, body) = finish(child);
     assert_eq!(code, "403", "{body}");
-    assert!(body.contains("rejected by the operator"), "{body}");
+    assert!(body.contains("supervisor rejected the request"), "the seed's text: {body}");
 
     // `modified`, with a final file and no notes at all: released, end to end.
     let third = token('C');
