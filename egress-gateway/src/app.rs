@@ -205,7 +205,10 @@ pub fn run(config: config::Config, config_path: Option<PathBuf>) -> anyhow::Resu
     telemetry::init();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(serve(config, config_path))
+    let result = runtime.block_on(serve(config, config_path));
+    // The drain is over: what is still open is cut, and no blocking task holds the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
@@ -355,10 +358,23 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
             _ = int.recv() => break,
         }
     }
+    // Drain: the listeners and the admin socket close now (a next gateway may start),
+    // held requests get 403, the connections in flight get `drain_seconds`.
     sd_notify::tell("STOPPING=1");
+    crate::lifecycle::stop();
     let _ = stop_admin.send(());
     let _ = admin_task.await;
-    tracing::info!("stopping; bottles stay attached and are refused until the gateway is back");
+    let open = || gw.bottles().iter().map(|b| b.usage.open_connections()).sum::<usize>();
+    tracing::info!(
+        open_connections = open(),
+        drain_seconds = gw.config.drain.as_secs(),
+        "stopping: no new connections; those in flight may finish"
+    );
+    let left = crate::lifecycle::drain(gw.config.drain, open).await;
+    if left > 0 {
+        tracing::warn!(open_connections = left, "drain time over: the connections still open are cut");
+    }
+    tracing::info!("stopped; bottles stay attached and are refused until the gateway is back");
     Ok(())
 }
 
@@ -389,7 +405,13 @@ fn build_dlp(config: &config::DlpConfig) -> anyhow::Result<dlp::Engine> {
 /// listener's namespace: with the client's address it finds what the programs recorded.
 async fn accept_loop(listener: TcpListener, netns: u64, scope: ListenerScope, gw: Arc<Gateway>) {
     loop {
-        let (stream, client) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Stopping: the listener closes (or, passed by systemd, stays open for the next
+            // gateway); nothing more is accepted here.
+            _ = crate::lifecycle::stopped() => return,
+        };
+        let (stream, client) = match accepted {
             Ok(v) => v,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

@@ -18,6 +18,7 @@ pub mod credentials;
 pub mod dlp;
 pub mod dns;
 pub mod exec;
+pub mod lifecycle;
 pub mod netns;
 pub mod policy;
 pub mod proxy;

@@ -112,6 +112,14 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
         }
+        // The gateway is stopping: requests in flight finish (the drain's deadline bounds
+        // them), an idle keep-alive connection closes now.
+        _ = crate::lifecycle::stopped() => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "client connection ended with an error while stopping");
+            }
+        }
     }
 }
 

@@ -1,0 +1,115 @@
+//! The gateway's lifecycle (issue 14): a SIGTERM drains (no new connection, requests in
+//! flight finish, held requests get 403 and their proposals close as `stopped`) and the
+//! process exits within `drain_seconds`, its bottles still attached (fail closed).
+#![cfg(feature = "root-tests")]
+
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use egress_e2e::{
+    stderr,
+    world::{World, WorldSpec, curl_result},
+};
+
+const HOST: &str = "api.upstream.test";
+const ROUTES: &str = "log: 1\nroutes:\n  - host: api.upstream.test\n    dlp:\n      outbound_on_match: supervise\n";
+const DRAIN_SECONDS: u64 = 20;
+
+/// Whether process `pid` has exited (gone, or a zombie its parent has not reaped).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) == Some("Z"),
+        Err(_) => true,
+    }
+}
+
+fn wait_for(what: &str, within: Duration, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_answers_held_ones_and_exits() {
+    let queue = egress_e2e::private_base(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")))
+        .join(format!("lifecycle-queue-{}", std::process::id()));
+    let bottle = format!("    supervise:\n      queue_dir: {}\n      timeout_seconds: 120\n", queue.display());
+    let config = format!("drain_seconds: {DRAIN_SECONDS}\n");
+    let w = World::start_spec(
+        "drain",
+        &WorldSpec { hosts: &[HOST], routes: ROUTES, bottle: &bottle, config: &config, ..Default::default() },
+    );
+    let pid = w.env.gateway_pid().expect("gateway running");
+    // A response streamed over about three seconds (100 events, 30 ms apart).
+    let pieces: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
+    let streaming = w.spawn_curl(&["-N", "-d", &pieces.join("|"), &w.url(HOST, "/sse")]);
+    // A request held for an operator (it carries a token under `supervise`).
+    let held = w.spawn_curl(&["-d", &format!("key=ghp_{}", "Q".repeat(36)), &w.url(HOST, "/v1/send")]);
+    wait_for("the request is held", Duration::from_secs(20), || {
+        std::fs::read_dir(&queue)
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".json")))
+            .unwrap_or(false)
+    });
+    wait_for("the stream reached the upstream", Duration::from_secs(20), || {
+        w.up.requests().iter().any(|r| r.path_and_query == "/sse")
+    });
+
+    w.env.signal_gateway(libc::SIGTERM);
+    w.env.wait_for_log("stopping: no new connections");
+    // A new connection is not served by the stopping gateway.
+    let (code, _) = w.curl(&["-m", "5", &w.url(HOST, "/after")]);
+    assert_ne!(code, "200", "a connection made after SIGTERM was served");
+
+    let (code, body) = curl_result(&held.wait_with_output().unwrap());
+    assert_eq!(code, "403", "the held request: {body}");
+    assert!(body.contains("stopping"), "{body}");
+    let (code, body) = curl_result(&streaming.wait_with_output().unwrap());
+    assert_eq!(code, "200", "the stream in flight: {body}");
+    assert!(body.contains("\"text\":\"p99\"") && body.contains("message_stop"), "the stream was cut: {body}");
+
+    wait_for("the gateway exits within drain_seconds", Duration::from_secs(DRAIN_SECONDS + 5), || exited(pid));
+    let log = w.env.gateway_log();
+    assert!(log.contains("stopped; bottles stay attached"), "{log}");
+    assert!(!log.contains("drain time over"), "{log}");
+    assert!(!w.up.requests().iter().any(|r| r.path_and_query == "/after"), "the upstream saw a request after SIGTERM");
+    // Its proposal is closed as `stopped`, not left pending for an operator.
+    let processed: Vec<String> = std::fs::read_dir(queue.join("processed"))
+        .map(|d| d.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()).collect())
+        .unwrap_or_default();
+    assert!(processed.iter().any(|t| t.contains("\"closed\": \"stopped\"")), "{processed:?}");
+    // The bottle stays attached: its connections are refused, never sent direct.
+    let out = w.env.cli(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(status[0]["attached"], true, "{status} {}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&queue);
+}
+
+/// A connection still open at the end of `drain_seconds` is cut, and the process exits.
+#[test]
+fn the_drain_ends_at_drain_seconds() {
+    let w = World::start_spec(
+        "draincut",
+        &WorldSpec {
+            hosts: &[HOST],
+            routes: "routes:\n  - host: api.upstream.test\n",
+            config: "drain_seconds: 2\n",
+            ..Default::default()
+        },
+    );
+    let pid = w.env.gateway_pid().expect("gateway running");
+    // About 30 s of events.
+    let pieces: Vec<String> = (0..1000).map(|i| format!("p{i}")).collect();
+    let streaming = w.spawn_curl(&["-N", "-d", &pieces.join("|"), &w.url(HOST, "/sse")]);
+    wait_for("the stream reached the upstream", Duration::from_secs(20), || {
+        w.up.requests().iter().any(|r| r.path_and_query == "/sse")
+    });
+    w.env.signal_gateway(libc::SIGTERM);
+    wait_for("the gateway exits after drain_seconds", Duration::from_secs(2 + 10), || exited(pid));
+    w.env.wait_for_log("drain time over");
+    let (_, body) = curl_result(&streaming.wait_with_output().unwrap());
+    assert!(!body.contains("message_stop"), "the stream outlived the drain: {body}");
+}
