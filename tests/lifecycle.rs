@@ -113,3 +113,93 @@ fn the_drain_ends_at_drain_seconds() {
     let (_, body) = curl_result(&streaming.wait_with_output().unwrap());
     assert!(!body.contains("message_stop"), "the stream outlived the drain: {body}");
 }
+
+/// Two clients in the bottle, each making one HTTPS request (a new connection) after
+/// another until the file argv[2] exists; prints how many succeeded and each failure.
+const LOAD_PY: &str = r#"
+import os, ssl, sys, threading, urllib.request
+url, stop = sys.argv[1], sys.argv[2]
+ctx = ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE'])
+lock, ok, failed = threading.Lock(), [0], []
+def client():
+    while not os.path.exists(stop):
+        try:
+            with urllib.request.urlopen(url, timeout=30, context=ctx) as r:
+                r.read()
+                with lock:
+                    ok[0] += 1
+        except Exception as e:
+            with lock:
+                failed.append(repr(e))
+threads = [threading.Thread(target=client) for _ in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print('ok', ok[0])
+for f in failed:
+    print('failed', f)
+"#;
+
+/// Socket activation: a restart that hands the listeners over refuses no connection.
+/// The test holds the TCP and DNS listeners (as systemd's socket unit does) and passes
+/// them to gateway A; under load, and with a response streaming, A gets SIGTERM and B
+/// starts with the same listeners. Every request succeeds (those made while neither
+/// accepts wait in the backlog or the socket's queue), the stream finishes on A, and A
+/// exits.
+#[test]
+fn a_restart_with_passed_listeners_refuses_no_connection() {
+    use std::os::fd::AsRawFd;
+    let mut w = World::start_spec(
+        "handover",
+        &WorldSpec {
+            hosts: &[HOST],
+            routes: "routes:\n  - host: api.upstream.test\n",
+            config: &format!("drain_seconds: {DRAIN_SECONDS}\n"),
+            ..Default::default()
+        },
+    );
+    // The harness's gateway bound its own listeners: from now on the test holds them.
+    w.env.stop_gateway();
+    let tcp = std::net::TcpListener::bind(("127.0.0.1", w.env.listen_port)).expect("bind the TCP listener");
+    let udp = std::net::UdpSocket::bind(("127.0.0.1", w.env.dns_port)).expect("bind the DNS socket");
+    let fds = [tcp.as_raw_fd(), udp.as_raw_fd()];
+    assert!(w.env.start_gateway_passing(&fds).is_none());
+    let a_pid = w.env.gateway_pid().unwrap();
+    w.env.wait_for_log("using the TCP listener passed by the service manager");
+    w.env.wait_for_log("using the DNS socket passed by the service manager");
+
+    let during = |w: &World| w.up.requests().iter().filter(|r| r.path_and_query == "/during").count();
+    let pieces: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
+    let streaming = w.spawn_curl(&["-N", "-d", &pieces.join("|"), &w.url(HOST, "/sse")]);
+    let stop = w.env.dir.join("stop-load");
+    let load = w
+        .env
+        .spawn_exec(&["python3", "-c", LOAD_PY, &w.url(HOST, "/during"), &stop.display().to_string()], &w.trust_vars());
+    wait_for("requests flow through A", Duration::from_secs(30), || during(&w) >= 3);
+
+    // A stops accepting (and gives up the admin socket); B takes the same listeners.
+    w.env.signal_gateway(libc::SIGTERM);
+    w.env.wait_for_log("stopping: no new connections");
+    let a = w.env.start_gateway_passing(&fds).expect("A handed back");
+    let through_a = during(&w);
+    wait_for("requests flow through B", Duration::from_secs(30), || during(&w) >= through_a + 3);
+    std::fs::write(&stop, "").unwrap();
+    let out = load.wait_with_output().unwrap();
+    let report = egress_e2e::stdout(&out);
+    assert!(out.status.success(), "load: {report}{}", stderr(&out));
+    let failures: Vec<&str> = report.lines().filter(|l| l.starts_with("failed")).collect();
+    if !failures.is_empty() {
+        let log = w.env.gateway_log();
+        let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect();
+        panic!("requests failed across the handover:\n{report}\ngateway warnings:\n{}", warnings.join("\n"));
+    }
+    let (code, body) = curl_result(&streaming.wait_with_output().unwrap());
+    assert_eq!(code, "200", "the stream in flight on A: {body}");
+    assert!(body.contains("message_stop"), "the stream was cut: {body}");
+    let a = a.wait_with_output().unwrap();
+    assert!(exited(a_pid) && a.status.success(), "A exited with {}", a.status);
+    let log = w.env.gateway_log();
+    assert!(!log.contains("drain time over"), "{log}");
+    drop((tcp, udp));
+}

@@ -247,12 +247,24 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
     // The admin socket first: if another gateway runs, stop before touching anything.
     let admin = admin::AdminListener::bind(&config.admin_socket).context("opening the admin socket")?;
     // Listeners before programs: once a bottle is attached, its connections must find them.
-    let tcp = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding the TCP listener {}", config.listen))?;
-    let udp = UdpSocket::bind(config.dns_listen)
-        .await
-        .with_context(|| format!("binding the DNS listener {}", config.dns_listen))?;
+    // Passed by a service manager (socket activation), or bound here.
+    let mut passed = crate::activation::Passed::take()?;
+    let (listen, dns_listen) = (SocketAddr::V4(config.listen), SocketAddr::V4(config.dns_listen));
+    let tcp = match passed.tcp(listen)? {
+        Some(l) => {
+            tracing::info!(listen = %listen, "using the TCP listener passed by the service manager");
+            TcpListener::from_std(l)?
+        }
+        None => TcpListener::bind(listen).await.with_context(|| format!("binding the TCP listener {listen}"))?,
+    };
+    let udp = match passed.udp(dns_listen)? {
+        Some(s) => {
+            tracing::info!(dns_listen = %dns_listen, "using the DNS socket passed by the service manager");
+            UdpSocket::from_std(s)?
+        }
+        None => UdpSocket::bind(dns_listen).await.with_context(|| format!("binding the DNS listener {dns_listen}"))?,
+    };
+    passed.check_all_used(listen, dns_listen)?;
     let shared_cookie = netns::socket_netns_cookie(tcp.as_fd()).context("reading the listener's namespace cookie")?;
 
     bpf::ensure_bpffs(&config)?;
@@ -281,8 +293,6 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
         me: me.clone(),
         next_conn_id: AtomicU64::new(1),
     });
-    tokio::spawn(dns::serve(udp, ListenerScope::Shared, gw.dns.clone()));
-    tokio::spawn(accept_loop(tcp, shared_cookie, ListenerScope::Shared, gw.clone()));
 
     {
         let _change = gw.changes.lock().await;
@@ -307,6 +317,11 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
             );
         }
     }
+    // Accept only now that every bottle is served: a connection or query that waited in
+    // the listener's queue (a passed listener's, while the previous gateway drained)
+    // must find its bottle.
+    tokio::spawn(dns::serve(udp, ListenerScope::Shared, gw.dns.clone()));
+    tokio::spawn(accept_loop(tcp, shared_cookie, ListenerScope::Shared, gw.clone()));
     let served: Vec<String> = gw.bottles().iter().map(|b| b.config.name.clone()).collect();
     for stale in layout.pinned_bottles() {
         if !served.contains(&stale) {

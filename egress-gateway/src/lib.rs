@@ -5,6 +5,7 @@
 //! decide; `config` and `resolve` feed them. Pure modules (`policy`, `dlp`, most of
 //! `supervise`, `config`) do no I/O.
 
+pub mod activation;
 pub mod admin;
 pub mod app;
 pub mod bottle;
