@@ -203,3 +203,39 @@ fn a_restart_with_passed_listeners_refuses_no_connection() {
     assert!(!log.contains("drain time over"), "{log}");
     drop((tcp, udp));
 }
+
+/// A reload that fails is reported: `egress-gateway reload` (the unit's `ExecReload=`, so
+/// `systemctl reload` fails too) exits 1 naming the bottle and the field, and a SIGHUP
+/// logs it at error level with the reason; the previous routes stay.
+#[test]
+fn a_failed_reload_is_reported_by_the_cli_and_logged_at_error_on_sighup() {
+    let mut w = World::start_spec(
+        "reloadfail",
+        &WorldSpec { hosts: &[HOST], routes: "routes:\n  - host: api.upstream.test\n", ..Default::default() },
+    );
+    w.env.write_routes("routes:\n  - host: api.upstream.test\n    colour: blue\n");
+    let out = w.env.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{}{}", egress_e2e::stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&format!("bottle {}", w.env.bottle())) && err.contains("colour"), "{err}");
+
+    w.env.signal_gateway(egress_e2e::SIGHUP);
+    let line =
+        wait_for_line(&w, |l| l.contains("\"level\":\"ERROR\"") && l.contains("reload failed") && l.contains("colour"));
+    assert!(line.contains(&format!("\"bottle\":\"{}\"", w.env.bottle())), "{line}");
+    let (code, _) = w.curl(&["-m", "10", &w.url(HOST, "/still")]);
+    assert_eq!(code, "200", "the previous routes were lost");
+    w.env.stop_gateway();
+}
+
+/// Waits for a line of the gateway log that `pred` accepts.
+fn wait_for_line(w: &World, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(l) = w.env.gateway_log().lines().find(|l| pred(l)) {
+            return l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no such log line:\n{}", w.env.gateway_log());
+        thread::sleep(Duration::from_millis(50));
+    }
+}
