@@ -190,8 +190,9 @@ fn supervise_errors_are_clear_and_change_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The shipped systemd unit passes `systemd-analyze verify` (with its binary path
-/// pointed at the one under test).
+/// The shipped systemd units (the service, and the optional socket for socket
+/// activation) pass `systemd-analyze verify` (with the binary path pointed at the one
+/// under test).
 #[test]
 fn the_systemd_unit_verifies() {
     let unit =
@@ -202,9 +203,14 @@ fn the_systemd_unit_verifies() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("egress-gateway.service");
     std::fs::write(&path, unit.replace("/usr/local/bin/egress-gateway", gateway_bin().to_str().unwrap())).unwrap();
+    // The optional socket unit (socket activation) beside it.
+    let socket = dir.join("egress-gateway.socket");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../egress-gateway/dist/egress-gateway.socket"), &socket)
+        .expect("copying the socket unit");
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
+        .arg(&socket)
         .output()
         .expect("systemd-analyze (Debian's systemd package) is needed to check the unit");
     let _ = std::fs::remove_dir_all(&dir);

@@ -209,7 +209,10 @@ pub fn run(config: config::Config, config_path: Option<PathBuf>) -> anyhow::Resu
     telemetry::log_build(crate::bpf::EBPF_OBJECT);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    runtime.block_on(serve(config, config_path))
+    let result = runtime.block_on(serve(config, config_path));
+    // The drain is over: what is still open is cut, and no blocking task holds the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
@@ -262,12 +265,24 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
         None => None,
     };
     // Listeners before programs: once a bottle is attached, its connections must find them.
-    let tcp = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding the TCP listener {}", config.listen))?;
-    let udp = UdpSocket::bind(config.dns_listen)
-        .await
-        .with_context(|| format!("binding the DNS listener {}", config.dns_listen))?;
+    // Passed by a service manager (socket activation), or bound here.
+    let mut passed = crate::activation::Passed::take()?;
+    let (listen, dns_listen) = (std::net::SocketAddr::V4(config.listen), std::net::SocketAddr::V4(config.dns_listen));
+    let tcp = match passed.tcp(listen)? {
+        Some(l) => {
+            tracing::info!(listen = %listen, "using the TCP listener passed by the service manager");
+            TcpListener::from_std(l)?
+        }
+        None => TcpListener::bind(listen).await.with_context(|| format!("binding the TCP listener {listen}"))?,
+    };
+    let udp = match passed.udp(dns_listen)? {
+        Some(s) => {
+            tracing::info!(dns_listen = %dns_listen, "using the DNS socket passed by the service manager");
+            UdpSocket::from_std(s)?
+        }
+        None => UdpSocket::bind(dns_listen).await.with_context(|| format!("binding the DNS listener {dns_listen}"))?,
+    };
+    passed.check_all_used(listen, dns_listen)?;
     // A listener configured on port 0 has the port the kernel picked from now on: the
     // programs redirect to it, namespaced listeners use it, the ready line reports it.
     let bound = |addr: std::io::Result<std::net::SocketAddr>| match addr {
@@ -308,8 +323,6 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
         changes: tokio::sync::Mutex::new(()),
         acceptor,
     });
-    tokio::spawn(dns::serve(udp, ListenerScope::Shared, gw.dns.clone()));
-    tokio::spawn(accept_loop(tcp, shared_cookie, ListenerScope::Shared, gw.acceptor.clone()));
 
     {
         let _change = gw.changes.lock().await;
@@ -334,6 +347,11 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
             );
         }
     }
+    // Accept only now that every bottle is served: a connection or query that waited in
+    // the listener's queue (a passed listener's, while the previous gateway drained)
+    // must find its bottle.
+    tokio::spawn(dns::serve(udp, ListenerScope::Shared, gw.dns.clone()));
+    tokio::spawn(accept_loop(tcp, shared_cookie, ListenerScope::Shared, gw.acceptor.clone()));
     let served: Vec<String> = gw.bottles().iter().map(|b| b.config.name.clone()).collect();
     for stale in layout.pinned_bottles() {
         if !served.contains(&stale) {
@@ -349,7 +367,7 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
         let _ = admin_stopped.await;
     }));
     if let Some(addr) = admin_tcp {
-        tokio::spawn(admin::server::serve_tcp(addr, gw.clone(), std::future::pending::<()>()));
+        tokio::spawn(admin::server::serve_tcp(addr, gw.clone(), crate::lifecycle::stopped()));
     }
 
     tracing::info!(
@@ -388,10 +406,23 @@ async fn serve(config: config::Config, config_path: Option<PathBuf>) -> anyhow::
             _ = int.recv() => break,
         }
     }
+    // Drain: the listeners and the admin socket close now (a next gateway may start),
+    // held requests get 403, the connections in flight get `drain_seconds`.
     sd_notify::tell("STOPPING=1");
+    crate::lifecycle::stop();
     let _ = stop_admin.send(());
     let _ = admin_task.await;
-    tracing::info!("stopping; bottles stay attached and are refused until the gateway is back");
+    let open = || gw.bottles().iter().map(|b| b.usage.open_connections()).sum::<usize>();
+    tracing::info!(
+        open_connections = open(),
+        drain_seconds = gw.config.drain.as_secs(),
+        "stopping: no new connections; those in flight may finish"
+    );
+    let left = crate::lifecycle::drain(gw.config.drain, open).await;
+    if left > 0 {
+        tracing::warn!(open_connections = left, "drain time over: the connections still open are cut");
+    }
+    tracing::info!("stopped; bottles stay attached and are refused until the gateway is back");
     Ok(())
 }
 

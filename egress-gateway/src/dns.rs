@@ -86,7 +86,11 @@ pub async fn serve(socket: UdpSocket, scope: ListenerScope, gw: Arc<DnsContext>)
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096];
     loop {
-        let (len, peer) = match socket.recv_from(&mut buf).await {
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buf) => received,
+            _ = crate::lifecycle::stopped() => return,
+        };
+        let (len, peer) = match received {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %e, "dns receive failed");

@@ -5,6 +5,7 @@
 //! decide; `config` and `resolve` feed them. Pure modules (`policy`, `dlp`, most of
 //! `supervise`, `config`) do no I/O.
 
+pub mod activation;
 pub mod admin;
 pub mod app;
 pub mod bottle;
@@ -19,6 +20,7 @@ pub mod credentials;
 pub mod dlp;
 pub mod dns;
 pub mod exec;
+pub mod lifecycle;
 pub mod metrics;
 pub mod netns;
 pub mod policy;

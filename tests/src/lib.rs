@@ -273,9 +273,45 @@ impl TestEnv {
 
     pub fn start_gateway_with_env(&mut self, vars: &[(&str, &str)]) {
         assert!(self.gateway.is_none(), "gateway already running");
+        self.spawn_gateway(vars, &[]);
+    }
+
+    /// Starts a gateway with `fds` passed as systemd's socket activation does (from
+    /// descriptor 3, `LISTEN_FDS`, `LISTEN_PID` its pid), and hands back the gateway that
+    /// ran until now (it may still be draining): the caller waits for it.
+    pub fn start_gateway_passing(&mut self, fds: &[std::os::fd::RawFd]) -> Option<Child> {
+        let previous = self.gateway.take();
+        self.spawn_gateway(&[], fds);
+        previous
+    }
+
+    fn spawn_gateway(&mut self, vars: &[(&str, &str)], fds: &[std::os::fd::RawFd]) {
         self.log_generation += 1;
         let log = fs::File::create(self.current_log()).expect("create gateway log");
         let mut command = match &self.gateway_resolv_conf {
+            Some(_) if !fds.is_empty() => panic!("passing descriptors to a gateway with its own resolv.conf"),
+            // The shell's pid is the gateway's (it execs it): that is the LISTEN_PID.
+            None if !fds.is_empty() => {
+                use std::os::unix::process::CommandExt;
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("export LISTEN_PID=$$ LISTEN_FDS={}; exec \"$0\" \"$@\"", fds.len()))
+                    .arg(gateway_bin());
+                let fds = fds.to_vec();
+                // SAFETY: dup2 and fcntl only, between fork and exec.
+                unsafe {
+                    c.pre_exec(move || {
+                        for (i, fd) in fds.iter().enumerate() {
+                            let target = 3 + i as i32;
+                            if libc::dup2(*fd, target) < 0 || libc::fcntl(target, libc::F_SETFD, 0) < 0 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                        }
+                        Ok(())
+                    });
+                }
+                c
+            }
             // `unshare` execs the shell, which execs the gateway: the pid stays the gateway's.
             Some(resolv) => {
                 let mut c = Command::new("unshare");

@@ -64,6 +64,8 @@ struct RawConfig {
     dns: DnsConfig,
     #[serde(default)]
     limits: limits::RawLimits,
+    /// Seconds a stopping gateway (SIGTERM) lets its connections in flight finish.
+    drain_seconds: Option<u64>,
 }
 
 /// The gateway-wide `dns:` block: limits on what bottles can make the resolver do.
@@ -161,7 +163,12 @@ pub struct Config {
     pub dns: DnsConfig,
     /// Memory, descriptor and time limits (`limits:`).
     pub limits: Limits,
+    /// How long a stopping gateway lets its connections in flight finish (`drain_seconds:`).
+    pub drain: std::time::Duration,
 }
+
+/// `drain_seconds` when gateway.yaml does not say.
+pub const DEFAULT_DRAIN_SECONDS: u64 = 30;
 
 /// Where a bottle's network namespace comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,6 +330,10 @@ impl Config {
             problems.push("resolvers", "each must be a name server's ip:port (port 53 usually)");
         }
         let limits = Limits::from_raw(raw.limits, &mut problems);
+        let drain_seconds = raw.drain_seconds.unwrap_or(DEFAULT_DRAIN_SECONDS);
+        if drain_seconds > 3600 {
+            problems.push("drain_seconds", "must be at most 3600 (an hour)");
+        }
 
         problems.finish(Config {
             source: Some(path.to_path_buf()),
@@ -340,6 +351,7 @@ impl Config {
             resolvers: raw.resolvers,
             dns: raw.dns,
             limits,
+            drain: std::time::Duration::from_secs(drain_seconds),
         })
     }
 

@@ -91,7 +91,13 @@ impl Acceptor {
 /// programs recorded.
 pub async fn accept_loop(listener: TcpListener, netns: u64, scope: ListenerScope, acceptor: Arc<Acceptor>) {
     loop {
-        let (stream, client) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Stopping: the listener closes (or, passed by systemd, stays open for the next
+            // gateway); nothing more is accepted here.
+            _ = crate::lifecycle::stopped() => return,
+        };
+        let (stream, client) = match accepted {
             Ok(v) => v,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

@@ -112,8 +112,23 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
         }
+        // The gateway is stopping: requests in flight finish (the drain's deadline bounds
+        // them); a connection closes once it has had nothing in flight for a second, so
+        // one accepted just before the stop still gets its first request served.
+        _ = async {
+            crate::lifecycle::stopped().await;
+            in_flight.idle(STOP_IDLE).await;
+        } => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "client connection ended with an error while stopping");
+            }
+        }
     }
 }
+
+/// How long a stopping gateway keeps a connection with nothing in flight open.
+const STOP_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The answer to one request; never an error, every failure is a response.
 async fn handle(req: Request<Incoming>, flow: Arc<Flow>, ctx: Arc<ProxyContext>) -> Response<Body> {

@@ -511,6 +511,10 @@ impl Supervisor {
                     return (outcome, Closed::Decided);
                 }
                 Ok(None) => {
+                    // A stopping gateway answers what it holds (403) rather than cut it.
+                    if crate::lifecycle::is_stopping() {
+                        return (HoldOutcome::Failed("the gateway is stopping".into()), Closed::Stopped);
+                    }
                     // Another proposal's approval of this value for this host (or any
                     // host) covers this request too: it says so.
                     if let Some(scope) = self.safe.approved_scope(host, value.expose()) {

@@ -235,6 +235,8 @@ pub enum Closed {
     Covered,
     /// The store failed while the request was held: the request got 403.
     Failed,
+    /// The gateway stopped (SIGTERM) while the request was held: the request got 403.
+    Stopped,
 }
 
 impl Closed {
@@ -245,6 +247,7 @@ impl Closed {
             Closed::Abandoned => "abandoned",
             Closed::Covered => "covered",
             Closed::Failed => "failed",
+            Closed::Stopped => "stopped",
         }
     }
 
@@ -259,6 +262,7 @@ impl Closed {
             }
             Closed::Covered => "its request was already released by an approval of the same value for its host",
             Closed::Failed => "its hold failed on a store error and the request already got 403",
+            Closed::Stopped => "the gateway stopped while it was held and the request already got 403",
         }
     }
 }
@@ -272,7 +276,7 @@ impl fmt::Display for Closed {
 impl FromStr for Closed {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        [Closed::Decided, Closed::Timeout, Closed::Abandoned, Closed::Covered, Closed::Failed]
+        [Closed::Decided, Closed::Timeout, Closed::Abandoned, Closed::Covered, Closed::Failed, Closed::Stopped]
             .into_iter()
             .find(|v| v.as_str() == s)
             .ok_or_else(|| format!("unknown closing reason {s:?}"))
