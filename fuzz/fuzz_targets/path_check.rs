@@ -44,7 +44,8 @@ fuzz_target!(|input: Input<'_>| {
         assert!(input.path.starts_with('/'));
         let once = decode(input.path.as_bytes());
         assert_eq!(decode(&once), once, "a second decoding changes {:?}", input.path);
-        assert!(!input.path.to_ascii_lowercase().contains("%2f"), "{:?}", input.path);
+        // An encoded `/` is data since issue 13 (npm's `@scope%2fname`): routes match on a
+        // canonical form that keeps it; only dot segments after decoding are refused.
         let text = std::str::from_utf8(&once).expect("decodes to UTF-8");
         assert!(!text.contains('\\') && !text.chars().any(char::is_control), "{:?}", input.path);
         for segment in text.split('/') {
