@@ -164,6 +164,10 @@ fn listener_findings(config: &config::Config, out: &mut Findings) {
         probes.push(("admin_listen", admin, tcp(admin)));
     }
     for (field, addr, result) in probes {
+        if result.is_err() && held_by_service_manager(addr, field != "dns_listen") {
+            println!("{field} {addr}: held by the service manager (socket activation): ok");
+            continue;
+        }
         if let Err(e) = result {
             let why = if e.kind() == std::io::ErrorKind::AddrInUse {
                 "is in use by another process".to_string()
@@ -181,6 +185,39 @@ fn probe_bind(addr: SocketAddr, kind: socket2::Type) -> std::io::Result<()> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), kind, None)?;
     socket.set_reuse_address(true)?;
     socket.bind(&addr.into())
+}
+
+/// Whether process 1 (systemd, for a `.socket` unit) holds the socket bound to `addr`:
+/// then the gateway will be handed it, and the address is not "in use" for `run`.
+fn held_by_service_manager(addr: SocketAddr, tcp: bool) -> bool {
+    let Ok(fds) = std::fs::read_dir("/proc/1/fd") else { return false };
+    let inodes: Vec<String> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy().into_owned();
+            t.strip_prefix("socket:[").and_then(|i| i.strip_suffix(']')).map(str::to_string)
+        })
+        .collect();
+    let table = match (tcp, addr.is_ipv4()) {
+        (true, true) => "/proc/net/tcp",
+        (true, false) => "/proc/net/tcp6",
+        (false, true) => "/proc/net/udp",
+        (false, false) => "/proc/net/udp6",
+    };
+    let text = std::fs::read_to_string(table).unwrap_or_default();
+    socket_inode(&text, addr).is_some_and(|inode| inodes.contains(&inode))
+}
+
+/// The inode of the socket bound to `addr` in a `/proc/net/{tcp,udp}` table (IPv4:
+/// `0100007F:3A99` is 127.0.0.1:15001, the address in host byte order).
+fn socket_inode(table: &str, addr: SocketAddr) -> Option<String> {
+    let SocketAddr::V4(v4) = addr else { return None };
+    let local = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.get(1) == Some(&local.as_str())).then(|| cols.get(9).map(|s| s.to_string()))?
+    })
 }
 
 /// Whether the cgroup v2 hierarchy `run` would use is there.
@@ -284,6 +321,15 @@ mod tests {
         let mut out = Findings::default();
         routes_findings("demo", Path::new("r.yaml"), &r, true, |_| true, &mut out);
         assert!(out.0.is_empty());
+    }
+
+    #[test]
+    fn a_bound_socket_is_found_in_the_proc_table() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   \
+                     0: 0100007F:3A99 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 48211 1 0\n";
+        let addr: SocketAddr = "127.0.0.1:15001".parse().unwrap();
+        assert_eq!(socket_inode(table, addr).as_deref(), Some("48211"));
+        assert_eq!(socket_inode(table, "127.0.0.1:15002".parse().unwrap()), None);
     }
 
     #[test]
