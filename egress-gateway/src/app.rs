@@ -442,7 +442,7 @@ fn build_dlp(config: &config::DlpConfig) -> anyhow::Result<dlp::Engine> {
     let partial = config.partial_min_len.unwrap_or(dlp::known::DEFAULT_PARTIAL_MIN_LEN);
     let known = dlp::KnownSecrets::from_env(std::env::vars(), &prefixes, partial);
     let rules = match &config.rules {
-        Some(path) => dlp::cli::load_rules(path)?,
+        Some(path) => dlp::load_rules(path)?,
         None => Vec::new(),
     };
     tracing::info!(user_rules = rules.len(), "dlp rules loaded");

@@ -6,12 +6,10 @@ use std::{
     io::Write as _,
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    process::ExitCode,
     sync::Arc,
     time::Duration,
 };
 
-use anyhow::Context;
 use base64::Engine as _;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -19,9 +17,7 @@ use rcgen::{
 };
 use rustls::{pki_types::PrivateKeyDer, sign::CertifiedKey};
 
-use crate::cli::ConfigArg;
-
-const CA_CERT_FILE: &str = "ca.pem";
+pub const CA_CERT_FILE: &str = "ca.pem";
 const CA_KEY_FILE: &str = "ca-key.pem";
 /// System roots followed by the CA, written at start for `SSL_CERT_FILE` and friends.
 const CA_BUNDLE_FILE: &str = "ca-bundle.pem";
@@ -260,52 +256,6 @@ pub fn trust_bundle(ca_pem: &str) -> String {
     }
     out.push_str(ca_pem);
     out
-}
-
-#[derive(Debug, clap::Args)]
-pub struct CaArgs {
-    #[command(subcommand)]
-    pub command: CaCommand,
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum CaCommand {
-    /// Create the CA in the state directory.
-    Init {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// Replace an existing CA.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Print the CA certificate (PEM); with --bundle, the system roots followed by it.
-    Export {
-        #[command(flatten)]
-        config: ConfigArg,
-        #[arg(long)]
-        bundle: bool,
-    },
-}
-
-pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
-    match args.command {
-        CaCommand::Init { config, force } => {
-            let config = config.load()?;
-            CertificateAuthority::init(&config.state_dir, force)?;
-            println!("created {}", config.state_dir.join(CA_CERT_FILE).display());
-        }
-        CaCommand::Export { config, bundle } => {
-            let config = config.load()?;
-            let pem = public_pem(&config.state_dir)
-                .with_context(|| "no CA yet: run `egress-gateway ca init` or start the gateway")?;
-            if bundle {
-                print!("{}", trust_bundle(&pem));
-            } else {
-                print!("{pem}");
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

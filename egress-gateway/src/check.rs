@@ -266,7 +266,7 @@ pub fn run(config: &config::Config) -> ExitCode {
         }
     }
     if let Some(path) = &config.dlp.rules {
-        match crate::dlp::cli::load_rules(path) {
+        match crate::dlp::load_rules(path) {
             Ok(rules) => println!("dlp rules: {}: ok, {} rules", path.display(), rules.len()),
             Err(e) => findings.error(format!("{e:#}")),
         }

@@ -4,7 +4,6 @@
 //! hashes (`persist`, opt-in). The wait is async; other flows keep flowing. Proposals
 //! and responses go through a `Store`: SQLite (the default) or the seeds' queue
 //! directory.
-pub mod cli;
 pub mod console;
 pub mod notify;
 pub mod operator;

@@ -142,7 +142,7 @@ pub enum Status {
 /// How long, and for which hosts, an approval lasts. Every scope but `any-host` is for
 /// the proposal's host only: the same value sent to another host is held again. Absent
 /// from a response means `gateway`, so tools that predate scopes keep working.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Only the held request(s) of this proposal; the next request with the value is held again.
@@ -154,7 +154,6 @@ pub enum Scope {
     Persist,
     /// Explicit: the value is allowed to every host of this bottle, for the gateway's life.
     #[serde(rename = "any-host")]
-    #[value(name = "any-host")]
     AnyHost,
 }
 

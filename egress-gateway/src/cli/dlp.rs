@@ -1,11 +1,14 @@
 //! `egress-gateway dlp scan`: run the outbound detectors over a file or stdin and print
 //! each finding (rule, reason, byte offsets, redacted context; never the value). Exit 1
-//! when something was found. Also loads user rules in gitleaks' TOML format.
+//! when something was found.
 use std::{io::Read, path::PathBuf, process::ExitCode};
 
-use crate::supervise::render::inert;
 use anyhow::Context;
-use egress_dlp::{Engine, KnownSecrets, Location, Selection, gitleaks::UserRule, known::DEFAULT_PARTIAL_MIN_LEN};
+
+use crate::{
+    dlp::{Engine, KnownSecrets, Location, Selection, known::DEFAULT_PARTIAL_MIN_LEN, load_rules},
+    supervise::render::inert,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct DlpArgs {
@@ -29,12 +32,6 @@ pub enum DlpCommand {
         #[arg(default_value = "-")]
         file: String,
     },
-}
-
-/// Reads and compiles a gitleaks TOML rule file; errors name the file, the rule and why.
-pub fn load_rules(path: &std::path::Path) -> anyhow::Result<Vec<UserRule>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(egress_dlp::gitleaks::parse(&path.display().to_string(), &text)?)
 }
 
 pub fn run(args: DlpArgs) -> anyhow::Result<ExitCode> {

@@ -1,11 +1,16 @@
-//! The command line: one subcommand per operator task. Each module that owns a command
-//! family (`ca`, `dlp`, `supervise`) exposes its own clap arguments and `run`.
+//! The command line: every clap type, one subcommand per operator task. The command
+//! families `ca`, `dlp` and `supervise` have a file each here; the modules they drive
+//! know nothing of clap.
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::{admin, app, bpf, ca, config, dlp, supervise};
+use crate::{admin, app, bpf, config};
+
+pub mod ca;
+pub mod dlp;
+pub mod supervise;
 
 #[derive(Debug, Parser)]
 #[command(name = "egress-gateway", version, about = "Transparent egress gateway for agent sandboxes")]
@@ -41,9 +46,9 @@ pub enum Command {
     /// Manage the interception CA.
     Ca(ca::CaArgs),
     /// Run the DLP detectors over a file.
-    Dlp(dlp::cli::DlpArgs),
+    Dlp(dlp::DlpArgs),
     /// The operator console for held requests, and its scriptable forms.
-    Supervise(supervise::cli::SuperviseArgs),
+    Supervise(supervise::SuperviseArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -291,8 +296,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ca(args) => ca::run(args),
-        Command::Dlp(args) => dlp::cli::run(args),
-        Command::Supervise(args) => supervise::cli::run(args),
+        Command::Dlp(args) => dlp::run(args),
+        Command::Supervise(args) => supervise::run(args),
     }
 }
 

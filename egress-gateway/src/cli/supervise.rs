@@ -3,11 +3,11 @@
 //! required), reject, history. Errors change nothing and exit non-zero.
 use std::process::ExitCode;
 
-use super::{
+use super::ConfigArg;
+use crate::supervise::{
     operator::Operator,
     protocol::{self, Scope, Status},
 };
-use crate::cli::ConfigArg;
 
 #[derive(Debug, clap::Args)]
 pub struct SuperviseArgs {
@@ -41,7 +41,7 @@ pub enum SuperviseCommand {
         /// once: only the held request; gateway: the value to this host for the gateway's
         /// life; persist: also across restarts (needs allow_persist); any-host: the value
         /// to every host of the bottle.
-        #[arg(long, value_enum, default_value_t = Scope::Gateway)]
+        #[arg(long, value_parser = parse_scope, default_value = "gateway")]
         scope: Scope,
         #[command(flatten)]
         config: ConfigArg,
@@ -71,13 +71,21 @@ pub enum SuperviseCommand {
     },
 }
 
+/// `--scope`: one of the scopes' names (`once`, `gateway`, `persist`, `any-host`).
+fn parse_scope(name: &str) -> Result<Scope, String> {
+    Scope::ALL.into_iter().find(|s| s.as_str() == name).ok_or_else(|| {
+        let names: Vec<&str> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+        format!("{name:?} is not a scope: one of {}", names.join(", "))
+    })
+}
+
 fn operator(config: &ConfigArg) -> anyhow::Result<Operator> {
     Ok(Operator::open(&config.load()?)?)
 }
 
 pub fn run(args: SuperviseArgs) -> anyhow::Result<ExitCode> {
     let Some(command) = args.command else {
-        return super::console::run(&args.config.load()?);
+        return crate::supervise::console::run(&args.config.load()?);
     };
     match command {
         SuperviseCommand::List { json, config } => print!("{}", list_output(&operator(&config)?, json)?),
