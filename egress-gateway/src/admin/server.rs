@@ -289,8 +289,12 @@ async fn handle<C: BottleControl>(
         }
     };
     let response = match request {
-        Ok(AdminRequest::Metrics) => Ok((StatusCode::OK, control.metrics().into_bytes(), crate::metrics::CONTENT_TYPE)),
-        Ok(request) => dispatch(request, control).await.map(|(status, body)| (status, body, JSON)),
+        Ok(request) => {
+            // Every answer is JSON but the metrics, which are Prometheus text.
+            let content_type =
+                if matches!(request, AdminRequest::Metrics) { crate::metrics::CONTENT_TYPE } else { JSON };
+            dispatch(request, control).await.map(|(status, body)| (status, body, content_type))
+        }
         Err(e) => Err(e),
     };
     let (status, response) = match response {
@@ -366,7 +370,6 @@ async fn dispatch<C: BottleControl>(request: AdminRequest, control: Arc<C>) -> A
             spawned(async move { Ok::<_, ApiError>((StatusCode::OK, api::json(&control.reload().await?))) }).await
         }
         AdminRequest::Health => Ok((StatusCode::OK, api::json(&serde_json::json!({ "alive": true })))),
-        // Answered as text by `handle`, never here.
         AdminRequest::Metrics => Ok((StatusCode::OK, control.metrics().into_bytes())),
         AdminRequest::Ready => {
             let readiness = control.readiness().await;
